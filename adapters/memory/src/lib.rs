@@ -1,0 +1,365 @@
+//! The in-memory transport of choreo: topics, consumer groups and dead letters inside one
+//! process, with the same delivery guarantees as a broker.
+//!
+//! - Every consumer group receives every message published after the group was created;
+//!   members of one group compete for them.
+//! - At-least-once: a message is delivered again until it is acked; one nacked, or dropped
+//!   unsettled (a consumer that crashed), is redelivered.
+//! - Per-saga order: within a group, the messages of one saga are delivered one at a time, in
+//!   publish order (the message key is the saga id, as on Kafka).
+//! - Dead letters of topic `t` go to topic `t.dlq` with their reason, and are kept for
+//!   inspection ([`MemoryTransport::dead_letters`]).
+//! - Messages travel encoded (CloudEvents binary mode), so decoding is exercised as on a broker.
+//!
+//! [`Chaos`] makes it duplicate and reorder deliveries on purpose, for property tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod chaos;
+mod group;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use async_trait::async_trait;
+use choreo_core::transport::{
+    dead_letter_topic, Acknowledge, DEAD_LETTER_REASON_HEADER, DEAD_LETTER_TOPIC_HEADER,
+};
+use choreo_core::{
+    Delivery, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
+};
+use tokio::sync::Notify;
+
+pub use crate::chaos::Chaos;
+use crate::chaos::Rng;
+use crate::group::{Entry, Group};
+
+/// An in-process broker. Clones share it.
+#[derive(Clone, Default)]
+pub struct MemoryTransport {
+    bus: Arc<Bus>,
+}
+
+#[derive(Default)]
+struct Bus {
+    state: Mutex<BusState>,
+    closed: AtomicBool,
+    closing: Notify,
+    chaos: Option<(Chaos, Mutex<Rng>)>,
+}
+
+#[derive(Default)]
+struct BusState {
+    /// topic -> group name -> group
+    groups: HashMap<String, HashMap<String, Arc<Group>>>,
+    dead_letters: HashMap<String, Vec<DeadLetter>>,
+}
+
+/// A message that was dead-lettered, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The topic it was consumed from.
+    pub topic: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The message as it was received.
+    pub message: RawMessage,
+}
+
+impl MemoryTransport {
+    /// A new, empty broker of its own.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new broker that misbehaves as `chaos` says.
+    pub fn with_chaos(chaos: Chaos) -> Self {
+        let rng = Mutex::new(Rng::new(chaos.seed));
+        Self {
+            bus: Arc::new(Bus {
+                chaos: Some((chaos, rng)),
+                ..Bus::default()
+            }),
+        }
+    }
+
+    /// The process-wide broker called `name`: every `memory://NAME` URL (and `memory://` for
+    /// the empty name) in one process reaches the same one, as services reach one Kafka.
+    pub fn shared(name: &str) -> Self {
+        static SHARED: OnceLock<Mutex<HashMap<String, MemoryTransport>>> = OnceLock::new();
+        let mut shared = SHARED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shared.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Publishes an already encoded message, e.g. a malformed one in a test. `key` orders
+    /// messages like a saga id does.
+    pub fn publish_raw(&self, topic: &str, key: Option<&str>, message: RawMessage) -> Result<(), TransportError> {
+        self.bus.publish(topic, key.map(Arc::from), message)
+    }
+
+    /// Messages dead-lettered from `topic` so far, oldest first.
+    pub fn dead_letters(&self, topic: &str) -> Vec<DeadLetter> {
+        self.bus.lock().dead_letters.get(topic).cloned().unwrap_or_default()
+    }
+
+    /// Messages of `topic` that group `group` has not acked yet, delivered or not.
+    pub fn pending(&self, topic: &str, group: &str) -> usize {
+        self.bus
+            .lock()
+            .groups
+            .get(topic)
+            .and_then(|groups| groups.get(group))
+            .map_or(0, |group| group.pending())
+    }
+
+    /// Closes the broker: subscriptions end with [`TransportError::Closed`] and publishing
+    /// fails.
+    pub fn close(&self) {
+        self.bus.closed.store(true, Ordering::SeqCst);
+        self.bus.closing.notify_waiters();
+    }
+}
+
+impl fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.bus.lock();
+        let mut topics: Vec<_> = state.groups.keys().collect();
+        topics.sort_unstable();
+        f.debug_struct("MemoryTransport")
+            .field("topics", &topics)
+            .field("chaos", &self.bus.chaos.as_ref().map(|(chaos, _)| chaos))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    fn lock(&self) -> MutexGuard<'_, BusState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn publish(&self, topic: &str, key: Option<Arc<str>>, message: RawMessage) -> Result<(), TransportError> {
+        if self.is_closed() {
+            return Err(TransportError::Closed);
+        }
+        let message = Arc::new(message);
+        let groups: Vec<Arc<Group>> = self
+            .lock()
+            .groups
+            .get(topic)
+            .map(|groups| groups.values().cloned().collect())
+            .unwrap_or_default();
+        for group in groups {
+            let copies = match &self.chaos {
+                Some((chaos, rng)) if lock(rng).percent(chaos.duplicate_percent) => 2,
+                _ => 1,
+            };
+            for _ in 0..copies {
+                group.push(Entry {
+                    message: Arc::clone(&message),
+                    key: key.clone(),
+                    deliveries: 0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn group(&self, topic: &str, name: &str) -> Arc<Group> {
+        let mut state = self.lock();
+        let groups = state.groups.entry(topic.to_owned()).or_default();
+        Arc::clone(
+            groups
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Group::new(topic))),
+        )
+    }
+
+    fn dead_letter(&self, topic: &str, message: RawMessage, reason: &str) -> Result<(), TransportError> {
+        let mut record = message.clone();
+        record
+            .headers
+            .push((DEAD_LETTER_REASON_HEADER.to_owned(), reason.as_bytes().to_vec()));
+        record
+            .headers
+            .push((DEAD_LETTER_TOPIC_HEADER.to_owned(), topic.as_bytes().to_vec()));
+        self.lock()
+            .dead_letters
+            .entry(topic.to_owned())
+            .or_default()
+            .push(DeadLetter {
+                topic: topic.to_owned(),
+                reason: reason.to_owned(),
+                message,
+            });
+        self.publish(&dead_letter_topic(topic), None, record)
+    }
+
+    fn pop(&self, group: &Group) -> Option<Entry> {
+        match &self.chaos {
+            Some((chaos, rng)) if chaos.reorder => group.pop(Some(&mut lock(rng))),
+            _ => group.pop(None),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
+        let key: Arc<str> = Arc::from(envelope.saga_id.to_string());
+        self.bus
+            .publish(topic, Some(key), envelope.to_binary())
+            .map_err(|source| PublishError {
+                envelope: Box::new(envelope),
+                topic: topic.to_owned(),
+                source,
+            })
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Subscription>, TransportError> {
+        if self.bus.is_closed() {
+            return Err(TransportError::Closed);
+        }
+        let groups = topics.iter().map(|topic| self.bus.group(topic, group)).collect();
+        Ok(Box::new(MemorySubscription {
+            bus: Arc::clone(&self.bus),
+            groups,
+            next_group: 0,
+        }))
+    }
+
+    async fn dead_letter(&self, topic: &str, message: RawMessage, reason: &str) -> Result<(), TransportError> {
+        self.bus.dead_letter(topic, message, reason)
+    }
+}
+
+struct MemorySubscription {
+    bus: Arc<Bus>,
+    groups: Vec<Arc<Group>>,
+    next_group: usize,
+}
+
+impl MemorySubscription {
+    /// Takes the next message from any of the subscribed topics, taking turns.
+    fn try_next(&mut self) -> Option<Delivery> {
+        for offset in 0..self.groups.len() {
+            let index = (self.next_group + offset) % self.groups.len();
+            let group = &self.groups[index];
+            if let Some(entry) = self.bus.pop(group) {
+                self.next_group = index + 1;
+                let message = (*entry.message).clone();
+                let redelivered = entry.deliveries > 1;
+                let topic = group.topic.clone();
+                return Some(Delivery::new(
+                    topic,
+                    message,
+                    redelivered,
+                    Box::new(MemoryAck {
+                        bus: Arc::clone(&self.bus),
+                        group: Arc::clone(group),
+                        entry: Some(entry),
+                    }),
+                ));
+            }
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next(&mut self) -> Result<Delivery, TransportError> {
+        loop {
+            if self.bus.is_closed() {
+                return Err(TransportError::Closed);
+            }
+            if let Some(delivery) = self.try_next() {
+                return Ok(delivery);
+            }
+            // Register for wake-ups before looking again, so none is missed in between.
+            let groups = self.groups.clone();
+            let bus = Arc::clone(&self.bus);
+            let mut wakeups: Vec<_> = groups
+                .iter()
+                .map(|group| Box::pin(group.ready.notified()))
+                .collect();
+            let mut closing = Box::pin(bus.closing.notified());
+            closing.as_mut().enable();
+            for wakeup in &mut wakeups {
+                wakeup.as_mut().enable();
+            }
+            if self.bus.is_closed() {
+                return Err(TransportError::Closed);
+            }
+            if let Some(delivery) = self.try_next() {
+                return Ok(delivery);
+            }
+            if wakeups.is_empty() {
+                closing.await;
+                continue;
+            }
+            tokio::select! {
+                () = closing => {}
+                _ = futures_util::future::select_all(wakeups) => {}
+            }
+        }
+    }
+}
+
+/// Settles one delivery; dropped unsettled, it returns the message for redelivery.
+struct MemoryAck {
+    bus: Arc<Bus>,
+    group: Arc<Group>,
+    entry: Option<Entry>,
+}
+
+#[async_trait]
+impl Acknowledge for MemoryAck {
+    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
+        if let Some(entry) = self.entry.take() {
+            self.group.settle(&entry);
+        }
+        Ok(())
+    }
+
+    async fn nack(mut self: Box<Self>) -> Result<(), TransportError> {
+        if let Some(entry) = self.entry.take() {
+            self.group.requeue(entry);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(mut self: Box<Self>, message: RawMessage, reason: &str) -> Result<(), TransportError> {
+        self.bus.dead_letter(&self.group.topic, message, reason)?;
+        if let Some(entry) = self.entry.take() {
+            self.group.settle(&entry);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MemoryAck {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.group.requeue(entry);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

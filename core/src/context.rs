@@ -1,0 +1,125 @@
+//! What a handler knows about the event it handles and its saga.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::clock::Clock;
+use crate::deadline::Deadline;
+use crate::ids::{EventId, SagaId};
+use crate::trace::TraceContext;
+
+/// The saga context of one handling: ids, deadline, trace and clock. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<ContextInner>,
+    attempt: u32,
+}
+
+struct ContextInner {
+    service: Arc<str>,
+    saga_id: SagaId,
+    event_id: EventId,
+    event_type: String,
+    causation_id: Option<EventId>,
+    deadline: Deadline,
+    trace: TraceContext,
+    clock: Arc<dyn Clock>,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        service: Arc<str>,
+        saga_id: SagaId,
+        event_id: EventId,
+        event_type: String,
+        causation_id: Option<EventId>,
+        deadline: Deadline,
+        trace: TraceContext,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ContextInner {
+                service,
+                saga_id,
+                event_id,
+                event_type,
+                causation_id,
+                deadline,
+                trace,
+                clock,
+            }),
+            attempt: 1,
+        }
+    }
+
+    pub(crate) fn with_attempt(&self, attempt: u32) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            attempt,
+        }
+    }
+
+    /// The service handling the event.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// The saga the event belongs to.
+    pub fn saga_id(&self) -> SagaId {
+        self.inner.saga_id
+    }
+
+    /// The id of the event being handled (the `causationid` of whatever this handling emits).
+    pub fn event_id(&self) -> EventId {
+        self.inner.event_id
+    }
+
+    /// The type of the event being handled.
+    pub fn event_type(&self) -> &str {
+        &self.inner.event_type
+    }
+
+    /// The id of the event that caused the one being handled.
+    pub fn causation_id(&self) -> Option<EventId> {
+        self.inner.causation_id
+    }
+
+    /// The saga's deadline.
+    pub fn deadline(&self) -> Deadline {
+        self.inner.deadline
+    }
+
+    /// Time left before the deadline; zero once it passed.
+    pub fn remaining(&self) -> Duration {
+        self.inner.deadline.remaining(self.now())
+    }
+
+    /// The current time, from the service's clock.
+    pub fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
+    /// The W3C trace context the event carried.
+    pub fn trace(&self) -> &TraceContext {
+        &self.inner.trace
+    }
+
+    /// Which attempt this is, from 1; above 1 after transient errors.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("service", &self.inner.service)
+            .field("saga_id", &self.inner.saga_id)
+            .field("event_id", &self.inner.event_id)
+            .field("event_type", &self.inner.event_type)
+            .field("deadline", &self.inner.deadline)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,208 @@
+//! Saga deadlines and the timers that enforce them without an orchestrator (DESIGN §4.8).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use crate::clock::{until, Clock};
+use crate::ids::SagaId;
+
+/// The instant after which a saga must be aborted (`sagadeadline`, RFC 3339 on the wire).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(SystemTime);
+
+impl Deadline {
+    /// A deadline at `instant`.
+    pub fn at(instant: SystemTime) -> Self {
+        Self(instant)
+    }
+
+    /// A deadline `timeout` after `now`.
+    pub fn after(now: SystemTime, timeout: Duration) -> Self {
+        Self(now + timeout)
+    }
+
+    /// The instant.
+    pub fn instant(&self) -> SystemTime {
+        self.0
+    }
+
+    /// Whether the deadline has passed at `now`. A deadline is passed at its own instant.
+    pub fn has_passed(&self, now: SystemTime) -> bool {
+        now >= self.0
+    }
+
+    /// Time left at `now`; zero once passed.
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        until(now, self.0)
+    }
+
+    /// RFC 3339 form, as carried in `sagadeadline`.
+    pub fn to_rfc3339(&self) -> String {
+        format_rfc3339(self.0)
+    }
+}
+
+impl FromStr for Deadline {
+    type Err = time::error::Parse;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_rfc3339(s).map(Self)
+    }
+}
+
+impl fmt::Display for Deadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl fmt::Debug for Deadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Deadline({})", self.to_rfc3339())
+    }
+}
+
+impl serde::Serialize for Deadline {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Deadline {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) fn format_rfc3339(instant: SystemTime) -> String {
+    // Formatting a UTC timestamp as RFC 3339 only fails for years outside 0..=9999.
+    OffsetDateTime::from(instant)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| String::from("9999-12-31T23:59:59Z"))
+}
+
+pub(crate) fn parse_rfc3339(s: &str) -> Result<SystemTime, time::error::Parse> {
+    OffsetDateTime::parse(s, &Rfc3339).map(SystemTime::from)
+}
+
+/// One service's armed deadline timers: a single task sleeps until the earliest one, so a
+/// service holding 100k open sagas holds 100k small entries, not 100k tasks.
+#[derive(Clone, Default)]
+pub(crate) struct DeadlineTimers {
+    inner: Arc<TimersInner>,
+}
+
+#[derive(Default)]
+struct TimersInner {
+    state: Mutex<TimerState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct TimerState {
+    by_time: BTreeSet<(SystemTime, SagaId)>,
+    by_saga: HashMap<SagaId, SystemTime>,
+}
+
+impl DeadlineTimers {
+    /// Arms (or moves) the timer of `saga` to fire at `at`.
+    pub(crate) fn arm(&self, saga: SagaId, at: SystemTime) {
+        let mut state = lock(&self.inner.state);
+        if let Some(previous) = state.by_saga.insert(saga, at) {
+            state.by_time.remove(&(previous, saga));
+        }
+        state.by_time.insert((at, saga));
+        drop(state);
+        self.inner.changed.notify_one();
+    }
+
+    /// Disarms the timer of `saga`, if armed.
+    pub(crate) fn cancel(&self, saga: SagaId) {
+        let mut state = lock(&self.inner.state);
+        if let Some(at) = state.by_saga.remove(&saga) {
+            state.by_time.remove(&(at, saga));
+        }
+    }
+
+    /// Whether a timer is armed for `saga`.
+    #[cfg(test)]
+    pub(crate) fn is_armed(&self, saga: SagaId) -> bool {
+        lock(&self.inner.state).by_saga.contains_key(&saga)
+    }
+
+    /// Waits for the next timer to fall due and disarms it.
+    pub(crate) async fn next_due(&self, clock: &dyn Clock) -> SagaId {
+        loop {
+            let changed = self.inner.changed.notified();
+            let wait = {
+                let mut state = lock(&self.inner.state);
+                match state.by_time.first().copied() {
+                    Some((at, saga)) if at <= clock.now() => {
+                        state.by_time.remove(&(at, saga));
+                        state.by_saga.remove(&saga);
+                        return saga;
+                    }
+                    Some((at, _)) => Some(until(clock.now(), at)),
+                    None => None,
+                }
+            };
+            match wait {
+                Some(wait) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded maps stay consistent even if a holder panicked: every update is one call.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+
+    #[test]
+    fn rfc3339_round_trip_keeps_subsecond_precision() {
+        let deadline = Deadline::at(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789));
+        let parsed: Deadline = deadline.to_rfc3339().parse().unwrap();
+        assert_eq!(parsed, deadline);
+    }
+
+    #[test]
+    fn rejects_a_deadline_without_offset() {
+        assert!("2026-11-22T10:00:00".parse::<Deadline>().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timers_fire_in_deadline_order_and_cancelled_ones_never() {
+        let clock = TokioClock::new();
+        let timers = DeadlineTimers::default();
+        let start = clock.now();
+        let (a, b, c) = (SagaId::new(), SagaId::new(), SagaId::new());
+        timers.arm(a, clock.now() + Duration::from_secs(3));
+        timers.arm(b, clock.now() + Duration::from_secs(1));
+        timers.arm(c, clock.now() + Duration::from_secs(2));
+        timers.cancel(c);
+
+        assert_eq!(timers.next_due(&clock).await, b);
+        assert_eq!(timers.next_due(&clock).await, a);
+        assert!(clock.now().duration_since(start).unwrap() >= Duration::from_secs(3));
+        assert!(!timers.is_armed(c));
+    }
+}

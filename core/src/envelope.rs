@@ -1,0 +1,441 @@
+//! The wire format: every message is a CloudEvents 1.0 event with choreo's saga extensions
+//! (DESIGN §2), in binary mode (attributes in headers, `data` as the body) or structured mode
+//! (one JSON document).
+//!
+//! Decoding is strict and total: every malformed input is an [`EnvelopeError`], never a panic.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::deadline::{format_rfc3339, parse_rfc3339, Deadline};
+use crate::ids::{EventId, SagaId};
+use crate::trace::TraceContext;
+
+/// The CloudEvents version choreo speaks.
+pub const SPEC_VERSION: &str = "1.0";
+/// The only `datacontenttype` choreo produces and accepts.
+pub const JSON: &str = "application/json";
+/// The content type that marks a structured-mode message.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// Header prefix of CloudEvents attributes in binary mode (the Kafka binding's, also used on
+/// AMQP by choreo).
+pub const HEADER_PREFIX: &str = "ce_";
+/// The header that carries the content type in binary and structured mode.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+
+/// What an event is to its saga (`sagakind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SagaKind {
+    /// The initiating event of a saga.
+    Start,
+    /// An event a step emitted.
+    Step,
+    /// A terminal event: the saga completed.
+    Complete,
+    /// The saga is aborted; every participant compensates.
+    Abort,
+    /// A participant's acknowledgement that it compensated its steps.
+    Compensated,
+}
+
+impl SagaKind {
+    /// The wire value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Step => "step",
+            Self::Complete => "complete",
+            Self::Abort => "abort",
+            Self::Compensated => "compensated",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "start" => Self::Start,
+            "step" => Self::Step,
+            "complete" => Self::Complete,
+            "abort" => Self::Abort,
+            "compensated" => Self::Compensated,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SagaKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event with everything a saga needs to travel with it.
+#[derive(Clone)]
+pub struct Envelope {
+    /// CloudEvents `id` (UUID v7).
+    pub id: EventId,
+    /// CloudEvents `source`: the emitting service.
+    pub source: String,
+    /// CloudEvents `type`: the stable event name, e.g. `payments.CreditReserved.v1`.
+    pub event_type: String,
+    /// CloudEvents `time`: when the event was emitted.
+    pub time: SystemTime,
+    /// `sagaid`: the saga this event belongs to.
+    pub saga_id: SagaId,
+    /// `causationid`: the id of the event whose handling produced this one (none for a start).
+    pub causation_id: Option<EventId>,
+    /// `sagadeadline`: when the saga must be aborted.
+    pub deadline: Deadline,
+    /// `sagakind`: what the event is to its saga.
+    pub kind: SagaKind,
+    /// `traceparent` / `tracestate`.
+    pub trace: TraceContext,
+    /// CloudEvents `data`, JSON.
+    pub data: Box<RawValue>,
+}
+
+impl PartialEq for Envelope {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.source == other.source
+            && self.event_type == other.event_type
+            && self.time == other.time
+            && self.saga_id == other.saga_id
+            && self.causation_id == other.causation_id
+            && self.deadline == other.deadline
+            && self.kind == other.kind
+            && self.trace == other.trace
+            && self.data.get() == other.data.get()
+    }
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("id", &self.id)
+            .field("type", &self.event_type)
+            .field("source", &self.source)
+            .field("saga_id", &self.saga_id)
+            .field("causation_id", &self.causation_id)
+            .field("kind", &self.kind)
+            .field("deadline", &self.deadline)
+            .field("data", &self.data.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message as transports carry it: headers and a body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawMessage {
+    /// Headers in arrival order. Values are bytes because brokers allow any.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl RawMessage {
+    /// The first header named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+/// Why a message is not a valid choreo event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// A required attribute is absent.
+    #[error("missing required attribute `{0}`")]
+    MissingAttribute(&'static str),
+    /// An attribute is present but its value is not valid.
+    #[error("attribute `{name}` is invalid: {reason}")]
+    InvalidAttribute {
+        /// The attribute.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// An attribute appears twice.
+    #[error("attribute `{0}` appears more than once")]
+    DuplicateAttribute(String),
+    /// `specversion` is not 1.0.
+    #[error("unsupported CloudEvents specversion `{0}` (expected 1.0)")]
+    UnsupportedSpecVersion(String),
+    /// `datacontenttype` is not JSON.
+    #[error("unsupported datacontenttype `{0}` (expected application/json)")]
+    UnsupportedContentType(String),
+    /// The data is not JSON.
+    #[error("data is not valid JSON: {0}")]
+    InvalidData(String),
+    /// A structured-mode message is not a JSON object of CloudEvents attributes.
+    #[error("structured event is not a valid JSON object: {0}")]
+    InvalidStructured(String),
+}
+
+impl Envelope {
+    /// Binary mode: attributes as `ce_*` headers, `content-type` for the data, data as the body.
+    pub fn to_binary(&self) -> RawMessage {
+        let mut headers = Vec::with_capacity(12);
+        self.for_each_attribute(|name, value| {
+            let key = if name == "datacontenttype" {
+                CONTENT_TYPE_HEADER.to_owned()
+            } else {
+                format!("{HEADER_PREFIX}{name}")
+            };
+            headers.push((key, value.into_owned().into_bytes()));
+        });
+        RawMessage {
+            headers,
+            body: self.data.get().as_bytes().to_vec(),
+        }
+    }
+
+    /// Structured mode: one JSON document holding every attribute and `data`.
+    pub fn to_structured(&self) -> RawMessage {
+        RawMessage {
+            headers: vec![(
+                CONTENT_TYPE_HEADER.to_owned(),
+                STRUCTURED_CONTENT_TYPE.as_bytes().to_vec(),
+            )],
+            body: self.to_json().into_bytes(),
+        }
+    }
+
+    /// The structured-mode JSON document.
+    pub fn to_json(&self) -> String {
+        let mut document = serde_json::Map::new();
+        self.for_each_attribute(|name, value| {
+            document.insert(name.to_owned(), value.into_owned().into());
+        });
+        let mut json = serde_json::Value::Object(document).to_string();
+        // Splice the raw data in rather than re-parsing it into a Value.
+        json.pop();
+        json.push_str(",\"data\":");
+        json.push_str(self.data.get());
+        json.push('}');
+        json
+    }
+
+    /// Decodes a message in either mode; structured mode is recognised by its content type.
+    pub fn decode(message: &RawMessage) -> Result<Self, EnvelopeError> {
+        let content_type = match message.header(CONTENT_TYPE_HEADER) {
+            Some(value) => Some(utf8("datacontenttype", value)?),
+            None => None,
+        };
+        if content_type.is_some_and(|value| value.starts_with(STRUCTURED_CONTENT_TYPE)) {
+            return Self::from_json(&message.body);
+        }
+
+        let mut attributes: HashMap<&str, &str> = HashMap::with_capacity(12);
+        for (key, value) in &message.headers {
+            let Some(name) = key.strip_prefix(HEADER_PREFIX) else {
+                continue;
+            };
+            let value = utf8(attribute_name(name), value)?;
+            if attributes.insert(name, value).is_some() {
+                return Err(EnvelopeError::DuplicateAttribute(name.to_owned()));
+            }
+        }
+        if let Some(content_type) = content_type {
+            if attributes
+                .insert("datacontenttype", content_type)
+                .is_some_and(|other| other != content_type)
+            {
+                return Err(EnvelopeError::DuplicateAttribute("datacontenttype".into()));
+            }
+        }
+        let data = parse_data(&message.body)?;
+        Self::from_attributes(|name| Ok(attributes.get(name).map(|v| Cow::Borrowed(*v))), data)
+    }
+
+    /// Decodes a structured-mode JSON document.
+    pub fn from_json(document: &[u8]) -> Result<Self, EnvelopeError> {
+        let fields: HashMap<String, Box<RawValue>> = serde_json::from_slice(document)
+            .map_err(|error| EnvelopeError::InvalidStructured(error.to_string()))?;
+        let data = fields
+            .get("data")
+            .cloned()
+            .ok_or(EnvelopeError::MissingAttribute("data"))?;
+        if fields.contains_key("data_base64") {
+            return Err(EnvelopeError::UnsupportedContentType(
+                "data_base64 (binary data)".into(),
+            ));
+        }
+        Self::from_attributes(
+            |name| match fields.get(name) {
+                None => Ok(None),
+                Some(raw) => serde_json::from_str::<String>(raw.get())
+                    .map(|value| Some(Cow::Owned(value)))
+                    .map_err(|_| EnvelopeError::InvalidAttribute {
+                        name: attribute_name(name),
+                        reason: "expected a JSON string".into(),
+                    }),
+            },
+            data,
+        )
+    }
+
+    fn from_attributes<'a>(
+        get: impl Fn(&'static str) -> Result<Option<Cow<'a, str>>, EnvelopeError>,
+        data: Box<RawValue>,
+    ) -> Result<Self, EnvelopeError> {
+        let required = |name: &'static str| get(name)?.ok_or(EnvelopeError::MissingAttribute(name));
+        let invalid = |name: &'static str, reason: String| EnvelopeError::InvalidAttribute {
+            name,
+            reason,
+        };
+
+        let spec_version = required("specversion")?;
+        if spec_version != SPEC_VERSION {
+            return Err(EnvelopeError::UnsupportedSpecVersion(spec_version.into_owned()));
+        }
+        if let Some(content_type) = get("datacontenttype")? {
+            let media_type = content_type.split(';').next().unwrap_or_default().trim();
+            if !media_type.eq_ignore_ascii_case(JSON) {
+                return Err(EnvelopeError::UnsupportedContentType(content_type.into_owned()));
+            }
+        }
+        let id = required("id")?
+            .parse::<EventId>()
+            .map_err(|error| invalid("id", error.to_string()))?;
+        let source = non_empty("source", required("source")?)?;
+        let event_type = non_empty("type", required("type")?)?;
+        let time = match get("time")? {
+            Some(value) => parse_rfc3339(&value).map_err(|error| invalid("time", error.to_string()))?,
+            None => return Err(EnvelopeError::MissingAttribute("time")),
+        };
+        let saga_id = required("sagaid")?
+            .parse::<SagaId>()
+            .map_err(|error| invalid("sagaid", error.to_string()))?;
+        let causation_id = match get("causationid")? {
+            Some(value) => Some(
+                value
+                    .parse::<EventId>()
+                    .map_err(|error| invalid("causationid", error.to_string()))?,
+            ),
+            None => None,
+        };
+        let deadline = required("sagadeadline")?
+            .parse::<Deadline>()
+            .map_err(|error| invalid("sagadeadline", error.to_string()))?;
+        let kind_value = required("sagakind")?;
+        let kind = SagaKind::parse(&kind_value).ok_or_else(|| {
+            invalid(
+                "sagakind",
+                format!("`{kind_value}` is not one of start, step, complete, abort, compensated"),
+            )
+        })?;
+        let trace = TraceContext::from_parts(
+            get("traceparent")?.map(Cow::into_owned),
+            get("tracestate")?.map(Cow::into_owned),
+        )
+        .map_err(|error| invalid("traceparent", error.to_string()))?;
+
+        Ok(Self {
+            id,
+            source,
+            event_type,
+            time,
+            saga_id,
+            causation_id,
+            deadline,
+            kind,
+            trace,
+            data,
+        })
+    }
+
+    fn for_each_attribute(&self, mut emit: impl FnMut(&'static str, Cow<'_, str>)) {
+        emit("specversion", Cow::Borrowed(SPEC_VERSION));
+        emit("id", Cow::Owned(self.id.to_string()));
+        emit("source", Cow::Borrowed(&self.source));
+        emit("type", Cow::Borrowed(&self.event_type));
+        emit("time", Cow::Owned(format_rfc3339(self.time)));
+        emit("datacontenttype", Cow::Borrowed(JSON));
+        emit("sagaid", Cow::Owned(self.saga_id.to_string()));
+        if let Some(causation_id) = self.causation_id {
+            emit("causationid", Cow::Owned(causation_id.to_string()));
+        }
+        emit("sagadeadline", Cow::Owned(self.deadline.to_rfc3339()));
+        emit("sagakind", Cow::Borrowed(self.kind.as_str()));
+        if let Some(traceparent) = self.trace.traceparent() {
+            emit("traceparent", Cow::Borrowed(traceparent));
+        }
+        if let Some(tracestate) = self.trace.tracestate() {
+            emit("tracestate", Cow::Borrowed(tracestate));
+        }
+    }
+}
+
+/// The envelope as one structured-mode JSON document, e.g. in journals and dead letters.
+impl Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let json = self.to_json();
+        let raw = RawValue::from_string(json).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        Self::from_json(raw.get().as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+const KNOWN_ATTRIBUTES: [&str; 13] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "datacontenttype",
+    "sagaid",
+    "causationid",
+    "sagadeadline",
+    "sagakind",
+    "traceparent",
+    "tracestate",
+    "data",
+];
+
+/// The `'static` name of a known attribute, so errors can name it without allocating.
+fn attribute_name(name: &str) -> &'static str {
+    KNOWN_ATTRIBUTES
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or("extension")
+}
+
+fn utf8<'a>(name: &'static str, value: &'a [u8]) -> Result<&'a str, EnvelopeError> {
+    std::str::from_utf8(value).map_err(|_| EnvelopeError::InvalidAttribute {
+        name,
+        reason: "not UTF-8".into(),
+    })
+}
+
+fn non_empty(name: &'static str, value: Cow<'_, str>) -> Result<String, EnvelopeError> {
+    if value.is_empty() {
+        return Err(EnvelopeError::InvalidAttribute {
+            name,
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(value.into_owned())
+}
+
+fn parse_data(body: &[u8]) -> Result<Box<RawValue>, EnvelopeError> {
+    serde_json::from_slice::<Box<RawValue>>(body)
+        .map_err(|error| EnvelopeError::InvalidData(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

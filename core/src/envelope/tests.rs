@@ -1,0 +1,206 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+
+fn sample() -> Envelope {
+    Envelope {
+        id: EventId::new(),
+        source: "payments".into(),
+        event_type: "payments.CreditReserved.v1".into(),
+        time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123),
+        saga_id: SagaId::new(),
+        causation_id: Some(EventId::new()),
+        deadline: Deadline::at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_030)),
+        kind: SagaKind::Step,
+        trace: TraceContext::new_root(),
+        data: RawValue::from_string(r#"{"order_id":7,"amount_cents":1200}"#.into()).unwrap(),
+    }
+}
+
+fn without_header(mut message: RawMessage, name: &str) -> RawMessage {
+    message.headers.retain(|(key, _)| key != name);
+    message
+}
+
+fn with_header(mut message: RawMessage, name: &str, value: &[u8]) -> RawMessage {
+    message.headers.retain(|(key, _)| key != name);
+    message.headers.push((name.into(), value.to_vec()));
+    message
+}
+
+#[test]
+fn binary_mode_round_trips_every_attribute() {
+    let envelope = sample();
+    let message = envelope.to_binary();
+    assert_eq!(message.header("ce_sagaid"), Some(envelope.saga_id.to_string().as_bytes()));
+    assert_eq!(message.header("content-type"), Some(JSON.as_bytes()));
+    assert_eq!(message.body, br#"{"order_id":7,"amount_cents":1200}"#);
+    assert_eq!(Envelope::decode(&message).unwrap(), envelope);
+}
+
+#[test]
+fn structured_mode_round_trips_every_attribute() {
+    let envelope = sample();
+    let message = envelope.to_structured();
+    let document: serde_json::Value = serde_json::from_slice(&message.body).unwrap();
+    assert_eq!(document["sagakind"], "step");
+    assert_eq!(document["data"]["order_id"], 7);
+    assert_eq!(Envelope::decode(&message).unwrap(), envelope);
+}
+
+#[test]
+fn an_event_without_causation_or_trace_round_trips() {
+    let envelope = Envelope {
+        causation_id: None,
+        trace: TraceContext::none(),
+        kind: SagaKind::Start,
+        ..sample()
+    };
+    assert_eq!(Envelope::decode(&envelope.to_binary()).unwrap(), envelope);
+    assert_eq!(Envelope::decode(&envelope.to_structured()).unwrap(), envelope);
+}
+
+#[test]
+fn serde_uses_the_structured_document() {
+    let envelope = sample();
+    let json = serde_json::to_string(&envelope).unwrap();
+    assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), envelope);
+}
+
+#[test]
+fn every_missing_required_attribute_is_named() {
+    for name in ["specversion", "id", "source", "type", "time", "sagaid", "sagadeadline", "sagakind"] {
+        let message = without_header(sample().to_binary(), &format!("ce_{name}"));
+        assert_eq!(
+            Envelope::decode(&message),
+            Err(EnvelopeError::MissingAttribute(match name {
+                "specversion" => "specversion",
+                "id" => "id",
+                "source" => "source",
+                "type" => "type",
+                "time" => "time",
+                "sagaid" => "sagaid",
+                "sagadeadline" => "sagadeadline",
+                _ => "sagakind",
+            })),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn invalid_attribute_values_are_typed_errors() {
+    let cases: [(&str, &[u8], &str); 8] = [
+        ("ce_id", b"not-a-uuid", "id"),
+        ("ce_sagaid", b"42", "sagaid"),
+        ("ce_causationid", b"", "causationid"),
+        ("ce_time", b"yesterday", "time"),
+        ("ce_sagadeadline", b"2026-11-22 10:00", "sagadeadline"),
+        ("ce_sagakind", b"retry", "sagakind"),
+        ("ce_traceparent", b"00-xyz", "traceparent"),
+        ("ce_source", b"", "source"),
+    ];
+    for (header, value, attribute) in cases {
+        let message = with_header(sample().to_binary(), header, value);
+        match Envelope::decode(&message) {
+            Err(EnvelopeError::InvalidAttribute { name, .. }) => assert_eq!(name, attribute),
+            other => panic!("{header}: expected invalid attribute, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn non_utf8_headers_wrong_versions_and_content_types_are_rejected() {
+    let message = with_header(sample().to_binary(), "ce_type", &[0xff, 0xfe]);
+    assert!(matches!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::InvalidAttribute { name: "type", .. })
+    ));
+
+    let message = with_header(sample().to_binary(), "ce_specversion", b"0.3");
+    assert_eq!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::UnsupportedSpecVersion("0.3".into()))
+    );
+
+    let message = with_header(sample().to_binary(), "content-type", b"application/xml");
+    assert_eq!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::UnsupportedContentType("application/xml".into()))
+    );
+
+    let message = with_header(sample().to_binary(), "content-type", b"application/json; charset=utf-8");
+    assert!(Envelope::decode(&message).is_ok());
+}
+
+#[test]
+fn duplicate_attributes_are_rejected() {
+    let mut message = sample().to_binary();
+    message.headers.push(("ce_sagaid".into(), SagaId::new().to_string().into_bytes()));
+    assert_eq!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::DuplicateAttribute("sagaid".into()))
+    );
+}
+
+#[test]
+fn a_body_that_is_not_json_is_rejected() {
+    let mut message = sample().to_binary();
+    message.body = b"{\"order_id\": 7".to_vec();
+    assert!(matches!(Envelope::decode(&message), Err(EnvelopeError::InvalidData(_))));
+
+    message.body.clear();
+    assert!(matches!(Envelope::decode(&message), Err(EnvelopeError::InvalidData(_))));
+}
+
+#[test]
+fn malformed_structured_documents_are_rejected() {
+    let structured = |body: &str| RawMessage {
+        headers: vec![("content-type".into(), STRUCTURED_CONTENT_TYPE.as_bytes().to_vec())],
+        body: body.as_bytes().to_vec(),
+    };
+    assert!(matches!(
+        Envelope::decode(&structured("[1, 2]")),
+        Err(EnvelopeError::InvalidStructured(_))
+    ));
+    assert!(matches!(
+        Envelope::decode(&structured("not json")),
+        Err(EnvelopeError::InvalidStructured(_))
+    ));
+
+    let mut document: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+    document["sagaid"] = serde_json::json!(12);
+    assert!(matches!(
+        Envelope::decode(&structured(&document.to_string())),
+        Err(EnvelopeError::InvalidAttribute { name: "sagaid", .. })
+    ));
+
+    document.as_object_mut().unwrap().remove("data");
+    assert_eq!(
+        Envelope::decode(&structured(&document.to_string())),
+        Err(EnvelopeError::MissingAttribute("data"))
+    );
+}
+
+proptest::proptest! {
+    /// Decoding is total: no input panics.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(
+        headers in proptest::collection::vec(("(ce_)?[a-z]{0,12}|content-type", proptest::collection::vec(proptest::num::u8::ANY, 0..40)), 0..12),
+        body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+    ) {
+        let _ = Envelope::decode(&RawMessage { headers: headers.clone(), body: body.clone() });
+        let mut structured = headers;
+        structured.push(("content-type".into(), STRUCTURED_CONTENT_TYPE.as_bytes().to_vec()));
+        let _ = Envelope::decode(&RawMessage { headers: structured, body });
+    }
+
+    /// Mutating one header of a valid event yields the event or a typed error, never a panic.
+    #[test]
+    fn mutating_a_valid_event_never_panics(index in 0usize..12, value in ".{0,64}") {
+        let mut message = sample().to_binary();
+        let slot = index % message.headers.len();
+        message.headers[slot].1 = value.into_bytes();
+        let _ = Envelope::decode(&message);
+    }
+}

@@ -1,0 +1,52 @@
+//! Typed events at the edges of a service; envelopes inside.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// A saga event: a serde type with a stable, versioned name.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct CreditReserved { order_id: u64, amount_cents: u64 }
+///
+/// impl choreo_core::Event for CreditReserved {
+///     const TYPE: &'static str = "payments.CreditReserved.v1";
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a choreo event",
+    label = "this type has no stable event name",
+    note = "implement `choreo::Event` for it: `impl Event for {Self} {{ const TYPE: &'static str = \"service.Name.v1\"; }}` (it must also be Serialize + Deserialize)"
+)]
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The CloudEvents `type`: stable across releases, e.g. `payments.CreditReserved.v1`.
+    const TYPE: &'static str;
+}
+
+/// What a step can emit when it succeeds: one event, or nothing (`()`).
+pub trait Emit: Send + 'static {
+    /// The type of the emitted event, if the step emits one.
+    const TYPE: Option<&'static str>;
+
+    /// The emitted event as JSON data, if any.
+    fn into_data(self) -> Result<Option<Box<RawValue>>, serde_json::Error>;
+}
+
+impl<E: Event> Emit for E {
+    const TYPE: Option<&'static str> = Some(E::TYPE);
+
+    fn into_data(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+        serde_json::value::to_raw_value(&self).map(Some)
+    }
+}
+
+impl Emit for () {
+    const TYPE: Option<&'static str> = None;
+
+    fn into_data(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+        Ok(None)
+    }
+}

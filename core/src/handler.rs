@@ -1,0 +1,164 @@
+//! Steps: what a service does when a saga event reaches it.
+//!
+//! A step is usually a plain `async fn(Event, Context) -> StepResult<Out>`; a type with state
+//! implements [`StepHandler`] itself.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use crate::context::Context;
+use crate::error::HandlerError;
+use crate::event::{Emit, Event};
+
+/// What a step decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step<D> {
+    /// The step did its work; `D` is published (if it is an event) and recorded for the
+    /// compensation.
+    Done(D),
+    /// A business refusal: the saga aborts and every participant compensates.
+    Reject(Rejection),
+}
+
+impl<D> Step<D> {
+    /// The step succeeded and emits `output`.
+    pub fn done(output: D) -> Self {
+        Self::Done(output)
+    }
+
+    /// The step refuses; `reason` travels in the abort event.
+    pub fn reject(reason: impl Into<String>) -> Self {
+        Self::Reject(Rejection {
+            reason: reason.into(),
+        })
+    }
+}
+
+/// A business refusal and its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why the step refused, for people reading the saga's history.
+    pub reason: String,
+}
+
+/// The return type of a step.
+pub type StepResult<D> = Result<Step<D>, HandlerError>;
+
+/// A step of a saga: handles event `E` and decides [`Step::Done`] or [`Step::Reject`].
+///
+/// Implemented for every `async fn(E, Context) -> StepResult<Out>`; implement it yourself for
+/// a handler with state:
+///
+/// ```
+/// use choreo_core::{Context, Event, Step, StepHandler, StepResult};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct OrderPlaced { amount_cents: u64 }
+/// # impl Event for OrderPlaced { const TYPE: &'static str = "orders.OrderPlaced.v1"; }
+/// # #[derive(Serialize, Deserialize)] struct CreditReserved { amount_cents: u64 }
+/// # impl Event for CreditReserved { const TYPE: &'static str = "payments.CreditReserved.v1"; }
+///
+/// struct ReserveCredit { limit_cents: u64 }
+///
+/// impl StepHandler<OrderPlaced> for ReserveCredit {
+///     type Output = CreditReserved;
+///
+///     async fn handle(&self, order: OrderPlaced, _cx: Context) -> StepResult<CreditReserved> {
+///         if order.amount_cents > self.limit_cents {
+///             return Ok(Step::reject("over the credit limit"));
+///         }
+///         Ok(Step::done(CreditReserved { amount_cents: order.amount_cents }))
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a step handling `{E}`",
+    label = "not a step",
+    note = "a step is an `async fn(event: {E}, cx: choreo::Context) -> choreo::StepResult<Out>` where `Out` is an Event or `()`, or a type implementing `StepHandler<{E}>`"
+)]
+pub trait StepHandler<E: Event>: Send + Sync + 'static {
+    /// What the step emits on success: an [`Event`] or `()`.
+    type Output: Emit;
+
+    /// Handles one event.
+    fn handle(
+        &self,
+        event: E,
+        cx: Context,
+    ) -> impl Future<Output = StepResult<Self::Output>> + Send;
+}
+
+impl<F, Fut, E, D> StepHandler<E> for F
+where
+    F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = StepResult<D>> + Send + 'static,
+    E: Event,
+    D: Emit,
+{
+    type Output = D;
+
+    fn handle(&self, event: E, cx: Context) -> impl Future<Output = StepResult<D>> + Send {
+        self(event, cx)
+    }
+}
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A step's decision with its output already serialized.
+pub(crate) enum StepOutcome {
+    Done(Option<Box<RawValue>>),
+    Reject(Rejection),
+}
+
+/// A step with its types erased, as the runtime stores it.
+pub(crate) trait ErasedStep: Send + Sync + 'static {
+    /// The type of the event the step emits, if any.
+    fn output_type(&self) -> Option<&'static str>;
+
+    /// Decodes `data` as the step's event and runs it.
+    fn call(&self, data: &RawValue, cx: Context) -> BoxFuture<Result<StepOutcome, HandlerError>>;
+}
+
+pub(crate) fn erase_step<E: Event, H: StepHandler<E>>(handler: H) -> Arc<dyn ErasedStep> {
+    Arc::new(TypedStep {
+        handler: Arc::new(handler),
+        event: PhantomData::<fn(E)>,
+    })
+}
+
+struct TypedStep<H, E> {
+    handler: Arc<H>,
+    event: PhantomData<fn(E)>,
+}
+
+impl<E: Event, H: StepHandler<E>> ErasedStep for TypedStep<H, E> {
+    fn output_type(&self) -> Option<&'static str> {
+        <H::Output as Emit>::TYPE
+    }
+
+    fn call(&self, data: &RawValue, cx: Context) -> BoxFuture<Result<StepOutcome, HandlerError>> {
+        let event = decode_data::<E>(data);
+        let handler = Arc::clone(&self.handler);
+        Box::pin(async move {
+            match handler.handle(event?, cx).await? {
+                Step::Done(output) => output
+                    .into_data()
+                    .map(StepOutcome::Done)
+                    .map_err(|error| {
+                        HandlerError::permanent(format!("cannot serialize the step's output: {error}"))
+                    }),
+                Step::Reject(rejection) => Ok(StepOutcome::Reject(rejection)),
+            }
+        })
+    }
+}
+
+/// Decodes event data into `E`; data that does not fit is a permanent error.
+pub(crate) fn decode_data<E: Event>(data: &RawValue) -> Result<E, HandlerError> {
+    serde_json::from_str(data.get()).map_err(|error| {
+        HandlerError::permanent(format!("data is not a valid `{}`: {error}", E::TYPE))
+    })
+}

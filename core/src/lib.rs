@@ -1,0 +1,45 @@
+//! The core of choreo: the event envelope, the traits a service and a transport implement,
+//! and the saga runtime. Depends on no broker client; adapters depend on it.
+//!
+//! Most users depend on the `choreo` crate, which re-exports all of this.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod clock;
+mod compensation;
+mod context;
+mod deadline;
+pub mod envelope;
+mod error;
+mod event;
+mod handler;
+mod ids;
+mod inbox;
+pub mod journal;
+mod retry;
+mod saga;
+mod saga_log;
+mod service;
+mod trace;
+pub mod transport;
+mod url;
+
+pub use crate::clock::{Clock, SystemClock, TokioClock};
+pub use crate::compensation::Compensation;
+pub use crate::context::Context;
+pub use crate::deadline::Deadline;
+pub use crate::envelope::{Envelope, EnvelopeError, RawMessage, SagaKind};
+pub use crate::error::{BoxError, ErrorKind, HandlerError};
+pub use crate::event::{Emit, Event};
+pub use crate::handler::{Rejection, Step, StepHandler, StepResult};
+pub use crate::ids::{EventId, SagaId};
+pub use crate::inbox::{Inbox, MemoryInbox};
+pub use crate::journal::{AbortReason, Journal, MemoryJournal, SagaRecord, SagaStatus};
+pub use crate::retry::RetryPolicy;
+pub use crate::saga::{Saga, SagaAborted, SagaCompensated};
+pub use crate::saga_log::{SagaLog, SagaOutcome};
+pub use crate::service::{
+    BuildError, RunningService, Service, ServiceBuilder, ServiceOptions, StartError,
+};
+pub use crate::trace::{InvalidTraceparent, TraceContext};
+pub use crate::transport::{Delivery, PublishError, Subscription, Transport, TransportError};
+pub use crate::url::{ConnectError, TransportUrl, UrlError};

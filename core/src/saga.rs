@@ -1,0 +1,112 @@
+//! A saga's definition, shared by every participant, and the control events of the runtime.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::journal::AbortReason;
+
+/// What every participant of one saga agrees on: its topic, its default timeout and the
+/// events that complete it.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct OrderConfirmed {}
+/// # impl choreo_core::Event for OrderConfirmed { const TYPE: &'static str = "orders.OrderConfirmed.v1"; }
+/// use std::time::Duration;
+/// use choreo_core::Saga;
+///
+/// let saga = Saga::new("orders.saga")
+///     .timeout(Duration::from_secs(30))
+///     .completes_on::<OrderConfirmed>();
+/// assert!(saga.is_terminal("orders.OrderConfirmed.v1"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Saga {
+    inner: Arc<SagaInner>,
+}
+
+#[derive(Debug, Clone)]
+struct SagaInner {
+    topic: String,
+    timeout: Duration,
+    terminal: HashSet<&'static str>,
+}
+
+impl Saga {
+    /// A saga whose events travel on `topic` (e.g. `orders.saga`); default timeout 30 s.
+    pub fn new(topic: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(SagaInner {
+                topic: topic.into(),
+                timeout: Duration::from_secs(30),
+                terminal: HashSet::new(),
+            }),
+        }
+    }
+
+    /// The time from start to deadline of sagas started without an explicit deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).timeout = timeout;
+        self
+    }
+
+    /// Marks `E` as terminal: when it is published, the saga is complete.
+    pub fn completes_on<E: Event>(mut self) -> Self {
+        Arc::make_mut(&mut self.inner).terminal.insert(E::TYPE);
+        self
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The default timeout.
+    pub fn default_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Whether events of `event_type` complete the saga.
+    pub fn is_terminal(&self, event_type: &str) -> bool {
+        self.inner.terminal.contains(event_type)
+    }
+
+    /// Whether any terminal event is declared.
+    pub(crate) fn has_terminal(&self) -> bool {
+        !self.inner.terminal.is_empty()
+    }
+}
+
+/// Published once a saga must abort; every participant compensates (DESIGN §4.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaAborted {
+    /// Why.
+    pub reason: AbortReason,
+    /// Details for people: the rejection reason, the error, the deadline.
+    pub detail: String,
+    /// The service that decided.
+    pub service: String,
+}
+
+impl Event for SagaAborted {
+    const TYPE: &'static str = "choreo.SagaAborted.v1";
+}
+
+/// A participant's acknowledgement that it undid its steps of an aborted saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaCompensated {
+    /// The participant.
+    pub service: String,
+    /// Types of the step events it compensated, newest first.
+    pub compensated: Vec<String>,
+    /// Types of the step events whose compensation kept failing and was dead-lettered.
+    pub failed: Vec<String>,
+}
+
+impl Event for SagaCompensated {
+    const TYPE: &'static str = "choreo.SagaCompensated.v1";
+}

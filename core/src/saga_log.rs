@@ -1,0 +1,227 @@
+//! An observer of a saga topic: records every event per saga and tells each saga's outcome.
+//! What a test asserts on and what the example prints its timelines from.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::envelope::{Envelope, SagaKind};
+use crate::ids::SagaId;
+use crate::journal::AbortReason;
+use crate::saga::{Saga, SagaAborted, SagaCompensated};
+use crate::transport::{Transport, TransportError};
+
+/// How a saga ended, as seen on its topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaOutcome {
+    /// A terminal event was published and no abort.
+    Completed,
+    /// An abort was published and every expected participant acknowledged its compensation.
+    Compensated {
+        /// Why the saga aborted (the first abort's reason).
+        reason: AbortReason,
+        /// Step events whose compensation failed and was dead-lettered.
+        failed: Vec<String>,
+    },
+}
+
+/// Records the events of every saga on one topic, in the order its consumer group received
+/// them. Consumes as its own group, so it sees every event and takes none from services.
+pub struct SagaLog {
+    inner: Arc<LogInner>,
+    changed: watch::Receiver<u64>,
+    task: JoinHandle<()>,
+}
+
+struct LogInner {
+    events: Mutex<HashMap<SagaId, Vec<Envelope>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl SagaLog {
+    /// Starts recording `saga`'s topic as consumer group `group`.
+    pub async fn start(
+        transport: Arc<dyn Transport>,
+        saga: &Saga,
+        group: &str,
+    ) -> Result<Self, TransportError> {
+        let mut subscription = transport
+            .subscribe(group, &[saga.topic().to_owned()])
+            .await?;
+        let (changed, receiver) = watch::channel(0);
+        let inner = Arc::new(LogInner {
+            events: Mutex::new(HashMap::new()),
+            changed,
+        });
+        let recorder = Arc::clone(&inner);
+        let task = tokio::spawn(async move {
+            loop {
+                let delivery = match subscription.next().await {
+                    Ok(delivery) => delivery,
+                    Err(TransportError::Closed) => return,
+                    Err(error) => {
+                        tracing::warn!(%error, "saga log cannot receive; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                // An observer has no business with malformed events: services dead-letter them.
+                if let Ok(envelope) = Envelope::decode(&delivery.message) {
+                    recorder
+                        .lock()
+                        .entry(envelope.saga_id)
+                        .or_default()
+                        .push(envelope);
+                    recorder.changed.send_modify(|version| *version += 1);
+                }
+                if let Err(error) = delivery.ack().await {
+                    tracing::warn!(%error, "saga log cannot ack");
+                }
+            }
+        });
+        Ok(Self {
+            inner,
+            changed: receiver,
+            task,
+        })
+    }
+
+    /// Every event of `saga` received so far, in order.
+    pub fn events(&self, saga: SagaId) -> Vec<Envelope> {
+        self.inner.lock().get(&saga).cloned().unwrap_or_default()
+    }
+
+    /// `(source, type)` of every event of `saga` so far: the flow at a glance.
+    pub fn flow(&self, saga: SagaId) -> Vec<(String, String)> {
+        self.events(saga)
+            .into_iter()
+            .map(|event| (event.source, event.event_type))
+            .collect()
+    }
+
+    /// The ids of the sagas seen so far, in no particular order.
+    pub fn sagas(&self) -> Vec<SagaId> {
+        self.inner.lock().keys().copied().collect()
+    }
+
+    /// The saga's outcome if it has ended, given the services expected to acknowledge an
+    /// abort.
+    pub fn outcome(&self, saga: SagaId, participants: &[&str]) -> Option<SagaOutcome> {
+        outcome_of(&self.events(saga), participants)
+    }
+
+    /// Waits until the saga has ended (see [`outcome`](Self::outcome)).
+    pub async fn wait_for_outcome(&self, saga: SagaId, participants: &[&str]) -> SagaOutcome {
+        let mut changed = self.changed.clone();
+        loop {
+            if let Some(outcome) = self.outcome(saga, participants) {
+                return outcome;
+            }
+            if changed.changed().await.is_err() {
+                // The recorder is gone; nothing more will arrive.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Waits until `condition` holds for the saga's events.
+    pub async fn wait_until(&self, saga: SagaId, condition: impl Fn(&[Envelope]) -> bool) {
+        let mut changed = self.changed.clone();
+        while !condition(&self.events(saga)) {
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// A readable timeline of the saga: one line per event, times relative to its start.
+    pub fn timeline(&self, saga: SagaId) -> String {
+        let events = self.events(saga);
+        let Some(start) = events.first().map(|event| event.time) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for event in &events {
+            let offset = event.time.duration_since(start).unwrap_or_default();
+            let _ = write!(
+                out,
+                "  +{:>6.3}s  {:<10} {:<12} {}",
+                offset.as_secs_f64(),
+                event.source,
+                event.kind.as_str(),
+                event.event_type
+            );
+            let _ = writeln!(out, "{}", describe(event));
+        }
+        out
+    }
+}
+
+impl Drop for SagaLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LogInner {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SagaId, Vec<Envelope>>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn outcome_of(events: &[Envelope], participants: &[&str]) -> Option<SagaOutcome> {
+    let abort = events.iter().find(|event| event.kind == SagaKind::Abort);
+    if let Some(abort) = abort {
+        let reason = serde_json::from_str::<SagaAborted>(abort.data.get())
+            .map(|aborted| aborted.reason)
+            .ok()?;
+        let acknowledgements: Vec<SagaCompensated> = events
+            .iter()
+            .filter(|event| event.kind == SagaKind::Compensated)
+            .filter_map(|event| serde_json::from_str(event.data.get()).ok())
+            .collect();
+        let all_acknowledged = participants.iter().all(|participant| {
+            acknowledgements
+                .iter()
+                .any(|ack| ack.service == *participant)
+        });
+        return all_acknowledged.then(|| SagaOutcome::Compensated {
+            reason,
+            failed: acknowledgements
+                .into_iter()
+                .flat_map(|ack| ack.failed)
+                .collect(),
+        });
+    }
+    events
+        .iter()
+        .any(|event| event.kind == SagaKind::Complete)
+        .then_some(SagaOutcome::Completed)
+}
+
+fn describe(event: &Envelope) -> String {
+    match event.kind {
+        SagaKind::Abort => serde_json::from_str::<SagaAborted>(event.data.get())
+            .map(|aborted| format!("  ({}: {})", aborted.reason, aborted.detail))
+            .unwrap_or_default(),
+        SagaKind::Compensated => serde_json::from_str::<SagaCompensated>(event.data.get())
+            .map(|ack| {
+                let undone = if ack.compensated.is_empty() {
+                    "nothing to undo".to_owned()
+                } else {
+                    format!("undid {}", ack.compensated.join(", "))
+                };
+                if ack.failed.is_empty() {
+                    format!("  ({undone})")
+                } else {
+                    format!("  ({undone}; FAILED {})", ack.failed.join(", "))
+                }
+            })
+            .unwrap_or_default(),
+        _ => format!("  {}", event.data.get()),
+    }
+}

@@ -1,0 +1,356 @@
+//! A saga participant: its steps and compensations, and the runtime that applies the saga
+//! rules of DESIGN §4 to every event it receives.
+
+mod dispatch;
+mod options;
+mod rules;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::options::ServiceOptions;
+use self::rules::Runtime;
+use crate::clock::{Clock, SystemClock};
+use crate::compensation::{erase_compensation, Compensation, ErasedCompensation};
+use crate::deadline::Deadline;
+use crate::event::Event;
+use crate::handler::{erase_step, ErasedStep, StepHandler};
+use crate::ids::SagaId;
+use crate::inbox::{Inbox, MemoryInbox};
+use crate::journal::{Journal, MemoryJournal, StoreError};
+use crate::saga::Saga;
+use crate::transport::{PublishError, Transport, TransportError};
+
+/// A participant of one saga, built with [`Service::builder`] and started with
+/// [`Service::run`].
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// use choreo_core::{Context, Event, HandlerError, Saga, Service, Step, StepResult};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct OrderPlaced { order_id: u64, amount_cents: u64 }
+/// impl Event for OrderPlaced { const TYPE: &'static str = "orders.OrderPlaced.v1"; }
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct CreditReserved { order_id: u64, amount_cents: u64 }
+/// impl Event for CreditReserved { const TYPE: &'static str = "payments.CreditReserved.v1"; }
+///
+/// async fn reserve_credit(order: OrderPlaced, _cx: Context) -> StepResult<CreditReserved> {
+///     if order.amount_cents > 10_000 {
+///         return Ok(Step::reject("over the credit limit"));
+///     }
+///     Ok(Step::done(CreditReserved { order_id: order.order_id, amount_cents: order.amount_cents }))
+/// }
+///
+/// async fn release_credit(done: CreditReserved, _cx: Context) -> Result<(), HandlerError> {
+///     Ok(()) // give `done.amount_cents` back; safe to run twice
+/// }
+///
+/// let payments = Service::builder("payments", &Saga::new("orders.saga"))
+///     .step(reserve_credit)
+///     .compensate(release_credit)
+///     .build()?;
+/// # Ok::<(), choreo_core::BuildError>(())
+/// ```
+pub struct Service {
+    definition: Definition,
+}
+
+/// Everything a service was built from.
+pub(crate) struct Definition {
+    pub(crate) name: Arc<str>,
+    pub(crate) saga: Saga,
+    pub(crate) steps: HashMap<&'static str, Arc<dyn ErasedStep>>,
+    pub(crate) compensations: HashMap<&'static str, Arc<dyn ErasedCompensation>>,
+    pub(crate) initiates: HashSet<&'static str>,
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) inbox: Arc<dyn Inbox>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) options: ServiceOptions,
+}
+
+/// Builds a [`Service`].
+pub struct ServiceBuilder {
+    definition: Definition,
+    emitted: HashSet<&'static str>,
+    problems: Vec<String>,
+}
+
+/// A service definition that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service `{service}` is misconfigured: {}", problems.join("; "))]
+pub struct BuildError {
+    /// The service.
+    pub service: String,
+    /// Every problem found.
+    pub problems: Vec<String>,
+}
+
+impl Service {
+    /// Starts the definition of service `name` (also its consumer group) in `saga`.
+    pub fn builder(name: impl Into<String>, saga: &Saga) -> ServiceBuilder {
+        ServiceBuilder {
+            definition: Definition {
+                name: Arc::from(name.into()),
+                saga: saga.clone(),
+                steps: HashMap::new(),
+                compensations: HashMap::new(),
+                initiates: HashSet::new(),
+                journal: Arc::new(MemoryJournal::new()),
+                inbox: Arc::new(MemoryInbox::new()),
+                clock: Arc::new(SystemClock),
+                options: ServiceOptions::default(),
+            },
+            emitted: HashSet::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.definition.name
+    }
+
+    /// Joins the saga's topic as consumer group `name` on `transport` and starts handling
+    /// events, and firing deadlines, in the background.
+    pub async fn run(self, transport: Arc<dyn Transport>) -> Result<RunningService, TransportError> {
+        let topics = [self.definition.saga.topic().to_owned()];
+        let subscription = transport.subscribe(&self.definition.name, &topics).await?;
+        let stop = CancellationToken::new();
+        let kill = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.definition.options.concurrency));
+        let runtime = Arc::new(Runtime::new(
+            self.definition,
+            transport,
+            stop.clone(),
+            kill.clone(),
+            tracker.clone(),
+        ));
+        let consumer = tokio::spawn(Arc::clone(&runtime).consume(subscription, permits));
+        let timers = tokio::spawn(Arc::clone(&runtime).fire_deadlines());
+        Ok(RunningService {
+            runtime,
+            stop,
+            kill,
+            tracker,
+            tasks: vec![consumer, timers],
+        })
+    }
+}
+
+impl ServiceBuilder {
+    /// Registers `handler` as the step run when event `E` arrives.
+    pub fn step<E: Event, H: StepHandler<E>>(mut self, handler: H) -> Self {
+        let step = erase_step::<E, H>(handler);
+        if let Some(output) = step.output_type() {
+            self.emitted.insert(output);
+        }
+        if self.definition.steps.insert(E::TYPE, step).is_some() {
+            self.problems
+                .push(format!("two steps handle `{}`; register one", E::TYPE));
+        }
+        self
+    }
+
+    /// Registers `compensation` as the undo of the step that emitted `E` (or of starting the
+    /// saga with `E`).
+    pub fn compensate<E: Event, C: Compensation<E>>(mut self, compensation: C) -> Self {
+        let erased = erase_compensation::<E, C>(compensation);
+        if self.definition.compensations.insert(E::TYPE, erased).is_some() {
+            self.problems
+                .push(format!("two compensations undo `{}`; register one", E::TYPE));
+        }
+        self
+    }
+
+    /// Declares that this service starts sagas with event `E` (see
+    /// [`RunningService::start_saga`]).
+    pub fn initiates<E: Event>(mut self) -> Self {
+        self.definition.initiates.insert(E::TYPE);
+        self.emitted.insert(E::TYPE);
+        self
+    }
+
+    /// Where the service keeps its saga records; default: in memory.
+    pub fn journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.definition.journal = journal;
+        self
+    }
+
+    /// Where the service keeps handled event ids; default: in memory.
+    pub fn inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
+        self.definition.inbox = inbox;
+        self
+    }
+
+    /// The clock; default: the system clock. Tests on paused tokio time pass a
+    /// [`TokioClock`](crate::TokioClock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.definition.clock = clock;
+        self
+    }
+
+    /// Tuning; see [`ServiceOptions`].
+    pub fn options(mut self, options: ServiceOptions) -> Self {
+        self.definition.options = options;
+        self
+    }
+
+    /// Checks the definition and builds the service.
+    pub fn build(mut self) -> Result<Service, BuildError> {
+        let mut undone: Vec<_> = self
+            .definition
+            .compensations
+            .keys()
+            .filter(|undone| !self.emitted.contains(*undone))
+            .copied()
+            .collect();
+        undone.sort_unstable();
+        for event_type in undone {
+            self.problems.push(format!(
+                "a compensation undoes `{event_type}`, but no step of this service emits it and the service does not initiate with it"
+            ));
+        }
+        if self.definition.steps.is_empty() && self.definition.initiates.is_empty() {
+            self.problems
+                .push("it has no step and initiates no saga".to_owned());
+        }
+        if !self.definition.saga.has_terminal() {
+            self.problems.push(format!(
+                "saga `{}` declares no terminal event (`Saga::completes_on`), so it could only end by abort",
+                self.definition.saga.topic()
+            ));
+        }
+        if !self.problems.is_empty() {
+            return Err(BuildError {
+                service: self.definition.name.to_string(),
+                problems: self.problems,
+            });
+        }
+        Ok(Service {
+            definition: self.definition,
+        })
+    }
+}
+
+/// A service handling events. Dropping it stops it at once, as a crash would; call
+/// [`shutdown`](Self::shutdown) to stop gracefully.
+pub struct RunningService {
+    runtime: Arc<Runtime>,
+    stop: CancellationToken,
+    kill: CancellationToken,
+    tracker: TaskTracker,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Why a saga could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The service did not declare [`ServiceBuilder::initiates`] for this event.
+    #[error("service `{service}` does not initiate sagas with `{event_type}`; declare it with `.initiates::<{event_type}>()`")]
+    NotInitiator {
+        /// The service.
+        service: String,
+        /// The event type.
+        event_type: &'static str,
+    },
+    /// The event does not serialize.
+    #[error("cannot serialize `{event_type}`: {source}")]
+    Serialize {
+        /// The event type.
+        event_type: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The journal failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The initiating event was not published. The saga is recorded here and will be
+    /// aborted, and its start compensated, at its deadline.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl RunningService {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        self.runtime.name()
+    }
+
+    /// Starts a saga with `event` and the saga's default timeout.
+    pub async fn start_saga<E: Event>(&self, event: E) -> Result<SagaId, StartError> {
+        let timeout = self.runtime.saga().default_timeout();
+        let deadline = Deadline::after(self.runtime.now(), timeout);
+        self.start_saga_until(event, deadline).await
+    }
+
+    /// Starts a saga with `event` that must finish by `deadline`.
+    pub async fn start_saga_until<E: Event>(
+        &self,
+        event: E,
+        deadline: Deadline,
+    ) -> Result<SagaId, StartError> {
+        self.runtime.start(event, deadline).await
+    }
+
+    /// Stops gracefully: takes no new events, finishes the ones being handled (up to
+    /// [`ServiceOptions::shutdown_timeout`]) and leaves every unfinished event unacknowledged,
+    /// for redelivery.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.tracker.close();
+        let timeout = self.runtime.options().shutdown_timeout;
+        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_err() {
+            tracing::warn!(service = %self.name(), ?timeout, "shutdown timed out; abandoning in-flight work unacknowledged");
+            self.kill.cancel();
+        }
+    }
+
+    /// Stops at once, as a crash would: work in progress is abandoned unacknowledged.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.kill.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for RunningService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningService")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut steps: Vec<_> = self.definition.steps.keys().collect();
+        steps.sort_unstable();
+        f.debug_struct("Service")
+            .field("name", &self.definition.name)
+            .field("saga", &self.definition.saga.topic())
+            .field("steps", &steps)
+            .finish_non_exhaustive()
+    }
+}

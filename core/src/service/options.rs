@@ -1,0 +1,77 @@
+//! Tuning of a running service.
+
+use std::time::Duration;
+
+use crate::retry::RetryPolicy;
+
+/// How a service runs. Build with `ServiceOptions::default()` and the setters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServiceOptions {
+    /// Deliveries held at once, across sagas. Events of one saga are handled one at a time.
+    pub concurrency: usize,
+    /// Retries of a step after transient errors; then the event is dead-lettered and the saga
+    /// aborted.
+    pub step_retry: RetryPolicy,
+    /// Retries of a compensation; then it is dead-lettered and reported.
+    pub compensation_retry: RetryPolicy,
+    /// How long after the deadline a participant that did not start the saga waits before it
+    /// publishes the abort itself. The initiator fires at the deadline; the grace spares the
+    /// broker one abort per participant while the initiator is up.
+    pub deadline_grace: Duration,
+    /// Wait before an event is returned for redelivery after a broker or store failure.
+    pub redelivery_delay: Duration,
+    /// How long [`shutdown`](crate::RunningService::shutdown) waits for in-flight work.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 256,
+            step_retry: RetryPolicy::default(),
+            compensation_retry: RetryPolicy::default().max_attempts(10),
+            deadline_grace: Duration::from_secs(1),
+            redelivery_delay: Duration::from_millis(200),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServiceOptions {
+    /// Sets [`concurrency`](Self::concurrency) (at least 1).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Sets [`step_retry`](Self::step_retry).
+    pub fn step_retry(mut self, policy: RetryPolicy) -> Self {
+        self.step_retry = policy;
+        self
+    }
+
+    /// Sets [`compensation_retry`](Self::compensation_retry).
+    pub fn compensation_retry(mut self, policy: RetryPolicy) -> Self {
+        self.compensation_retry = policy;
+        self
+    }
+
+    /// Sets [`deadline_grace`](Self::deadline_grace).
+    pub fn deadline_grace(mut self, grace: Duration) -> Self {
+        self.deadline_grace = grace;
+        self
+    }
+
+    /// Sets [`redelivery_delay`](Self::redelivery_delay).
+    pub fn redelivery_delay(mut self, delay: Duration) -> Self {
+        self.redelivery_delay = delay;
+        self
+    }
+
+    /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}

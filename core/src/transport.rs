@@ -1,0 +1,154 @@
+//! What a broker must offer choreo: publish, consumer-group subscriptions with manual
+//! acknowledgement (at-least-once), and a dead-letter destination.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::envelope::{Envelope, RawMessage};
+use crate::error::BoxError;
+
+/// A broker connection. Object-safe: services hold an `Arc<dyn Transport>`.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// The transport's name, e.g. `memory`, `kafka`; used in logs and span attributes.
+    fn name(&self) -> &'static str;
+
+    /// Publishes `envelope` to `topic` and returns once the broker has accepted it.
+    /// On failure the envelope is handed back inside the error.
+    async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError>;
+
+    /// Joins consumer group `group` on `topics`. Members of one group compete for events;
+    /// every group receives every event. Events of one saga are delivered in order.
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError>;
+
+    /// Sends `message` to the dead-letter destination of `topic` with `reason`.
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError>;
+}
+
+/// A consumer group membership: a stream of deliveries.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; [`TransportError::Closed`] once the transport is closed.
+    async fn next(&mut self) -> Result<Delivery, TransportError>;
+}
+
+/// One received message, to be settled exactly once: [`ack`](Delivery::ack) after it was
+/// handled, [`nack`](Delivery::nack) to have it redelivered, or
+/// [`dead_letter`](Delivery::dead_letter). A delivery dropped unsettled is redelivered.
+pub struct Delivery {
+    /// The topic it came from.
+    pub topic: String,
+    /// The message as received.
+    pub message: RawMessage,
+    /// Whether the broker delivered it before (it may still be a first delivery if false).
+    pub redelivered: bool,
+    acknowledger: Box<dyn Acknowledge>,
+}
+
+impl Delivery {
+    /// A delivery settled through `acknowledger`. For transport implementations.
+    pub fn new(
+        topic: String,
+        message: RawMessage,
+        redelivered: bool,
+        acknowledger: Box<dyn Acknowledge>,
+    ) -> Self {
+        Self {
+            topic,
+            message,
+            redelivered,
+            acknowledger,
+        }
+    }
+
+    /// Confirms the message was handled; it will not be delivered to this group again.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.acknowledger.ack().await
+    }
+
+    /// Returns the message for redelivery.
+    pub async fn nack(self) -> Result<(), TransportError> {
+        self.acknowledger.nack().await
+    }
+
+    /// Moves the message to the dead-letter destination with `reason`, and acks it.
+    pub async fn dead_letter(self, reason: &str) -> Result<(), TransportError> {
+        self.acknowledger.dead_letter(self.message, reason).await
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.topic)
+            .field("redelivered", &self.redelivered)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a transport settles one delivery. For transport implementations.
+#[async_trait]
+pub trait Acknowledge: Send {
+    /// See [`Delivery::ack`].
+    async fn ack(self: Box<Self>) -> Result<(), TransportError>;
+    /// See [`Delivery::nack`].
+    async fn nack(self: Box<Self>) -> Result<(), TransportError>;
+    /// See [`Delivery::dead_letter`].
+    async fn dead_letter(
+        self: Box<Self>,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError>;
+}
+
+/// The header that carries a dead letter's reason.
+pub const DEAD_LETTER_REASON_HEADER: &str = "choreo-dead-letter-reason";
+/// The header that carries the topic a dead letter came from.
+pub const DEAD_LETTER_TOPIC_HEADER: &str = "choreo-dead-letter-topic";
+
+/// The dead-letter topic of `topic` by default: `<topic>.dlq`.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// A transport failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The transport or subscription is closed.
+    #[error("transport is closed")]
+    Closed,
+    /// The broker cannot be reached or the connection broke.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// The broker refused the request.
+    #[error("broker refused: {0}")]
+    Refused(String),
+    /// Anything else.
+    #[error(transparent)]
+    Other(BoxError),
+}
+
+/// A failed publish; the envelope is handed back so nothing is lost.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot publish event {} to `{topic}`: {source}", envelope.id)]
+pub struct PublishError {
+    /// The envelope that was not published.
+    pub envelope: Box<Envelope>,
+    /// Where it was going.
+    pub topic: String,
+    /// Why it failed.
+    #[source]
+    pub source: TransportError,
+}

@@ -1,0 +1,312 @@
+//! Transport URLs: `memory://`, `kafka://host:9092?...`, `amqp://user:pass@host:5672/%2f`.
+//!
+//! One URL picks the transport, so a service moves between brokers with no code change.
+//! Passwords never appear in `Debug`, `Display` or errors.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::transport::TransportError;
+
+/// Schemes choreo knows, with the cargo feature that compiles each in.
+pub(crate) const KNOWN_SCHEMES: [(&str, &str); 4] = [
+    ("memory", "(always)"),
+    ("kafka", "kafka"),
+    ("amqp", "rabbitmq"),
+    ("amqps", "rabbitmq"),
+];
+
+/// A parsed transport URL. Its password is redacted wherever it is printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TransportUrl {
+    url: url::Url,
+}
+
+/// Why a transport URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// Not a URL.
+    #[error("invalid transport URL `{url}`: {reason}; expected e.g. `memory://`, `kafka://host:9092` or `amqp://user:pass@host:5672/%2f`")]
+    Invalid {
+        /// The input, password redacted.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A scheme no transport answers to.
+    #[error("unsupported transport scheme `{scheme}://`; this build supports: {supported}")]
+    UnsupportedScheme {
+        /// The scheme given.
+        scheme: String,
+        /// The schemes compiled in, e.g. `memory://, kafka://`.
+        supported: String,
+    },
+    /// A scheme whose transport was not compiled in.
+    #[error("`{scheme}://` needs choreo's `{feature}` cargo feature, which this build lacks; this build supports: {supported}")]
+    FeatureDisabled {
+        /// The scheme given.
+        scheme: String,
+        /// The cargo feature to enable.
+        feature: String,
+        /// The schemes compiled in.
+        supported: String,
+    },
+    /// A query option the transport does not know or a value it cannot use.
+    #[error("invalid option `{option}` in `{url}`: {reason}")]
+    InvalidOption {
+        /// The URL, password redacted.
+        url: String,
+        /// The option.
+        option: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why `connect` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL cannot be used.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The broker could not be reached.
+    #[error("cannot connect to `{url}`: {source}")]
+    Transport {
+        /// The URL, password redacted.
+        url: String,
+        /// The failure.
+        #[source]
+        source: TransportError,
+    },
+}
+
+impl TransportUrl {
+    /// Parses `input`.
+    pub fn parse(input: &str) -> Result<Self, UrlError> {
+        let url = url::Url::parse(input.trim()).map_err(|error| UrlError::Invalid {
+            url: redact(input),
+            reason: error.to_string(),
+        })?;
+        Ok(Self { url })
+    }
+
+    /// The scheme, lower case (`memory`, `kafka`, `amqp`, `amqps`).
+    pub fn scheme(&self) -> &str {
+        self.url.scheme()
+    }
+
+    /// The first host, if any.
+    pub fn host(&self) -> Option<&str> {
+        self.url.host_str().filter(|host| !host.is_empty())
+    }
+
+    /// The port, if given.
+    pub fn port(&self) -> Option<u16> {
+        self.url.port()
+    }
+
+    /// The authority as written after `//` without user info: `host:port[,host:port]`.
+    pub fn authority(&self) -> String {
+        let host = self.host().unwrap_or_default();
+        match self.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
+    }
+
+    /// The user name, if any (percent-decoded).
+    pub fn username(&self) -> Option<String> {
+        let user = self.url.username();
+        (!user.is_empty()).then(|| decode(user))
+    }
+
+    /// The password, if any (percent-decoded). Handle with care: never log it.
+    pub fn password(&self) -> Option<String> {
+        self.url.password().map(decode)
+    }
+
+    /// The path without its leading `/`, percent-decoded (e.g. the AMQP vhost).
+    pub fn path(&self) -> String {
+        decode(self.url.path().trim_start_matches('/'))
+    }
+
+    /// The query options in order.
+    pub fn options(&self) -> Vec<(String, String)> {
+        self.url
+            .query_pairs()
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect()
+    }
+
+    /// The URL with its password and secret options replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(self.url.as_str())
+    }
+
+    /// The error for a scheme this build does not support.
+    pub fn unsupported(&self, compiled_in: &[&str]) -> UrlError {
+        let scheme = self.scheme().to_owned();
+        let supported = compiled_in
+            .iter()
+            .map(|scheme| format!("{scheme}://"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match KNOWN_SCHEMES.iter().find(|(known, _)| *known == scheme) {
+            Some((_, feature)) => UrlError::FeatureDisabled {
+                scheme,
+                feature: (*feature).to_owned(),
+                supported,
+            },
+            None => UrlError::UnsupportedScheme { scheme, supported },
+        }
+    }
+
+    /// The error for an option the transport cannot use.
+    pub fn invalid_option(&self, option: &str, reason: impl Into<String>) -> UrlError {
+        UrlError::InvalidOption {
+            url: self.redacted(),
+            option: option.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl FromStr for TransportUrl {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for TransportUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for TransportUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TransportUrl({})", self.redacted())
+    }
+}
+
+fn decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Options whose values are secrets.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key"]
+        .iter()
+        .any(|word| key.contains(word))
+        && !key.ends_with("location")
+        && !key.ends_with("file")
+}
+
+/// Redacts the password of `input`, and secret query values, without needing it to parse.
+fn redact(input: &str) -> String {
+    let mut out = String::with_capacity(input.len());
+    let (head, query) = match input.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (input, None),
+    };
+    match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            out.push_str(scheme);
+            out.push_str("://");
+            match authority.rsplit_once('@') {
+                Some((userinfo, hosts)) => {
+                    match userinfo.split_once(':') {
+                        Some((user, _password)) => {
+                            out.push_str(user);
+                            out.push_str(":***");
+                        }
+                        None => out.push_str(userinfo),
+                    }
+                    out.push('@');
+                    out.push_str(hosts);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(path);
+        }
+        None => out.push_str(head),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_parts_adapters_need() {
+        let url: TransportUrl = "amqp://app:s3cr%40t@rabbit:5672/%2f?prefetch=32".parse().unwrap();
+        assert_eq!(url.scheme(), "amqp");
+        assert_eq!(url.host(), Some("rabbit"));
+        assert_eq!(url.port(), Some(5672));
+        assert_eq!(url.username().as_deref(), Some("app"));
+        assert_eq!(url.password().as_deref(), Some("s3cr@t"));
+        assert_eq!(url.path(), "/");
+        assert_eq!(url.options(), [("prefetch".to_owned(), "32".to_owned())]);
+    }
+
+    #[test]
+    fn memory_urls_parse_with_and_without_a_name() {
+        assert_eq!(TransportUrl::parse("memory://").unwrap().host(), None);
+        assert_eq!(TransportUrl::parse("memory://bus-a").unwrap().host(), Some("bus-a"));
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let input = "amqp://app:hunter2@rabbit:5672/%2f?sasl.password=hunter3&group=x";
+        let url = TransportUrl::parse(input).unwrap();
+        for printed in [format!("{url}"), format!("{url:?}"), url.redacted()] {
+            assert!(!printed.contains("hunter"), "{printed}");
+            assert!(printed.contains("app:***@rabbit:5672"), "{printed}");
+            assert!(printed.contains("group=x"), "{printed}");
+        }
+        let error = url.invalid_option("group", "bad");
+        assert!(!error.to_string().contains("hunter"));
+    }
+
+    #[test]
+    fn an_unparsable_url_names_what_was_expected_without_its_password() {
+        let error = TransportUrl::parse("amqp://app:hunter2@[bad/").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("expected e.g. `memory://`"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(TransportUrl::parse("localhost:9092").is_err());
+    }
+
+    #[test]
+    fn unknown_and_disabled_schemes_name_what_is_compiled_in() {
+        let error = TransportUrl::parse("nats://x").unwrap().unsupported(&["memory"]);
+        assert_eq!(
+            error.to_string(),
+            "unsupported transport scheme `nats://`; this build supports: memory://"
+        );
+        let error = TransportUrl::parse("kafka://x:9092").unwrap().unsupported(&["memory"]);
+        assert!(matches!(&error, UrlError::FeatureDisabled { feature, .. } if feature == "kafka"));
+        assert!(error.to_string().contains("`kafka` cargo feature"));
+    }
+}

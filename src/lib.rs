@@ -1,0 +1,52 @@
+//! choreo: choreography sagas for Rust.
+//!
+//! Services coordinate a business transaction only through events on a broker. Each service
+//! registers steps and, next to each step, the compensation that undoes it. When a step
+//! rejects, keeps failing, or the saga passes its deadline, every service that did work
+//! undoes it, newest first, with no central orchestrator. Every event carries its saga id,
+//! causation id, deadline and W3C trace context.
+//!
+//! The transport is chosen by a URL, so a service moves between brokers with no code change:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), choreo::ConnectError> {
+//! let transport = choreo::connect("memory://").await?;
+//! assert_eq!(transport.name(), "memory");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See the README for a whole service, and `docs/` for the saga rules.
+//!
+//! # Feature flags
+//!
+//! The in-memory transport (`memory://`) is always compiled in. Broker transports come with
+//! their own features as they land; [`connect`] names the ones a build lacks.
+
+pub use choreo_core::*;
+
+/// The in-memory transport: one process, broker semantics.
+pub mod memory {
+    pub use choreo_memory::{Chaos, DeadLetter, MemoryTransport};
+}
+
+use std::sync::Arc;
+
+/// The schemes this build can connect to.
+pub const SUPPORTED_SCHEMES: &[&str] = &["memory"];
+
+/// Connects to the transport named by `url`: `memory://` (or `memory://NAME` for a separate
+/// in-process broker).
+///
+/// An unknown scheme, or one whose feature this build lacks, is a [`UrlError`] naming the
+/// schemes compiled in. Passwords never appear in errors.
+pub async fn connect(url: &str) -> Result<Arc<dyn Transport>, ConnectError> {
+    let url = TransportUrl::parse(url)?;
+    match url.scheme() {
+        "memory" => Ok(Arc::new(memory::MemoryTransport::shared(
+            url.host().unwrap_or_default(),
+        ))),
+        _ => Err(url.unsupported(SUPPORTED_SCHEMES).into()),
+    }
+}
