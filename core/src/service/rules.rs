@@ -472,14 +472,15 @@ impl Runtime {
             .await
     }
 
-    /// Arms the saga's deadline timer: the initiator fires at the deadline, others after
-    /// the grace period; never in the past.
+    /// Arms the saga's deadline timer. The initiator fires at the deadline; the others a
+    /// grace period after it (or after now, when they learn late that it passed), so that
+    /// normally the initiator's abort arrives first and theirs is never sent.
     fn arm_timer(&self, record: &SagaRecord) {
-        let mut at = record.deadline.instant();
+        let mut at = record.deadline.instant().max(self.now());
         if !record.initiated_here {
             at += self.options().deadline_grace;
         }
-        self.timers.arm(record.saga_id, at.max(self.now()));
+        self.timers.arm(record.saga_id, at);
     }
 
     async fn publish_abort(

@@ -1,0 +1,782 @@
+//! Each rule of DESIGN §4 on its own, on the in-memory transport and paused time.
+
+mod common;
+
+use std::time::Duration;
+
+use choreo::journal::CompensationState;
+use choreo::{AbortReason, Envelope, Event, SagaAborted, SagaKind, SagaOutcome, SagaStatus};
+use common::*;
+
+#[tokio::test(start_paused = true)]
+async fn a_completed_saga_propagates_ids_over_every_hop() {
+    let h = Harness::memory().await;
+    let (order, saga) = h.place_order(2_500, "book").await;
+
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    assert_eq!(
+        h.flow(saga),
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", StockReserved::TYPE),
+            ev("payments", PaymentCaptured::TYPE),
+            ev("orders", OrderConfirmed::TYPE),
+        ]
+    );
+
+    // §4.1-2: one saga id, one deadline, one trace; each event caused by the one before.
+    let events = h.log.events(saga);
+    let start = &events[0];
+    assert_eq!(start.kind, SagaKind::Start);
+    assert_eq!(start.causation_id, None);
+    assert_eq!(start.deadline.instant(), start.time + TIMEOUT);
+    for pair in events.windows(2) {
+        let (cause, effect) = (&pair[0], &pair[1]);
+        assert_eq!(effect.saga_id, saga);
+        assert_eq!(effect.causation_id, Some(cause.id));
+        assert_eq!(effect.deadline, start.deadline);
+        assert_eq!(effect.trace, start.trace);
+    }
+    assert!(start.trace.trace_id().is_some());
+    assert_eq!(events.last().unwrap().kind, SagaKind::Complete);
+
+    assert_eq!(
+        h.world.effects(order),
+        [
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("inventory", "reserve_stock", order),
+            effect("payments", "capture_payment", order),
+            effect("orders", "confirm_order", order),
+        ]
+    );
+
+    // §4.3, §4.7: every participant recorded its steps and marked the saga completed.
+    let orders = h.record("orders", saga).unwrap();
+    assert_eq!(orders.status, SagaStatus::Completed);
+    assert!(orders.initiated_here);
+    assert_eq!(
+        step_types(&orders),
+        [OrderPlaced::TYPE, OrderConfirmed::TYPE]
+    );
+    let payments = h.record("payments", saga).unwrap();
+    assert_eq!(payments.status, SagaStatus::Completed);
+    assert_eq!(
+        step_types(&payments),
+        [CreditReserved::TYPE, PaymentCaptured::TYPE]
+    );
+    let inventory = h.record("inventory", saga).unwrap();
+    assert_eq!(inventory.status, SagaStatus::Completed);
+    assert_eq!(step_types(&inventory), [StockReserved::TYPE]);
+
+    // §4.7: completion disarmed every timer: nothing happens after the deadline.
+    h.settle().await;
+    assert_eq!(h.flow(saga).len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_compensates_exactly_the_completed_steps_once_each_newest_first() {
+    let h = Harness::memory().await;
+    h.world.set(|b| b.reject_confirmation = true);
+    let (order, saga) = h.place_order(2_500, "book").await;
+
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::Rejected,
+            failed: vec![]
+        }
+    );
+    h.settle().await;
+
+    let flow = h.flow(saga);
+    assert_eq!(
+        flow[..5],
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", StockReserved::TYPE),
+            ev("payments", PaymentCaptured::TYPE),
+            ev("orders", ABORTED),
+        ]
+    );
+    assert_eq!(
+        sorted(flow[5..].to_vec()),
+        sorted(vec![
+            ev("orders", COMPENSATED),
+            ev("payments", COMPENSATED),
+            ev("inventory", COMPENSATED),
+        ])
+    );
+    assert_eq!(flow.len(), 8, "exactly one abort and one acknowledgement each");
+    let abort: SagaAborted = data(&h.log.events(saga)[4]);
+    assert_eq!(abort.reason, AbortReason::Rejected);
+    assert_eq!(abort.detail, "the customer cancelled the order");
+
+    // Each service undid its own steps, newest first, each once.
+    let effects = h.world.effects(order);
+    let of = |service: &str| -> Vec<&str> {
+        effects
+            .iter()
+            .filter(|e| e.service == service)
+            .map(|e| e.action)
+            .collect()
+    };
+    assert_eq!(of("orders"), ["create_order", "cancel_order"]);
+    assert_eq!(
+        of("payments"),
+        [
+            "reserve_credit",
+            "capture_payment",
+            "refund_payment",
+            "release_credit"
+        ]
+    );
+    assert_eq!(of("inventory"), ["reserve_stock", "release_stock"]);
+
+    let acks = acknowledgements(&h, saga);
+    assert_eq!(
+        acks["payments"].compensated,
+        [PaymentCaptured::TYPE, CreditReserved::TYPE]
+    );
+    assert_eq!(acks["inventory"].compensated, [StockReserved::TYPE]);
+    assert_eq!(acks["orders"].compensated, [OrderPlaced::TYPE]);
+
+    for service in SERVICES {
+        let record = h.record(service, saga).unwrap();
+        assert_eq!(
+            record.status,
+            SagaStatus::Aborted {
+                reason: AbortReason::Rejected
+            },
+            "{service}"
+        );
+        assert!(record.compensation_acknowledged, "{service}");
+        assert!(
+            record
+                .steps
+                .iter()
+                .all(|step| step.compensation == CompensationState::Compensated),
+            "{service}: {:?}",
+            record.steps
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_midway_leaves_later_services_nothing_to_undo() {
+    let h = Harness::memory().await;
+    h.world.set(|b| {
+        b.out_of_stock.insert("unobtainium".into());
+    });
+    let (order, saga) = h.place_order(2_500, "unobtainium").await;
+
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::Rejected,
+            failed: vec![]
+        }
+    );
+    h.settle().await;
+    let flow = h.flow(saga);
+    assert_eq!(
+        flow[..3],
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", ABORTED),
+        ]
+    );
+    assert_eq!(flow.len(), 6);
+    assert_eq!(
+        sorted_effects(h.world.effects(order)),
+        sorted_effects(vec![
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("payments", "release_credit", order),
+            effect("orders", "cancel_order", order),
+        ])
+    );
+    let acks = acknowledgements(&h, saga);
+    assert!(acks["inventory"].compensated.is_empty());
+    assert!(h.record("inventory", saga).unwrap().steps.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_error_is_retried_with_backoff_and_then_succeeds() {
+    let h = Harness::memory().await;
+    h.world.set(|b| b.inventory_transient_failures = 2);
+    let started = tokio::time::Instant::now();
+    let (order, saga) = h.place_order(2_500, "book").await;
+
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    assert_eq!(h.world.attempts("reserve_stock", order), 3);
+    // Backoff 100 ms, then 200 ms.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(h.flow(saga).len(), 5);
+    assert!(h.memory_transport().dead_letters(TOPIC).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga() {
+    let h = Harness::memory().await;
+    h.world.set(|b| b.inventory_transient_failures = u32::MAX);
+    let (order, saga) = h.place_order(2_500, "book").await;
+
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::DeadLettered,
+            failed: vec![]
+        }
+    );
+    h.settle().await;
+    assert_eq!(h.world.attempts("reserve_stock", order), 3, "max_attempts");
+
+    let dead = h.memory_transport().dead_letters(TOPIC);
+    assert_eq!(dead.len(), 1);
+    let poisoned = Envelope::decode(&dead[0].message).unwrap();
+    assert_eq!(poisoned.event_type, CreditReserved::TYPE);
+    assert_eq!(poisoned.saga_id, saga);
+    assert!(
+        dead[0].reason.contains("warehouse system timed out")
+            && dead[0].reason.contains("gave up after 3 attempts"),
+        "{}",
+        dead[0].reason
+    );
+
+    let flow = h.flow(saga);
+    assert_eq!(
+        flow[..3],
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", ABORTED),
+        ]
+    );
+    assert_eq!(flow.len(), 6);
+    assert_eq!(
+        sorted_effects(h.world.effects(order)),
+        sorted_effects(vec![
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("payments", "release_credit", order),
+            effect("orders", "cancel_order", order),
+        ])
+    );
+    assert_eq!(
+        h.record("inventory", saga).unwrap().status,
+        SagaStatus::Aborted {
+            reason: AbortReason::DeadLettered
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_or_a_panic_is_dead_lettered_without_retry() {
+    for panics in [false, true] {
+        let h = Harness::memory().await;
+        h.world.set(|b| {
+            b.inventory_permanent_failure = !panics;
+            b.inventory_panics = panics;
+        });
+        let (order, saga) = h.place_order(2_500, "book").await;
+
+        assert_eq!(
+            h.outcome(saga).await,
+            SagaOutcome::Compensated {
+                reason: AbortReason::DeadLettered,
+                failed: vec![]
+            }
+        );
+        assert_eq!(h.world.attempts("reserve_stock", order), 1);
+        let dead = h.memory_transport().dead_letters(TOPIC);
+        assert_eq!(dead.len(), 1);
+        let expected = if panics {
+            "panicked: inventory bug"
+        } else {
+            "SKU catalogue is corrupt"
+        };
+        assert!(dead[0].reason.contains(expected), "{}", dead[0].reason);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_compensation_is_retried_then_dead_lettered_and_reported() {
+    let h = Harness::memory().await;
+    h.world.set(|b| {
+        b.refund_failures = u32::MAX;
+        b.reject_confirmation = true;
+    });
+    let (order, saga) = h.place_order(2_500, "book").await;
+
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::Rejected,
+            failed: vec![CreditReserved::TYPE.to_owned()]
+        }
+    );
+    h.settle().await;
+    assert_eq!(h.world.attempts("release_credit", order), 4, "max_attempts");
+
+    let dead = h.memory_transport().dead_letters(TOPIC);
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .reason
+            .starts_with("compensation of `payments.CreditReserved.v1` failed"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(
+        Envelope::decode(&dead[0].message).unwrap().event_type,
+        CreditReserved::TYPE
+    );
+
+    // The other compensations still ran; the failed one is recorded, not forgotten.
+    let acks = acknowledgements(&h, saga);
+    assert_eq!(acks["payments"].compensated, [PaymentCaptured::TYPE]);
+    assert_eq!(acks["payments"].failed, [CreditReserved::TYPE]);
+    let payments = h.record("payments", saga).unwrap();
+    assert_eq!(payments.steps[1].compensation, CompensationState::Compensated);
+    assert!(matches!(
+        &payments.steps[0].compensation,
+        CompensationState::Failed { reason } if reason.contains("ledger unavailable")
+    ));
+    assert!(!h
+        .world
+        .effects(order)
+        .contains(&effect("payments", "release_credit", order)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compensation_that_fails_transiently_runs_to_success_once() {
+    let h = Harness::memory().await;
+    h.world.set(|b| {
+        b.refund_failures = 2;
+        b.out_of_stock.insert("book".into());
+    });
+    let (order, saga) = h.place_order(2_500, "book").await;
+
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::Rejected,
+            failed: vec![]
+        }
+    );
+    assert_eq!(h.world.attempts("release_credit", order), 3);
+    let releases = h
+        .world
+        .effects(order)
+        .into_iter()
+        .filter(|e| e.action == "release_credit")
+        .count();
+    assert_eq!(releases, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_delivery_has_one_effect() {
+    let h = Harness::memory().await;
+    let (order, saga) = h.place_order(2_500, "book").await;
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+
+    // The broker delivers every event of the saga again, same ids.
+    for event in h.log.events(saga) {
+        h.publish(event).await;
+    }
+    h.settle().await;
+
+    assert_eq!(
+        h.world.effects(order),
+        [
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("inventory", "reserve_stock", order),
+            effect("payments", "capture_payment", order),
+            effect("orders", "confirm_order", order),
+        ]
+    );
+    // The observer saw the duplicates; no service emitted anything new.
+    assert_eq!(h.flow(saga).len(), 10);
+    for service in SERVICES {
+        assert_eq!(h.record(service, saga).unwrap().status, SagaStatus::Completed);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_skipped() {
+    let h = Harness::memory().await;
+    let saga = choreo::SagaId::new();
+    let deadline = h.deadline_in(TIMEOUT);
+    let credit = CreditReserved {
+        order_id: 99,
+        amount_cents: 2_500,
+        sku: "book".into(),
+    };
+    h.publish(h.abort_event(saga, deadline, AbortReason::Rejected))
+        .await;
+    h.publish(h.event("payments", saga, deadline, SagaKind::Step, &credit))
+        .await;
+    h.settle().await;
+
+    assert!(h.world.effects(99).is_empty(), "inventory reserved stock");
+    let inventory = h.record("inventory", saga).unwrap();
+    assert_eq!(
+        inventory.status,
+        SagaStatus::Aborted {
+            reason: AbortReason::Rejected
+        }
+    );
+    assert!(inventory.steps.is_empty());
+    let flow = h.flow(saga);
+    assert_eq!(flow[..2], [ev("tester", ABORTED), ev("payments", CreditReserved::TYPE)]);
+    assert_eq!(
+        sorted(flow[2..].to_vec()),
+        sorted(SERVICES.iter().map(|s| ev(s, COMPENSATED)).collect())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_step_starts_past_the_deadline() {
+    let h = Harness::memory().await;
+    let saga = choreo::SagaId::new();
+    let deadline = h.deadline_in(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let credit = CreditReserved {
+        order_id: 7,
+        amount_cents: 2_500,
+        sku: "book".into(),
+    };
+    h.publish(h.event("payments", saga, deadline, SagaKind::Step, &credit))
+        .await;
+
+    let outcome = h.outcome(saga).await;
+    assert_eq!(
+        outcome,
+        SagaOutcome::Compensated {
+            reason: AbortReason::TimedOut,
+            failed: vec![]
+        }
+    );
+    assert_eq!(h.world.attempts("reserve_stock", 7), 0);
+    assert!(h.world.effects(7).is_empty());
+    // Inventory, holding the late event, aborted the saga itself after its grace period.
+    let flow = h.flow(saga);
+    assert_eq!(flow[..2], [ev("payments", CreditReserved::TYPE), ev("inventory", ABORTED)]);
+    assert_eq!(flow.len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated() {
+    let h = Harness::memory().await;
+    h.world.set(|b| {
+        b.slow_skus.insert("slow".into(), Duration::from_secs(15));
+    });
+    let started = tokio::time::Instant::now();
+    let (order, saga) = h.place_order(2_500, "slow").await;
+
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::TimedOut,
+            failed: vec![]
+        }
+    );
+    h.settle().await;
+    let flow = h.flow(saga);
+    // The initiator's timer fired at the deadline; nobody else needed to.
+    assert_eq!(
+        flow[..3],
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("orders", ABORTED),
+        ]
+    );
+    assert_eq!(flow.len(), 6, "StockReserved was withheld: {flow:?}");
+    let abort = &h.log.events(saga)[2];
+    assert_eq!(abort.time, abort.deadline.instant().max(abort.time));
+    assert!(started.elapsed() >= Duration::from_secs(15));
+
+    let inventory = h.record("inventory", saga).unwrap();
+    assert_eq!(step_types(&inventory), [StockReserved::TYPE]);
+    assert!(inventory.steps[0].withheld);
+    assert_eq!(inventory.steps[0].compensation, CompensationState::Compensated);
+    assert_eq!(
+        sorted_effects(h.world.effects(order)),
+        sorted_effects(vec![
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("inventory", "reserve_stock", order),
+            effect("payments", "release_credit", order),
+            effect("inventory", "release_stock", order),
+            effect("orders", "cancel_order", order),
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_fires_even_when_the_initiating_service_is_stopped() {
+    let mut h = Harness::memory().await;
+    h.world.set(|b| {
+        b.slow_skus.insert("slow".into(), Duration::from_secs(15));
+    });
+    let (order, saga) = h.place_order(2_500, "slow").await;
+    h.running.remove("orders").unwrap().kill();
+
+    assert_eq!(
+        h.outcome_among(saga, &["payments", "inventory"]).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::TimedOut,
+            failed: vec![]
+        }
+    );
+    let events = h.log.events(saga);
+    let abort = events.iter().find(|e| e.kind == SagaKind::Abort).unwrap();
+    assert_eq!(abort.source, "payments", "the participant holding work fired");
+    let aborted: SagaAborted = data(abort);
+    assert_eq!(aborted.reason, AbortReason::TimedOut);
+    assert_eq!(
+        events.iter().filter(|e| e.kind == SagaKind::Abort).count(),
+        1
+    );
+
+    // Back up, orders finds the abort waiting and undoes its part too.
+    h.start("orders").await;
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::TimedOut,
+            failed: vec![]
+        }
+    );
+    h.settle().await;
+    assert_eq!(
+        sorted_effects(h.world.effects(order)),
+        sorted_effects(vec![
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("inventory", "reserve_stock", order),
+            effect("payments", "release_credit", order),
+            effect("inventory", "release_stock", order),
+            effect("orders", "cancel_order", order),
+        ])
+    );
+    for service in SERVICES {
+        let record = h.record(service, saga).unwrap();
+        assert_eq!(
+            record.status,
+            SagaStatus::Aborted {
+                reason: AbortReason::TimedOut
+            }
+        );
+        assert!(record.compensation_acknowledged);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_on() {
+    let h = Harness::memory().await;
+    let memory = h.memory_transport();
+    let garbage = choreo::RawMessage {
+        headers: vec![("ce_type".into(), b"orders.OrderPlaced.v1".to_vec())],
+        body: br#"{"order_id": 1}"#.to_vec(),
+    };
+    memory.publish_raw(TOPIC, None, garbage.clone()).unwrap();
+    let not_json = choreo::RawMessage {
+        body: b"\xff\x00 not json".to_vec(),
+        ..h.event("orders", choreo::SagaId::new(), h.deadline_in(TIMEOUT), SagaKind::Start, &OrderPlaced {
+            order_id: 5,
+            amount_cents: 1,
+            sku: "x".into(),
+        })
+        .to_binary()
+    };
+    memory.publish_raw(TOPIC, None, not_json.clone()).unwrap();
+
+    let (order, saga) = h.place_order(2_500, "book").await;
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    assert_eq!(h.world.effects(order).len(), 5);
+
+    // Each service's consumer group dead-lettered each bad message once, saying why.
+    let dead = h.memory_transport().dead_letters(TOPIC);
+    assert_eq!(dead.len(), 2 * SERVICES.len());
+    for letter in &dead {
+        if letter.message == garbage {
+            assert_eq!(
+                letter.reason,
+                "malformed event: missing required attribute `specversion`"
+            );
+        } else {
+            assert_eq!(letter.message, not_json);
+            assert!(
+                letter.reason.starts_with("malformed event: data is not valid JSON"),
+                "{}",
+                letter.reason
+            );
+        }
+    }
+    for service in SERVICES {
+        assert_eq!(memory.pending(TOPIC, service), 0, "{service}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery() {
+    let mut h = Harness::memory().await;
+    h.world.set(|b| {
+        b.slow_skus.insert("slow".into(), Duration::from_secs(3));
+    });
+    // Inventory takes one event at a time, so two orders wait in the broker.
+    h.running.remove("inventory").unwrap().shutdown().await;
+    let inventory = h.service("inventory", test_options().concurrency(1));
+    h.running.insert(
+        "inventory",
+        inventory.run(std::sync::Arc::clone(&h.transport)).await.unwrap(),
+    );
+    let a = h.place_order(100, "slow").await;
+    let b = h.place_order(200, "slow").await;
+    let c = h.place_order(300, "slow").await;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.running.remove("inventory").unwrap().shutdown().await;
+
+    // The event in flight was finished and acked; the others were not touched.
+    let reserved: Vec<u64> = h
+        .world
+        .all_effects()
+        .into_iter()
+        .filter(|e| e.action == "reserve_stock")
+        .map(|e| e.order_id)
+        .collect();
+    assert_eq!(reserved.len(), 1);
+    assert!(h.memory_transport().pending(TOPIC, "inventory") >= 2);
+
+    h.start("inventory").await;
+    for (order, saga) in [a, b, c] {
+        assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+        let reservations = h
+            .world
+            .effects(order)
+            .into_iter()
+            .filter(|e| e.action == "reserve_stock")
+            .count();
+        assert_eq!(reservations, 1, "order {order}");
+    }
+    h.settle().await;
+    assert_eq!(h.memory_transport().pending(TOPIC, "inventory"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sagas_run_concurrently_up_to_the_limit() {
+    async fn elapsed_for_four_slow_sagas(concurrency: usize) -> Duration {
+        let mut h = Harness::memory().await;
+        h.world.set(|b| {
+            b.slow_skus.insert("slow".into(), Duration::from_secs(2));
+        });
+        h.running.remove("inventory").unwrap().shutdown().await;
+        let inventory = h.service("inventory", test_options().concurrency(concurrency));
+        h.running.insert(
+            "inventory",
+            inventory.run(std::sync::Arc::clone(&h.transport)).await.unwrap(),
+        );
+        let started = tokio::time::Instant::now();
+        let mut sagas = Vec::new();
+        for _ in 0..4 {
+            sagas.push(h.place_order(100, "slow").await.1);
+        }
+        for saga in sagas {
+            assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+        }
+        started.elapsed()
+    }
+
+    let concurrent = elapsed_for_four_slow_sagas(16).await;
+    let one_at_a_time = elapsed_for_four_slow_sagas(1).await;
+    assert!(concurrent < Duration::from_secs(3), "{concurrent:?}");
+    assert!(one_at_a_time >= Duration::from_secs(8), "{one_at_a_time:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_aborts_are_harmless() {
+    let h = Harness::memory().await;
+    h.world.set(|b| {
+        b.slow_skus.insert("slow".into(), Duration::from_secs(5));
+    });
+    let (order, saga) = h.place_order(2_500, "slow").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deadline = h.log.events(saga)[0].deadline;
+    let abort = h.abort_event(saga, deadline, AbortReason::Rejected);
+    h.publish(abort.clone()).await;
+    h.publish(abort).await; // redelivered: same id
+    h.publish(h.abort_event(saga, deadline, AbortReason::TimedOut))
+        .await; // another participant's: new id
+
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::Rejected,
+            failed: vec![]
+        }
+    );
+    h.settle().await;
+    let undo_count = |action| {
+        h.world
+            .effects(order)
+            .iter()
+            .filter(|e| e.action == action)
+            .count()
+    };
+    assert_eq!(undo_count("release_credit"), 1);
+    assert_eq!(undo_count("release_stock"), 1);
+    assert_eq!(undo_count("cancel_order"), 1);
+    assert_eq!(acknowledgements(&h, saga).len(), 3);
+    // The first abort decided the reason everywhere.
+    for service in SERVICES {
+        assert_eq!(
+            h.record(service, saga).unwrap().status,
+            SagaStatus::Aborted {
+                reason: AbortReason::Rejected
+            }
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_after_completion_still_compensates_so_participants_agree_in_any_order() {
+    let h = Harness::memory().await;
+    let (order, saga) = h.place_order(2_500, "book").await;
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    let deadline = h.log.events(saga)[0].deadline;
+    h.publish(h.abort_event(saga, deadline, AbortReason::TimedOut))
+        .await;
+    h.settle().await;
+
+    assert_eq!(
+        h.log.outcome(saga, &SERVICES),
+        Some(SagaOutcome::Compensated {
+            reason: AbortReason::TimedOut,
+            failed: vec![]
+        })
+    );
+    let undone: Vec<_> = h
+        .world
+        .effects(order)
+        .into_iter()
+        .skip(5)
+        .map(|e| (e.service, e.action))
+        .collect();
+    assert_eq!(
+        sorted(undone),
+        sorted(vec![
+            ("orders", "cancel_order"),
+            ("payments", "refund_payment"),
+            ("payments", "release_credit"),
+            ("inventory", "release_stock"),
+        ])
+    );
+}
