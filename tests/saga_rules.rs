@@ -109,7 +109,11 @@ async fn a_rejection_compensates_exactly_the_completed_steps_once_each_newest_fi
             ev("inventory", COMPENSATED),
         ])
     );
-    assert_eq!(flow.len(), 8, "exactly one abort and one acknowledgement each");
+    assert_eq!(
+        flow.len(),
+        8,
+        "exactly one abort and one acknowledgement each"
+    );
     let abort: SagaAborted = data(&h.log.events(saga)[4]);
     assert_eq!(abort.reason, AbortReason::Rejected);
     assert_eq!(abort.detail, "the customer cancelled the order");
@@ -341,7 +345,10 @@ async fn a_failing_compensation_is_retried_then_dead_lettered_and_reported() {
     assert_eq!(acks["payments"].compensated, [PaymentCaptured::TYPE]);
     assert_eq!(acks["payments"].failed, [CreditReserved::TYPE]);
     let payments = h.record("payments", saga).unwrap();
-    assert_eq!(payments.steps[1].compensation, CompensationState::Compensated);
+    assert_eq!(
+        payments.steps[1].compensation,
+        CompensationState::Compensated
+    );
     assert!(matches!(
         &payments.steps[0].compensation,
         CompensationState::Failed { reason } if reason.contains("ledger unavailable")
@@ -403,7 +410,10 @@ async fn a_duplicate_delivery_has_one_effect() {
     // The observer saw the duplicates; no service emitted anything new.
     assert_eq!(h.flow(saga).len(), 10);
     for service in SERVICES {
-        assert_eq!(h.record(service, saga).unwrap().status, SagaStatus::Completed);
+        assert_eq!(
+            h.record(service, saga).unwrap().status,
+            SagaStatus::Completed
+        );
     }
 }
 
@@ -433,7 +443,10 @@ async fn an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_ski
     );
     assert!(inventory.steps.is_empty());
     let flow = h.flow(saga);
-    assert_eq!(flow[..2], [ev("tester", ABORTED), ev("payments", CreditReserved::TYPE)]);
+    assert_eq!(
+        flow[..2],
+        [ev("tester", ABORTED), ev("payments", CreditReserved::TYPE)]
+    );
     assert_eq!(
         sorted(flow[2..].to_vec()),
         sorted(SERVICES.iter().map(|s| ev(s, COMPENSATED)).collect())
@@ -466,7 +479,13 @@ async fn no_step_starts_past_the_deadline() {
     assert!(h.world.effects(7).is_empty());
     // Inventory, holding the late event, aborted the saga itself after its grace period.
     let flow = h.flow(saga);
-    assert_eq!(flow[..2], [ev("payments", CreditReserved::TYPE), ev("inventory", ABORTED)]);
+    assert_eq!(
+        flow[..2],
+        [
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", ABORTED)
+        ]
+    );
     assert_eq!(flow.len(), 5);
 }
 
@@ -505,7 +524,10 @@ async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated() {
     let inventory = h.record("inventory", saga).unwrap();
     assert_eq!(step_types(&inventory), [StockReserved::TYPE]);
     assert!(inventory.steps[0].withheld);
-    assert_eq!(inventory.steps[0].compensation, CompensationState::Compensated);
+    assert_eq!(
+        inventory.steps[0].compensation,
+        CompensationState::Compensated
+    );
     assert_eq!(
         sorted_effects(h.world.effects(order)),
         sorted_effects(vec![
@@ -537,7 +559,10 @@ async fn the_deadline_fires_even_when_the_initiating_service_is_stopped() {
     );
     let events = h.log.events(saga);
     let abort = events.iter().find(|e| e.kind == SagaKind::Abort).unwrap();
-    assert_eq!(abort.source, "payments", "the participant holding work fired");
+    assert_eq!(
+        abort.source, "payments",
+        "the participant holding work fired"
+    );
     let aborted: SagaAborted = data(abort);
     assert_eq!(aborted.reason, AbortReason::TimedOut);
     assert_eq!(
@@ -589,11 +614,17 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_o
     memory.publish_raw(TOPIC, None, garbage.clone()).unwrap();
     let not_json = choreo::RawMessage {
         body: b"\xff\x00 not json".to_vec(),
-        ..h.event("orders", choreo::SagaId::new(), h.deadline_in(TIMEOUT), SagaKind::Start, &OrderPlaced {
-            order_id: 5,
-            amount_cents: 1,
-            sku: "x".into(),
-        })
+        ..h.event(
+            "orders",
+            choreo::SagaId::new(),
+            h.deadline_in(TIMEOUT),
+            SagaKind::Start,
+            &OrderPlaced {
+                order_id: 5,
+                amount_cents: 1,
+                sku: "x".into(),
+            },
+        )
         .to_binary()
     };
     memory.publish_raw(TOPIC, None, not_json.clone()).unwrap();
@@ -614,7 +645,9 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_o
         } else {
             assert_eq!(letter.message, not_json);
             assert!(
-                letter.reason.starts_with("malformed event: data is not valid JSON"),
+                letter
+                    .reason
+                    .starts_with("malformed event: data is not valid JSON"),
                 "{}",
                 letter.reason
             );
@@ -633,11 +666,8 @@ async fn shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery() {
     });
     // Inventory takes one event at a time, so two orders wait in the broker.
     h.running.remove("inventory").unwrap().shutdown().await;
-    let inventory = h.service("inventory", test_options().concurrency(1));
-    h.running.insert(
-        "inventory",
-        inventory.run(std::sync::Arc::clone(&h.transport)).await.unwrap(),
-    );
+    h.start_with("inventory", test_options().concurrency(1))
+        .await;
     let a = h.place_order(100, "slow").await;
     let b = h.place_order(200, "slow").await;
     let c = h.place_order(300, "slow").await;
@@ -679,11 +709,8 @@ async fn sagas_run_concurrently_up_to_the_limit() {
             b.slow_skus.insert("slow".into(), Duration::from_secs(2));
         });
         h.running.remove("inventory").unwrap().shutdown().await;
-        let inventory = h.service("inventory", test_options().concurrency(concurrency));
-        h.running.insert(
-            "inventory",
-            inventory.run(std::sync::Arc::clone(&h.transport)).await.unwrap(),
-        );
+        h.start_with("inventory", test_options().concurrency(concurrency))
+            .await;
         let started = tokio::time::Instant::now();
         let mut sagas = Vec::new();
         for _ in 0..4 {
@@ -778,5 +805,66 @@ async fn an_abort_after_completion_still_compensates_so_participants_agree_in_an
             ("payments", "release_credit"),
             ("inventory", "release_stock"),
         ])
+    );
+}
+
+/// An inbox whose first write fails, as if the service crashed after its step and before it
+/// could mark the event handled and ack it.
+#[derive(Default)]
+struct CrashOnFirstMark {
+    inner: choreo::MemoryInbox,
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl choreo::Inbox for CrashOnFirstMark {
+    async fn contains(&self, event: choreo::EventId) -> Result<bool, choreo::journal::StoreError> {
+        self.inner.contains(event).await
+    }
+
+    async fn insert(&self, event: choreo::EventId) -> Result<(), choreo::journal::StoreError> {
+        if !self.crashed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(choreo::journal::StoreError("disk full".into()));
+        }
+        self.inner.insert(event).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_redelivered_after_a_crash_republishes_its_event_instead_of_running_again() {
+    let mut h = Harness::memory().await;
+    h.running.remove("inventory").unwrap().shutdown().await;
+    h.inboxes.insert(
+        "inventory",
+        std::sync::Arc::new(CrashOnFirstMark::default()),
+    );
+    h.start("inventory").await;
+    let (order, saga) = h.place_order(2_500, "book").await;
+
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    h.settle().await;
+    assert_eq!(
+        h.world.effects(order),
+        [
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("inventory", "reserve_stock", order),
+            effect("payments", "capture_payment", order),
+            effect("orders", "confirm_order", order),
+        ]
+    );
+    // The redelivered CreditReserved made inventory publish its recorded StockReserved
+    // again, under the same id, which payments dropped as a duplicate.
+    let events = h.log.events(saga);
+    let stock: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type == StockReserved::TYPE)
+        .collect();
+    assert_eq!(stock.len(), 2);
+    assert_eq!(stock[0], stock[1]);
+    assert_eq!(events.len(), 6);
+    assert_eq!(
+        step_types(&h.record("inventory", saga).unwrap()),
+        [StockReserved::TYPE]
     );
 }

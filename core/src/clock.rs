@@ -61,7 +61,9 @@ impl Clock for TokioClock {
 
 impl fmt::Debug for TokioClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokioClock").field("now", &self.now()).finish()
+        f.debug_struct("TokioClock")
+            .field("now", &self.now())
+            .finish()
     }
 }
 

@@ -38,7 +38,11 @@ where
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     E: Event,
 {
-    fn compensate(&self, done: E, cx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send {
+    fn compensate(
+        &self,
+        done: E,
+        cx: Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         self(done, cx)
     }
 }

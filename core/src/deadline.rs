@@ -169,7 +169,9 @@ impl DeadlineTimers {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded maps stay consistent even if a holder panicked: every update is one call.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -179,7 +181,8 @@ mod tests {
 
     #[test]
     fn rfc3339_round_trip_keeps_subsecond_precision() {
-        let deadline = Deadline::at(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789));
+        let deadline =
+            Deadline::at(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789));
         let parsed: Deadline = deadline.to_rfc3339().parse().unwrap();
         assert_eq!(parsed, deadline);
     }

@@ -252,7 +252,10 @@ impl Envelope {
             }
         }
         let data = parse_data(&message.body)?;
-        Self::from_attributes(|name| Ok(attributes.get(name).map(|v| Cow::Borrowed(*v))), data)
+        Self::from_attributes(
+            |name| Ok(attributes.get(name).map(|v| Cow::Borrowed(*v))),
+            data,
+        )
     }
 
     /// Decodes a structured-mode JSON document.
@@ -287,19 +290,21 @@ impl Envelope {
         data: Box<RawValue>,
     ) -> Result<Self, EnvelopeError> {
         let required = |name: &'static str| get(name)?.ok_or(EnvelopeError::MissingAttribute(name));
-        let invalid = |name: &'static str, reason: String| EnvelopeError::InvalidAttribute {
-            name,
-            reason,
-        };
+        let invalid =
+            |name: &'static str, reason: String| EnvelopeError::InvalidAttribute { name, reason };
 
         let spec_version = required("specversion")?;
         if spec_version != SPEC_VERSION {
-            return Err(EnvelopeError::UnsupportedSpecVersion(spec_version.into_owned()));
+            return Err(EnvelopeError::UnsupportedSpecVersion(
+                spec_version.into_owned(),
+            ));
         }
         if let Some(content_type) = get("datacontenttype")? {
             let media_type = content_type.split(';').next().unwrap_or_default().trim();
             if !media_type.eq_ignore_ascii_case(JSON) {
-                return Err(EnvelopeError::UnsupportedContentType(content_type.into_owned()));
+                return Err(EnvelopeError::UnsupportedContentType(
+                    content_type.into_owned(),
+                ));
             }
         }
         let id = required("id")?
@@ -308,7 +313,9 @@ impl Envelope {
         let source = non_empty("source", required("source")?)?;
         let event_type = non_empty("type", required("type")?)?;
         let time = match get("time")? {
-            Some(value) => parse_rfc3339(&value).map_err(|error| invalid("time", error.to_string()))?,
+            Some(value) => {
+                parse_rfc3339(&value).map_err(|error| invalid("time", error.to_string()))?
+            }
             None => return Err(EnvelopeError::MissingAttribute("time")),
         };
         let saga_id = required("sagaid")?

@@ -144,12 +144,9 @@ impl<E: Event, H: StepHandler<E>> ErasedStep for TypedStep<H, E> {
         let handler = Arc::clone(&self.handler);
         Box::pin(async move {
             match handler.handle(event?, cx).await? {
-                Step::Done(output) => output
-                    .into_data()
-                    .map(StepOutcome::Done)
-                    .map_err(|error| {
-                        HandlerError::permanent(format!("cannot serialize the step's output: {error}"))
-                    }),
+                Step::Done(output) => output.into_data().map(StepOutcome::Done).map_err(|error| {
+                    HandlerError::permanent(format!("cannot serialize the step's output: {error}"))
+                }),
                 Step::Reject(rejection) => Ok(StepOutcome::Reject(rejection)),
             }
         })

@@ -82,7 +82,9 @@ mod tests {
             .max_attempts(6)
             .initial_backoff(Duration::from_millis(100))
             .max_backoff(Duration::from_millis(1000));
-        let waits: Vec<_> = (1..=6).map(|attempt| policy.backoff_after(attempt)).collect();
+        let waits: Vec<_> = (1..=6)
+            .map(|attempt| policy.backoff_after(attempt))
+            .collect();
         assert_eq!(
             waits,
             [100, 200, 400, 800, 1000]

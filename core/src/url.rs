@@ -260,7 +260,9 @@ mod tests {
 
     #[test]
     fn parses_the_parts_adapters_need() {
-        let url: TransportUrl = "amqp://app:s3cr%40t@rabbit:5672/%2f?prefetch=32".parse().unwrap();
+        let url: TransportUrl = "amqp://app:s3cr%40t@rabbit:5672/%2f?prefetch=32"
+            .parse()
+            .unwrap();
         assert_eq!(url.scheme(), "amqp");
         assert_eq!(url.host(), Some("rabbit"));
         assert_eq!(url.port(), Some(5672));
@@ -273,7 +275,10 @@ mod tests {
     #[test]
     fn memory_urls_parse_with_and_without_a_name() {
         assert_eq!(TransportUrl::parse("memory://").unwrap().host(), None);
-        assert_eq!(TransportUrl::parse("memory://bus-a").unwrap().host(), Some("bus-a"));
+        assert_eq!(
+            TransportUrl::parse("memory://bus-a").unwrap().host(),
+            Some("bus-a")
+        );
     }
 
     #[test]
@@ -300,12 +305,16 @@ mod tests {
 
     #[test]
     fn unknown_and_disabled_schemes_name_what_is_compiled_in() {
-        let error = TransportUrl::parse("nats://x").unwrap().unsupported(&["memory"]);
+        let error = TransportUrl::parse("nats://x")
+            .unwrap()
+            .unsupported(&["memory"]);
         assert_eq!(
             error.to_string(),
             "unsupported transport scheme `nats://`; this build supports: memory://"
         );
-        let error = TransportUrl::parse("kafka://x:9092").unwrap().unsupported(&["memory"]);
+        let error = TransportUrl::parse("kafka://x:9092")
+            .unwrap()
+            .unsupported(&["memory"]);
         assert!(matches!(&error, UrlError::FeatureDisabled { feature, .. } if feature == "kafka"));
         assert!(error.to_string().contains("`kafka` cargo feature"));
     }

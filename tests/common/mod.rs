@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use choreo::memory::MemoryTransport;
 use choreo::{
-    AbortReason, Clock, Context, Deadline, Envelope, Event, EventId, HandlerError, MemoryInbox,
-    MemoryJournal, RetryPolicy, RunningService, Saga, SagaAborted, SagaCompensated, SagaId,
-    SagaKind, SagaLog, SagaOutcome, SagaRecord, Service, ServiceOptions, Step, StepHandler,
+    AbortReason, Clock, Context, Deadline, Envelope, Event, EventId, HandlerError, Inbox,
+    MemoryInbox, MemoryJournal, RetryPolicy, RunningService, Saga, SagaAborted, SagaCompensated,
+    SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, Service, ServiceOptions, Step, StepHandler,
     StepResult, TokioClock, TraceContext, Transport,
 };
 use serde::{Deserialize, Serialize};
@@ -81,6 +81,8 @@ pub struct Behaviour {
     pub out_of_stock: HashSet<String>,
     /// How long inventory takes to reserve a SKU.
     pub slow_skus: HashMap<String, Duration>,
+    /// How long payments takes to reserve credit.
+    pub credit_delay: Duration,
     /// How often inventory fails transiently before it succeeds.
     pub inventory_transient_failures: u32,
     /// Whether inventory fails permanently.
@@ -99,6 +101,7 @@ impl Default for Behaviour {
             credit_limit_cents: 10_000,
             out_of_stock: HashSet::new(),
             slow_skus: HashMap::new(),
+            credit_delay: Duration::ZERO,
             inventory_transient_failures: 0,
             inventory_permanent_failure: false,
             inventory_panics: false,
@@ -189,6 +192,10 @@ impl StepHandler<OrderPlaced> for Payments {
     type Output = CreditReserved;
 
     async fn handle(&self, order: OrderPlaced, _cx: Context) -> StepResult<CreditReserved> {
+        let delay = self.0.behaviour().credit_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         if order.amount_cents > self.0.behaviour().credit_limit_cents {
             return Ok(Step::reject(format!(
                 "{} cents exceed the credit limit",
@@ -223,7 +230,7 @@ pub struct Harness {
     pub world: Arc<World>,
     pub log: SagaLog,
     pub journals: HashMap<&'static str, Arc<MemoryJournal>>,
-    pub inboxes: HashMap<&'static str, Arc<MemoryInbox>>,
+    pub inboxes: HashMap<&'static str, Arc<dyn Inbox>>,
     pub running: HashMap<&'static str, RunningService>,
     next_order: Mutex<u64>,
 }
@@ -247,7 +254,11 @@ pub fn test_options() -> ServiceOptions {
 impl Harness {
     /// All three services on a fresh in-memory transport.
     pub async fn memory() -> Self {
-        let memory = MemoryTransport::new();
+        Self::memory_with(MemoryTransport::new()).await
+    }
+
+    /// All three services on `memory`.
+    pub async fn memory_with(memory: MemoryTransport) -> Self {
         let mut harness = Self::on(Arc::new(memory.clone())).await;
         harness.memory = Some(memory);
         harness.start_all().await;
@@ -265,7 +276,7 @@ impl Harness {
             .collect();
         let inboxes = SERVICES
             .iter()
-            .map(|name| (*name, Arc::new(MemoryInbox::new())))
+            .map(|name| (*name, Arc::new(MemoryInbox::new()) as Arc<dyn Inbox>))
             .collect();
         Self {
             transport,
@@ -292,7 +303,12 @@ impl Harness {
 
     /// Starts (or restarts) service `name` with its journal and inbox kept across restarts.
     pub async fn start(&mut self, name: &'static str) {
-        let service = self.service(name, test_options());
+        self.start_with(name, test_options()).await;
+    }
+
+    /// Starts (or restarts) service `name` with `options`.
+    pub async fn start_with(&mut self, name: &'static str, options: ServiceOptions) {
+        let service = self.service(name, options);
         let running = service.run(Arc::clone(&self.transport)).await.unwrap();
         self.running.insert(name, running);
     }

@@ -1,5 +1,7 @@
 //! Deterministic misbehaviour for tests: duplicated and reordered deliveries.
 
+use std::time::Duration;
+
 /// What the in-memory broker does wrong on purpose, reproducibly from `seed`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -10,6 +12,9 @@ pub struct Chaos {
     pub duplicate_percent: u8,
     /// Deliver any pending message next, not the oldest, ignoring per-saga order.
     pub reorder: bool,
+    /// Each message reaches each group after a random delay up to this (in tokio time), so
+    /// messages overtake each other in flight.
+    pub max_delay: Duration,
 }
 
 impl Chaos {
@@ -30,6 +35,12 @@ impl Chaos {
     /// Delivers pending messages in random order.
     pub fn reorder(mut self, reorder: bool) -> Self {
         self.reorder = reorder;
+        self
+    }
+
+    /// Delays each message by up to `delay`.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
         self
     }
 }

@@ -57,7 +57,8 @@ impl Group {
         let mut entry = match reorder {
             Some(rng) => {
                 let state = &mut *state;
-                let pending = state.ready.len() + state.blocked.values().map(VecDeque::len).sum::<usize>();
+                let pending =
+                    state.ready.len() + state.blocked.values().map(VecDeque::len).sum::<usize>();
                 if pending == 0 {
                     return None;
                 }
@@ -140,7 +141,9 @@ impl Group {
     /// Messages not yet settled, handed out or not.
     pub(crate) fn pending(&self) -> usize {
         let state = self.lock();
-        state.ready.len() + state.blocked.values().map(VecDeque::len).sum::<usize>() + state.unsettled
+        state.ready.len()
+            + state.blocked.values().map(VecDeque::len).sum::<usize>()
+            + state.unsettled
     }
 
     fn lock(&self) -> MutexGuard<'_, GroupState> {

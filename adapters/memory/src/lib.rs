@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use choreo_core::transport::{
@@ -97,13 +98,23 @@ impl MemoryTransport {
 
     /// Publishes an already encoded message, e.g. a malformed one in a test. `key` orders
     /// messages like a saga id does.
-    pub fn publish_raw(&self, topic: &str, key: Option<&str>, message: RawMessage) -> Result<(), TransportError> {
+    pub fn publish_raw(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        message: RawMessage,
+    ) -> Result<(), TransportError> {
         self.bus.publish(topic, key.map(Arc::from), message)
     }
 
     /// Messages dead-lettered from `topic` so far, oldest first.
     pub fn dead_letters(&self, topic: &str) -> Vec<DeadLetter> {
-        self.bus.lock().dead_letters.get(topic).cloned().unwrap_or_default()
+        self.bus
+            .lock()
+            .dead_letters
+            .get(topic)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Messages of `topic` that group `group` has not acked yet, delivered or not.
@@ -145,7 +156,12 @@ impl Bus {
         self.closed.load(Ordering::SeqCst)
     }
 
-    fn publish(&self, topic: &str, key: Option<Arc<str>>, message: RawMessage) -> Result<(), TransportError> {
+    fn publish(
+        &self,
+        topic: &str,
+        key: Option<Arc<str>>,
+        message: RawMessage,
+    ) -> Result<(), TransportError> {
         if self.is_closed() {
             return Err(TransportError::Closed);
         }
@@ -157,16 +173,35 @@ impl Bus {
             .map(|groups| groups.values().cloned().collect())
             .unwrap_or_default();
         for group in groups {
-            let copies = match &self.chaos {
-                Some((chaos, rng)) if lock(rng).percent(chaos.duplicate_percent) => 2,
-                _ => 1,
+            let (copies, delay) = match &self.chaos {
+                Some((chaos, rng)) => {
+                    let mut rng = lock(rng);
+                    let copies = if rng.percent(chaos.duplicate_percent) {
+                        2
+                    } else {
+                        1
+                    };
+                    let max_delay = u64::try_from(chaos.max_delay.as_micros()).unwrap_or(u64::MAX);
+                    let delay = Duration::from_micros(rng.below(max_delay as usize) as u64);
+                    (copies, delay)
+                }
+                None => (1, Duration::ZERO),
             };
             for _ in 0..copies {
-                group.push(Entry {
+                let entry = Entry {
                     message: Arc::clone(&message),
                     key: key.clone(),
                     deliveries: 0,
-                });
+                };
+                if delay.is_zero() {
+                    group.push(entry);
+                } else {
+                    let group = Arc::clone(&group);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        group.push(entry);
+                    });
+                }
             }
         }
         Ok(())
@@ -182,14 +217,21 @@ impl Bus {
         )
     }
 
-    fn dead_letter(&self, topic: &str, message: RawMessage, reason: &str) -> Result<(), TransportError> {
+    fn dead_letter(
+        &self,
+        topic: &str,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
         let mut record = message.clone();
-        record
-            .headers
-            .push((DEAD_LETTER_REASON_HEADER.to_owned(), reason.as_bytes().to_vec()));
-        record
-            .headers
-            .push((DEAD_LETTER_TOPIC_HEADER.to_owned(), topic.as_bytes().to_vec()));
+        record.headers.push((
+            DEAD_LETTER_REASON_HEADER.to_owned(),
+            reason.as_bytes().to_vec(),
+        ));
+        record.headers.push((
+            DEAD_LETTER_TOPIC_HEADER.to_owned(),
+            topic.as_bytes().to_vec(),
+        ));
         self.lock()
             .dead_letters
             .entry(topic.to_owned())
@@ -231,11 +273,18 @@ impl Transport for MemoryTransport {
             })
     }
 
-    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Subscription>, TransportError> {
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
         if self.bus.is_closed() {
             return Err(TransportError::Closed);
         }
-        let groups = topics.iter().map(|topic| self.bus.group(topic, group)).collect();
+        let groups = topics
+            .iter()
+            .map(|topic| self.bus.group(topic, group))
+            .collect();
         Ok(Box::new(MemorySubscription {
             bus: Arc::clone(&self.bus),
             groups,
@@ -243,7 +292,12 @@ impl Transport for MemoryTransport {
         }))
     }
 
-    async fn dead_letter(&self, topic: &str, message: RawMessage, reason: &str) -> Result<(), TransportError> {
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
         self.bus.dead_letter(topic, message, reason)
     }
 }
@@ -344,7 +398,11 @@ impl Acknowledge for MemoryAck {
         Ok(())
     }
 
-    async fn dead_letter(mut self: Box<Self>, message: RawMessage, reason: &str) -> Result<(), TransportError> {
+    async fn dead_letter(
+        mut self: Box<Self>,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
         self.bus.dead_letter(&self.group.topic, message, reason)?;
         if let Some(entry) = self.entry.take() {
             self.group.settle(&entry);

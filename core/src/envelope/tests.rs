@@ -32,7 +32,10 @@ fn with_header(mut message: RawMessage, name: &str, value: &[u8]) -> RawMessage 
 fn binary_mode_round_trips_every_attribute() {
     let envelope = sample();
     let message = envelope.to_binary();
-    assert_eq!(message.header("ce_sagaid"), Some(envelope.saga_id.to_string().as_bytes()));
+    assert_eq!(
+        message.header("ce_sagaid"),
+        Some(envelope.saga_id.to_string().as_bytes())
+    );
     assert_eq!(message.header("content-type"), Some(JSON.as_bytes()));
     assert_eq!(message.body, br#"{"order_id":7,"amount_cents":1200}"#);
     assert_eq!(Envelope::decode(&message).unwrap(), envelope);
@@ -57,7 +60,10 @@ fn an_event_without_causation_or_trace_round_trips() {
         ..sample()
     };
     assert_eq!(Envelope::decode(&envelope.to_binary()).unwrap(), envelope);
-    assert_eq!(Envelope::decode(&envelope.to_structured()).unwrap(), envelope);
+    assert_eq!(
+        Envelope::decode(&envelope.to_structured()).unwrap(),
+        envelope
+    );
 }
 
 #[test]
@@ -69,7 +75,16 @@ fn serde_uses_the_structured_document() {
 
 #[test]
 fn every_missing_required_attribute_is_named() {
-    for name in ["specversion", "id", "source", "type", "time", "sagaid", "sagadeadline", "sagakind"] {
+    for name in [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "sagaid",
+        "sagadeadline",
+        "sagakind",
+    ] {
         let message = without_header(sample().to_binary(), &format!("ce_{name}"));
         assert_eq!(
             Envelope::decode(&message),
@@ -126,17 +141,25 @@ fn non_utf8_headers_wrong_versions_and_content_types_are_rejected() {
     let message = with_header(sample().to_binary(), "content-type", b"application/xml");
     assert_eq!(
         Envelope::decode(&message),
-        Err(EnvelopeError::UnsupportedContentType("application/xml".into()))
+        Err(EnvelopeError::UnsupportedContentType(
+            "application/xml".into()
+        ))
     );
 
-    let message = with_header(sample().to_binary(), "content-type", b"application/json; charset=utf-8");
+    let message = with_header(
+        sample().to_binary(),
+        "content-type",
+        b"application/json; charset=utf-8",
+    );
     assert!(Envelope::decode(&message).is_ok());
 }
 
 #[test]
 fn duplicate_attributes_are_rejected() {
     let mut message = sample().to_binary();
-    message.headers.push(("ce_sagaid".into(), SagaId::new().to_string().into_bytes()));
+    message
+        .headers
+        .push(("ce_sagaid".into(), SagaId::new().to_string().into_bytes()));
     assert_eq!(
         Envelope::decode(&message),
         Err(EnvelopeError::DuplicateAttribute("sagaid".into()))
@@ -147,16 +170,25 @@ fn duplicate_attributes_are_rejected() {
 fn a_body_that_is_not_json_is_rejected() {
     let mut message = sample().to_binary();
     message.body = b"{\"order_id\": 7".to_vec();
-    assert!(matches!(Envelope::decode(&message), Err(EnvelopeError::InvalidData(_))));
+    assert!(matches!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::InvalidData(_))
+    ));
 
     message.body.clear();
-    assert!(matches!(Envelope::decode(&message), Err(EnvelopeError::InvalidData(_))));
+    assert!(matches!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::InvalidData(_))
+    ));
 }
 
 #[test]
 fn malformed_structured_documents_are_rejected() {
     let structured = |body: &str| RawMessage {
-        headers: vec![("content-type".into(), STRUCTURED_CONTENT_TYPE.as_bytes().to_vec())],
+        headers: vec![(
+            "content-type".into(),
+            STRUCTURED_CONTENT_TYPE.as_bytes().to_vec(),
+        )],
         body: body.as_bytes().to_vec(),
     };
     assert!(matches!(

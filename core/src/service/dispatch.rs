@@ -13,6 +13,9 @@ use crate::ids::SagaId;
 use crate::transport::Delivery;
 
 /// A unit of work for one saga.
+// Nearly all work is deliveries; boxing them to shrink the rare timer variant would cost an
+// allocation per event.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Work {
     /// An event to handle, holding one of the service's concurrency permits.
     Deliver {

@@ -120,7 +120,10 @@ impl Service {
 
     /// Joins the saga's topic as consumer group `name` on `transport` and starts handling
     /// events, and firing deadlines, in the background.
-    pub async fn run(self, transport: Arc<dyn Transport>) -> Result<RunningService, TransportError> {
+    pub async fn run(
+        self,
+        transport: Arc<dyn Transport>,
+    ) -> Result<RunningService, TransportError> {
         let topics = [self.definition.saga.topic().to_owned()];
         let subscription = transport.subscribe(&self.definition.name, &topics).await?;
         let stop = CancellationToken::new();
@@ -164,9 +167,16 @@ impl ServiceBuilder {
     /// saga with `E`).
     pub fn compensate<E: Event, C: Compensation<E>>(mut self, compensation: C) -> Self {
         let erased = erase_compensation::<E, C>(compensation);
-        if self.definition.compensations.insert(E::TYPE, erased).is_some() {
-            self.problems
-                .push(format!("two compensations undo `{}`; register one", E::TYPE));
+        if self
+            .definition
+            .compensations
+            .insert(E::TYPE, erased)
+            .is_some()
+        {
+            self.problems.push(format!(
+                "two compensations undo `{}`; register one",
+                E::TYPE
+            ));
         }
         self
     }
@@ -313,7 +323,10 @@ impl RunningService {
         }
         self.tracker.close();
         let timeout = self.runtime.options().shutdown_timeout;
-        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(service = %self.name(), ?timeout, "shutdown timed out; abandoning in-flight work unacknowledged");
             self.kill.cancel();
         }

@@ -373,7 +373,9 @@ impl Runtime {
             if record.steps[index].compensation != CompensationState::Pending {
                 continue;
             }
-            let state = self.compensate(&record.steps[index].output, envelope).await?;
+            let state = self
+                .compensate(&record.steps[index].output, envelope)
+                .await?;
             record.steps[index].compensation = state;
             // Saved after each one, so a crash never repeats a finished compensation.
             self.definition.journal.save(&record).await?;
@@ -413,7 +415,10 @@ impl Runtime {
         output: &Envelope,
         abort: &Envelope,
     ) -> Result<CompensationState, Infrastructure> {
-        let Some(compensation) = self.definition.compensations.get(output.event_type.as_str())
+        let Some(compensation) = self
+            .definition
+            .compensations
+            .get(output.event_type.as_str())
         else {
             return Ok(CompensationState::NotRequired);
         };
@@ -533,12 +538,11 @@ impl Runtime {
                 event_type: E::TYPE,
             });
         }
-        let data = serde_json::value::to_raw_value(&event).map_err(|source| {
-            StartError::Serialize {
+        let data =
+            serde_json::value::to_raw_value(&event).map_err(|source| StartError::Serialize {
                 event_type: E::TYPE,
                 source,
-            }
-        })?;
+            })?;
         let saga_id = SagaId::new();
         let start = self.envelope(
             saga_id,
@@ -560,9 +564,7 @@ impl Runtime {
         self.definition.journal.save(&record).await?;
         self.arm_timer(&record);
         info!(service = %self.name(), %saga_id, event_type = E::TYPE, %deadline, "saga started");
-        self.transport
-            .publish(self.saga().topic(), start)
-            .await?;
+        self.transport.publish(self.saga().topic(), start).await?;
         Ok(saga_id)
     }
 
@@ -649,7 +651,9 @@ impl Runtime {
             let error = match AssertUnwindSafe(attempt(number)).catch_unwind().await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => error,
-                Err(panic) => HandlerError::permanent(format!("panicked: {}", panic_message(&*panic))),
+                Err(panic) => {
+                    HandlerError::permanent(format!("panicked: {}", panic_message(&*panic)))
+                }
             };
             if error.kind() == ErrorKind::Permanent {
                 return Err(Failure::GaveUp(error));
