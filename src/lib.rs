@@ -26,6 +26,11 @@
 
 pub use choreo_core::*;
 
+/// The README's snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The in-memory transport: one process, broker semantics.
 pub mod memory {
     pub use choreo_memory::{Chaos, DeadLetter, MemoryTransport};

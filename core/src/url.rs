@@ -20,6 +20,8 @@ pub(crate) const KNOWN_SCHEMES: [(&str, &str); 4] = [
 #[derive(Clone, PartialEq, Eq)]
 pub struct TransportUrl {
     url: url::Url,
+    /// Every `host[:port]` of the authority; brokers like Kafka take a list.
+    hosts: Vec<String>,
 }
 
 /// Why a transport URL cannot be used.
@@ -85,11 +87,42 @@ pub enum ConnectError {
 impl TransportUrl {
     /// Parses `input`.
     pub fn parse(input: &str) -> Result<Self, UrlError> {
-        let url = url::Url::parse(input.trim()).map_err(|error| UrlError::Invalid {
+        if !input.contains("://") {
+            return Err(UrlError::Invalid {
+                url: redact(input),
+                reason: "it has no `scheme://`".to_owned(),
+            });
+        }
+        let input = input.trim();
+        // `url` takes one host; a list `h1:p1,h2:p2` is parsed with its first host.
+        let (scheme, rest) = input.split_once("://").unwrap_or((input, ""));
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let (userinfo, host_list) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        let hosts: Vec<String> = host_list
+            .split(',')
+            .filter(|host| !host.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let first = hosts.first().map(String::as_str).unwrap_or_default();
+        let single = match userinfo {
+            Some(userinfo) => format!("{scheme}://{userinfo}@{first}{tail}"),
+            None => format!("{scheme}://{first}{tail}"),
+        };
+        let url = url::Url::parse(&single).map_err(|error| UrlError::Invalid {
             url: redact(input),
             reason: error.to_string(),
         })?;
-        Ok(Self { url })
+        for host in hosts.iter().skip(1) {
+            url::Url::parse(&format!("{scheme}://{host}")).map_err(|error| UrlError::Invalid {
+                url: redact(input),
+                reason: format!("host `{host}`: {error}"),
+            })?;
+        }
+        Ok(Self { url, hosts })
     }
 
     /// The scheme, lower case (`memory`, `kafka`, `amqp`, `amqps`).
@@ -107,13 +140,9 @@ impl TransportUrl {
         self.url.port()
     }
 
-    /// The authority as written after `//` without user info: `host:port[,host:port]`.
-    pub fn authority(&self) -> String {
-        let host = self.host().unwrap_or_default();
-        match self.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_owned(),
-        }
+    /// Every `host[:port]` given, in order (`kafka://k1:9092,k2:9092` has two).
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
     }
 
     /// The user name, if any (percent-decoded).
@@ -270,6 +299,16 @@ mod tests {
         assert_eq!(url.password().as_deref(), Some("s3cr@t"));
         assert_eq!(url.path(), "/");
         assert_eq!(url.options(), [("prefetch".to_owned(), "32".to_owned())]);
+    }
+
+    #[test]
+    fn a_list_of_hosts_is_kept_in_order() {
+        let url = TransportUrl::parse("kafka://k1:9092,k2:9093?group=g").unwrap();
+        assert_eq!(url.hosts(), ["k1:9092", "k2:9093"]);
+        assert_eq!(url.host(), Some("k1"));
+        assert_eq!(url.port(), Some(9092));
+        assert_eq!(url.options(), [("group".to_owned(), "g".to_owned())]);
+        assert!(TransportUrl::parse("kafka://k1:9092,k2:port").is_err());
     }
 
     #[test]

@@ -53,7 +53,10 @@ use crate::transport::{PublishError, Transport, TransportError};
 ///     Ok(()) // give `done.amount_cents` back; safe to run twice
 /// }
 ///
-/// let payments = Service::builder("payments", &Saga::new("orders.saga"))
+/// # #[derive(Serialize, Deserialize)] struct OrderConfirmed { order_id: u64 }
+/// # impl Event for OrderConfirmed { const TYPE: &'static str = "orders.OrderConfirmed.v1"; }
+/// let saga = Saga::new("orders.saga").completes_on::<OrderConfirmed>();
+/// let payments = Service::builder("payments", &saga)
 ///     .step(reserve_credit)
 ///     .compensate(release_credit)
 ///     .build()?;

@@ -1,0 +1,106 @@
+//! Configuration errors are typed and say what to do (DESIGN §6), and a service definition
+//! that cannot work is refused before it runs.
+
+mod common;
+
+use std::sync::Arc;
+
+use choreo::memory::MemoryTransport;
+use choreo::{ConnectError, Context, HandlerError, Service, StartError, UrlError};
+use common::*;
+
+#[tokio::test]
+async fn memory_urls_connect_and_share_a_broker_per_name() {
+    let transport = choreo::connect("memory://").await.unwrap();
+    assert_eq!(transport.name(), "memory");
+    assert!(choreo::connect("memory://other").await.is_ok());
+}
+
+#[tokio::test]
+async fn an_unknown_scheme_names_the_schemes_compiled_in() {
+    let error = choreo::connect("nats://broker:4222").await.err().unwrap();
+    assert!(matches!(
+        &error,
+        ConnectError::Url(UrlError::UnsupportedScheme { scheme, .. }) if scheme == "nats"
+    ));
+    assert_eq!(
+        error.to_string(),
+        "unsupported transport scheme `nats://`; this build supports: memory://"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_scheme_without_its_feature_names_the_feature_and_hides_the_password() {
+    let error = choreo::connect("amqp://app:hunter2@rabbit:5672/%2f")
+        .await
+        .err()
+        .unwrap();
+    let message = error.to_string();
+    assert!(message.contains("`rabbitmq` cargo feature"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(!format!("{error:?}").contains("hunter2"));
+
+    let error = choreo::connect("kafka://k1:9092,k2:9092")
+        .await
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("`kafka` cargo feature"));
+}
+
+#[tokio::test]
+async fn a_string_that_is_not_a_url_says_what_was_expected() {
+    let error = choreo::connect("localhost:9092").await.err().unwrap();
+    let message = error.to_string();
+    assert!(message.contains("has no `scheme://`"), "{message}");
+    assert!(message.contains("expected e.g. `memory://`"), "{message}");
+}
+
+#[test]
+fn a_definition_that_cannot_work_is_refused_with_every_problem() {
+    let error = Service::builder("payments", &saga())
+        .step(|_: OrderPlaced, _: Context| async {
+            Ok(choreo::Step::done(CreditReserved {
+                order_id: 1,
+                amount_cents: 1,
+                sku: "x".into(),
+            }))
+        })
+        .step(|_: OrderPlaced, _: Context| async { Ok(choreo::Step::done(())) })
+        .compensate(|_: StockReserved, _: Context| async { Ok::<_, HandlerError>(()) })
+        .build()
+        .unwrap_err();
+    assert_eq!(error.service, "payments");
+    assert_eq!(error.problems.len(), 2, "{error}");
+    assert!(error.problems[0].contains("two steps handle `orders.OrderPlaced.v1`"));
+    assert!(error.problems[1].contains("no step of this service emits it"));
+
+    let no_terminal = Service::builder("orders", &choreo::Saga::new(TOPIC))
+        .initiates::<OrderPlaced>()
+        .build()
+        .unwrap_err();
+    assert!(no_terminal
+        .to_string()
+        .contains("declares no terminal event"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_declared_initiator_starts_sagas() {
+    let h = Harness::memory().await;
+    let payments = h
+        .service("payments", test_options())
+        .run(Arc::new(MemoryTransport::new()))
+        .await
+        .unwrap();
+    let error = payments
+        .start_saga(OrderPlaced {
+            order_id: 1,
+            amount_cents: 1,
+            sku: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StartError::NotInitiator { .. }));
+    assert!(error
+        .to_string()
+        .contains(".initiates::<orders.OrderPlaced.v1>()"));
+}
