@@ -18,11 +18,15 @@
 //! ```
 //!
 //! See the README for a whole service, and `docs/` for the saga rules.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //!
 //! # Feature flags
 //!
 //! The in-memory transport (`memory://`) is always compiled in. Broker transports come with
 //! their own features as they land; [`connect`] names the ones a build lacks.
+//!
+//! - `testkit`: `choreo::testkit`, brokers for tests through testcontainers and the transport
+//!   conformance suite.
 
 pub use choreo_core::*;
 
@@ -30,6 +34,11 @@ pub use choreo_core::*;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The broker test kit and the transport conformance suite.
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub use choreo_testkit as testkit;
 
 /// The in-memory transport: one process, broker semantics.
 pub mod memory {
