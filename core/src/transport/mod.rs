@@ -1,9 +1,13 @@
 //! What a broker must offer choreo: publish, consumer-group subscriptions with manual
 //! acknowledgement (at-least-once), and a dead-letter destination.
 
+mod keyed;
+
 use std::fmt;
 
 use async_trait::async_trait;
+
+pub use self::keyed::KeyedQueue;
 
 use crate::envelope::{Envelope, RawMessage};
 use crate::error::BoxError;

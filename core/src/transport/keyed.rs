@@ -1,0 +1,201 @@
+//! A queue that hands out messages so that those sharing a key (a saga id) are in flight one
+//! at a time and in order, while messages of other keys go ahead: the per-saga order every
+//! transport owes the runtime (DESIGN §4.9).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// Messages waiting to be handed out, with their keys.
+#[derive(Debug)]
+pub struct KeyedQueue<T> {
+    /// Messages that may be handed out, oldest first.
+    ready: VecDeque<(Option<Arc<str>>, T)>,
+    /// Messages waiting for an earlier one of the same key to be settled.
+    blocked: HashMap<Arc<str>, VecDeque<T>>,
+    /// Keys with a message handed out and not settled.
+    in_flight: HashSet<Arc<str>>,
+    /// Messages handed out and not settled.
+    unsettled: usize,
+}
+
+impl<T> Default for KeyedQueue<T> {
+    fn default() -> Self {
+        Self {
+            ready: VecDeque::new(),
+            blocked: HashMap::new(),
+            in_flight: HashSet::new(),
+            unsettled: 0,
+        }
+    }
+}
+
+impl<T> KeyedQueue<T> {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a message at the back.
+    pub fn push(&mut self, key: Option<Arc<str>>, item: T) {
+        self.ready.push_back((key, item));
+    }
+
+    /// Hands out the oldest message whose key has nothing in flight.
+    pub fn pop(&mut self) -> Option<(Option<Arc<str>>, T)> {
+        loop {
+            let (key, item) = self.ready.pop_front()?;
+            match &key {
+                Some(k) if self.in_flight.contains(k) => {
+                    self.blocked
+                        .entry(Arc::clone(k))
+                        .or_default()
+                        .push_back(item);
+                }
+                Some(k) => {
+                    self.in_flight.insert(Arc::clone(k));
+                    self.unsettled += 1;
+                    return Some((key, item));
+                }
+                None => {
+                    self.unsettled += 1;
+                    return Some((key, item));
+                }
+            }
+        }
+    }
+
+    /// Hands out the `index`-th waiting message, whatever its key: for deliberately
+    /// misbehaving test transports. `index` is taken modulo [`waiting`](Self::waiting).
+    pub fn pop_any(&mut self, index: usize) -> Option<(Option<Arc<str>>, T)> {
+        let waiting = self.waiting();
+        if waiting == 0 {
+            return None;
+        }
+        let mut index = index % waiting;
+        let taken = if index < self.ready.len() {
+            self.ready.remove(index)?
+        } else {
+            index -= self.ready.len();
+            let key = self.blocked.iter().find_map(|(key, queue)| {
+                if index < queue.len() {
+                    Some(Arc::clone(key))
+                } else {
+                    index -= queue.len();
+                    None
+                }
+            })?;
+            let queue = self.blocked.get_mut(&key)?;
+            let item = queue.remove(index)?;
+            if queue.is_empty() {
+                self.blocked.remove(&key);
+            }
+            (Some(key), item)
+        };
+        self.unsettled += 1;
+        Some(taken)
+    }
+
+    /// A handed-out message was settled: the next one of its key may go.
+    pub fn settle(&mut self, key: Option<&Arc<str>>) {
+        self.unsettled = self.unsettled.saturating_sub(1);
+        let Some(key) = key else { return };
+        self.in_flight.remove(key);
+        if let Some(queue) = self.blocked.get_mut(key) {
+            if let Some(next) = queue.pop_front() {
+                self.ready.push_front((Some(Arc::clone(key)), next));
+            }
+            if queue.is_empty() {
+                self.blocked.remove(key);
+            }
+        }
+    }
+
+    /// A handed-out message comes back, to be handed out again before the later ones of its
+    /// key.
+    pub fn requeue(&mut self, key: Option<Arc<str>>, item: T) {
+        self.unsettled = self.unsettled.saturating_sub(1);
+        if let Some(k) = &key {
+            self.in_flight.remove(k);
+        }
+        self.ready.push_front((key, item));
+    }
+
+    /// Drops waiting messages for which `keep` is false (e.g. of a revoked partition).
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.ready.retain(|(_, item)| keep(item));
+        self.blocked.retain(|_, queue| {
+            queue.retain(|item| keep(item));
+            !queue.is_empty()
+        });
+    }
+
+    /// Messages waiting to be handed out.
+    pub fn waiting(&self) -> usize {
+        self.ready.len() + self.blocked.values().map(VecDeque::len).sum::<usize>()
+    }
+
+    /// Messages waiting or handed out and not settled.
+    pub fn pending(&self) -> usize {
+        self.waiting() + self.unsettled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> Option<Arc<str>> {
+        Some(Arc::from(k))
+    }
+
+    #[test]
+    fn one_message_per_key_in_flight_in_order_while_other_keys_go_ahead() {
+        let mut queue = KeyedQueue::new();
+        queue.push(key("a"), 1);
+        queue.push(key("a"), 2);
+        queue.push(key("b"), 3);
+        queue.push(None, 4);
+
+        assert_eq!(queue.pop(), Some((key("a"), 1)));
+        assert_eq!(queue.pop(), Some((key("b"), 3)));
+        assert_eq!(queue.pop(), Some((None, 4)));
+        assert_eq!(queue.pop(), None, "2 waits for 1");
+        assert_eq!(queue.pending(), 4);
+
+        queue.requeue(key("a"), 1);
+        assert_eq!(
+            queue.pop(),
+            Some((key("a"), 1)),
+            "a requeued message keeps its place"
+        );
+        queue.settle(key("a").as_ref());
+        assert_eq!(queue.pop(), Some((key("a"), 2)));
+        queue.settle(key("a").as_ref());
+        queue.settle(key("b").as_ref());
+        queue.settle(None);
+        assert_eq!(queue.pending(), 0);
+    }
+
+    #[test]
+    fn retain_drops_waiting_messages_only() {
+        let mut queue = KeyedQueue::new();
+        queue.push(key("a"), 1);
+        queue.push(key("a"), 2);
+        queue.push(key("b"), 3);
+        assert_eq!(queue.pop(), Some((key("a"), 1)));
+        assert_eq!(queue.pop(), Some((key("b"), 3)));
+        queue.retain(|n| *n != 2);
+        assert_eq!(queue.waiting(), 0);
+        assert_eq!(queue.pending(), 2);
+    }
+
+    #[test]
+    fn pop_any_takes_blocked_messages_too() {
+        let mut queue = KeyedQueue::new();
+        queue.push(key("a"), 1);
+        queue.push(key("a"), 2);
+        assert_eq!(queue.pop(), Some((key("a"), 1)));
+        assert_eq!(queue.pop(), None);
+        assert_eq!(queue.pop_any(0), Some((key("a"), 2)));
+    }
+}
