@@ -25,6 +25,7 @@
 //! The in-memory transport (`memory://`) is always compiled in. Broker transports come with
 //! their own features as they land; [`connect`] names the ones a build lacks.
 //!
+//! - `kafka`: `kafka://` URLs, `choreo::kafka`, on rdkafka with a bundled librdkafka.
 //! - `testkit`: `choreo::testkit`, brokers for tests through testcontainers and the transport
 //!   conformance suite.
 
@@ -48,10 +49,21 @@ pub mod memory {
 use std::sync::Arc;
 
 /// The schemes this build can connect to.
-pub const SUPPORTED_SCHEMES: &[&str] = &["memory"];
+pub const SUPPORTED_SCHEMES: &[&str] = &[
+    "memory",
+    #[cfg(feature = "kafka")]
+    "kafka",
+];
+
+/// The Kafka transport.
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub mod kafka {
+    pub use choreo_kafka::{KafkaConfig, KafkaTransport};
+}
 
 /// Connects to the transport named by `url`: `memory://` (or `memory://NAME` for a separate
-/// in-process broker).
+/// in-process broker), or `kafka://host:port[,host:port]?...` with the `kafka` feature.
 ///
 /// An unknown scheme, or one whose feature this build lacks, is a [`UrlError`] naming the
 /// schemes compiled in. Passwords never appear in errors.
@@ -61,6 +73,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Transport>, ConnectError> {
         "memory" => Ok(Arc::new(memory::MemoryTransport::shared(
             url.host().unwrap_or_default(),
         ))),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Arc::new(kafka::KafkaTransport::connect(&url).await?)),
         _ => Err(url.unsupported(SUPPORTED_SCHEMES).into()),
     }
 }

@@ -1,0 +1,347 @@
+//! One consumer group membership: a poll task that buffers fetched messages, hands them out in
+//! per-saga order, and commits each partition up to its oldest unacked offset.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use choreo_core::transport::{Acknowledge, KeyedQueue};
+use choreo_core::{Delivery, RawMessage, Subscription, TransportError};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{scrub, Inner};
+
+/// Messages fetched and not handed out beyond this pause fetching.
+const MAX_BUFFERED: usize = 10_000;
+
+/// A fetched message until it is acked.
+#[derive(Debug)]
+struct Pending {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    message: RawMessage,
+    deliveries: u32,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// Offsets fetched and not acked.
+    unacked: BTreeSet<i64>,
+    /// One past the highest offset fetched.
+    next: i64,
+    /// The offset last committed.
+    committed: i64,
+}
+
+/// State shared by the subscription, its deliveries, the poll task and the rebalance callback.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<KeyedQueue<Pending>>,
+    ready: Notify,
+    drained: Notify,
+    partitions: Mutex<HashMap<(String, i32), PartitionState>>,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, KeyedQueue<Pending>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn partitions(&self) -> MutexGuard<'_, HashMap<(String, i32), PartitionState>> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fetched(&self, message: &BorrowedMessage<'_>) {
+        let topic = message.topic().to_owned();
+        let partition = message.partition();
+        let offset = message.offset();
+        tracing::debug!(%topic, partition, offset, "fetched");
+        let mut headers = Vec::new();
+        if let Some(borrowed) = message.headers() {
+            for header in borrowed.iter() {
+                headers.push((
+                    header.key.to_owned(),
+                    header.value.unwrap_or_default().to_vec(),
+                ));
+            }
+        }
+        let key = message
+            .key()
+            .map(|key| Arc::<str>::from(String::from_utf8_lossy(key).as_ref()));
+        let pending = Pending {
+            topic: topic.clone(),
+            partition,
+            offset,
+            message: RawMessage {
+                headers,
+                body: message.payload().unwrap_or_default().to_vec(),
+            },
+            deliveries: 0,
+        };
+        {
+            let mut partitions = self.partitions();
+            let state = partitions
+                .entry((topic, partition))
+                .or_insert_with(|| PartitionState {
+                    committed: offset,
+                    ..PartitionState::default()
+                });
+            state.unacked.insert(offset);
+            state.next = state.next.max(offset + 1);
+        }
+        self.queue().push(key, pending);
+        self.ready.notify_waiters();
+    }
+
+    fn acked(&self, key: Option<&Arc<str>>, pending: &Pending) {
+        if let Some(state) = self
+            .partitions()
+            .get_mut(&(pending.topic.clone(), pending.partition))
+        {
+            state.unacked.remove(&pending.offset);
+        }
+        self.settled(|queue| queue.settle(key));
+    }
+
+    fn returned(&self, key: Option<Arc<str>>, mut pending: Pending) {
+        pending.deliveries += 1;
+        self.settled(|queue| queue.requeue(key, pending));
+    }
+
+    fn settled(&self, change: impl FnOnce(&mut KeyedQueue<Pending>)) {
+        change(&mut self.queue());
+        self.ready.notify_waiters();
+        self.drained.notify_waiters();
+    }
+
+    /// Offsets safe to commit: each partition up to its oldest unacked offset.
+    fn committable(&self, only: Option<&TopicPartitionList>) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), state) in self.partitions().iter_mut() {
+            if only.is_some_and(|only| only.find_partition(topic, *partition).is_none()) {
+                continue;
+            }
+            let safe = state.unacked.first().copied().unwrap_or(state.next);
+            if safe > state.committed
+                && list
+                    .add_partition_offset(topic, *partition, Offset::Offset(safe))
+                    .is_ok()
+            {
+                state.committed = safe;
+            }
+        }
+        list
+    }
+
+    /// Forgets revoked partitions: their waiting messages go to the partitions' next owner.
+    fn revoke(&self, revoked: &TopicPartitionList) {
+        tracing::debug!(?revoked, "partitions revoked");
+        let is_revoked =
+            |topic: &str, partition: i32| revoked.find_partition(topic, partition).is_some();
+        self.partitions()
+            .retain(|(topic, partition), _| !is_revoked(topic, *partition));
+        self.queue()
+            .retain(|pending| !is_revoked(&pending.topic, pending.partition));
+        self.drained.notify_waiters();
+    }
+}
+
+/// Commits before partitions are taken away, so their next owner starts after what was
+/// handled here.
+struct RebalanceContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            let offsets = self.shared.committable(Some(revoked));
+            if offsets.count() > 0 {
+                if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+                    tracing::warn!(%error, "cannot commit offsets of revoked partitions");
+                }
+            }
+            self.shared.revoke(revoked);
+        }
+    }
+}
+
+/// A consumer group membership.
+pub(crate) struct KafkaSubscription {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl KafkaSubscription {
+    pub(crate) fn start(
+        inner: Arc<Inner>,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Self, TransportError> {
+        let shared = Arc::new(Shared::default());
+        let context = RebalanceContext {
+            shared: Arc::clone(&shared),
+        };
+        let consumer: StreamConsumer<RebalanceContext> = inner
+            .config
+            .consumer(group)
+            .create_with_context(context)
+            .map_err(|error| TransportError::Connection(scrub(error, &inner.config)))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|error| TransportError::Refused(scrub(error, &inner.config)))?;
+        let stop = CancellationToken::new();
+        tokio::spawn(poll(
+            consumer,
+            Arc::clone(&shared),
+            stop.clone(),
+            inner.config.commit_interval,
+        ));
+        Ok(Self {
+            inner,
+            shared,
+            stop,
+        })
+    }
+}
+
+/// Fetches into the shared queue and commits safe offsets periodically, until stopped; then
+/// commits once more and leaves the group.
+async fn poll(
+    consumer: StreamConsumer<RebalanceContext>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    commit_interval: std::time::Duration,
+) {
+    let mut commits = tokio::time::interval(commit_interval);
+    commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let commit = |mode: CommitMode| {
+        let offsets = shared.committable(None);
+        if offsets.count() > 0 {
+            if let Err(error) = consumer.commit(&offsets, mode) {
+                tracing::warn!(%error, "cannot commit offsets");
+            }
+        }
+    };
+    loop {
+        let buffered = shared.queue().waiting() >= MAX_BUFFERED;
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            _ = commits.tick() => commit(CommitMode::Async),
+            () = shared.drained.notified(), if buffered => {}
+            message = consumer.recv(), if !buffered => match message {
+                Ok(message) => shared.fetched(&message),
+                Err(error) => {
+                    tracing::warn!(%error, "kafka consumer error; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            },
+        }
+    }
+    commit(CommitMode::Sync);
+    // Dropping the consumer closes it, which leaves the group.
+    drop(consumer);
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self) -> Result<Delivery, TransportError> {
+        loop {
+            if self.stop.is_cancelled() {
+                return Err(TransportError::Closed);
+            }
+            let ready = self.shared.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let next = self.shared.queue().pop();
+            if let Some((key, pending)) = next {
+                self.shared.drained.notify_waiters();
+                let topic = pending.topic.clone();
+                let message = pending.message.clone();
+                let redelivered = pending.deliveries > 0;
+                return Ok(Delivery::new(
+                    topic,
+                    message,
+                    redelivered,
+                    Box::new(KafkaAck {
+                        inner: Arc::clone(&self.inner),
+                        shared: Arc::clone(&self.shared),
+                        key,
+                        pending: Some(pending),
+                    }),
+                ));
+            }
+            ready.await;
+        }
+    }
+}
+
+impl Drop for KafkaSubscription {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Settles one delivery; dropped unsettled, it hands the message back for redelivery.
+struct KafkaAck {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    key: Option<Arc<str>>,
+    pending: Option<Pending>,
+}
+
+#[async_trait]
+impl Acknowledge for KafkaAck {
+    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
+        if let Some(pending) = self.pending.take() {
+            self.shared.acked(self.key.as_ref(), &pending);
+        }
+        Ok(())
+    }
+
+    async fn nack(mut self: Box<Self>) -> Result<(), TransportError> {
+        if let Some(pending) = self.pending.take() {
+            self.shared.returned(self.key.take(), pending);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        mut self: Box<Self>,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let topic = match &self.pending {
+            Some(pending) => pending.topic.clone(),
+            None => return Ok(()),
+        };
+        // On failure, `self` is dropped unsettled and the message is delivered again.
+        self.inner.dead_letter(&topic, message, reason).await?;
+        if let Some(pending) = self.pending.take() {
+            self.shared.acked(self.key.as_ref(), &pending);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaAck {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            self.shared.returned(self.key.take(), pending);
+        }
+    }
+}
