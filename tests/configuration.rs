@@ -57,7 +57,7 @@ async fn a_string_that_is_not_a_url_says_what_was_expected() {
 
 #[test]
 fn a_definition_that_cannot_work_is_refused_with_every_problem() {
-    let error = Service::builder("payments", &saga())
+    let error = Service::builder("payments", &saga(Backend::Memory.timeout()))
         .step(|_: OrderPlaced, _: Context| async {
             Ok(choreo::Step::done(CreditReserved {
                 order_id: 1,
@@ -85,9 +85,9 @@ fn a_definition_that_cannot_work_is_refused_with_every_problem() {
 
 #[tokio::test(start_paused = true)]
 async fn only_a_declared_initiator_starts_sagas() {
-    let h = Harness::memory().await;
+    let h = Harness::start(Backend::Memory).await;
     let payments = h
-        .service("payments", test_options())
+        .service("payments", h.options())
         .run(Arc::new(MemoryTransport::new()))
         .await
         .unwrap();

@@ -1,6 +1,29 @@
-//! Each rule of DESIGN §4 on its own, on the in-memory transport and paused time.
+//! Each rule of DESIGN §4 on its own, on every transport: the in-memory one on paused time,
+//! and each broker (through the test kit) on real time with short deadlines.
 
 mod common;
+
+on_every_transport!(
+    a_completed_saga_propagates_ids_over_every_hop,
+    a_rejection_compensates_exactly_the_completed_steps_once_each_newest_first,
+    a_rejection_midway_leaves_later_services_nothing_to_undo,
+    a_transient_error_is_retried_with_backoff_and_then_succeeds,
+    a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga,
+    a_permanent_error_or_a_panic_is_dead_lettered_without_retry,
+    a_failing_compensation_is_retried_then_dead_lettered_and_reported,
+    a_compensation_that_fails_transiently_runs_to_success_once,
+    a_duplicate_delivery_has_one_effect,
+    an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_skipped,
+    no_step_starts_past_the_deadline,
+    a_step_that_outruns_the_deadline_is_withheld_and_compensated,
+    the_deadline_fires_even_when_the_initiating_service_is_stopped,
+    a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_on,
+    shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery,
+    sagas_run_concurrently_up_to_the_limit,
+    duplicate_aborts_are_harmless,
+    an_abort_after_completion_still_compensates_so_participants_agree_in_any_order,
+    a_step_redelivered_after_a_crash_republishes_its_event_instead_of_running_again,
+);
 
 use std::time::Duration;
 
@@ -8,9 +31,8 @@ use choreo::journal::CompensationState;
 use choreo::{AbortReason, Envelope, Event, SagaAborted, SagaKind, SagaOutcome, SagaStatus};
 use common::*;
 
-#[tokio::test(start_paused = true)]
-async fn a_completed_saga_propagates_ids_over_every_hop() {
-    let h = Harness::memory().await;
+async fn a_completed_saga_propagates_ids_over_every_hop(backend: Backend) {
+    let h = Harness::start(backend).await;
     let (order, saga) = h.place_order(2_500, "book").await;
 
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
@@ -30,7 +52,7 @@ async fn a_completed_saga_propagates_ids_over_every_hop() {
     let start = &events[0];
     assert_eq!(start.kind, SagaKind::Start);
     assert_eq!(start.causation_id, None);
-    assert_eq!(start.deadline.instant(), start.time + TIMEOUT);
+    assert_eq!(start.deadline.instant(), start.time + backend.timeout());
     for pair in events.windows(2) {
         let (cause, effect) = (&pair[0], &pair[1]);
         assert_eq!(effect.saga_id, saga);
@@ -52,6 +74,10 @@ async fn a_completed_saga_propagates_ids_over_every_hop() {
         ]
     );
 
+    // §4.7: completion disarmed every timer: nothing happens after the deadline.
+    h.settle().await;
+    assert_eq!(h.flow(saga).len(), 5);
+
     // §4.3, §4.7: every participant recorded its steps and marked the saga completed.
     let orders = h.record("orders", saga).unwrap();
     assert_eq!(orders.status, SagaStatus::Completed);
@@ -69,15 +95,12 @@ async fn a_completed_saga_propagates_ids_over_every_hop() {
     let inventory = h.record("inventory", saga).unwrap();
     assert_eq!(inventory.status, SagaStatus::Completed);
     assert_eq!(step_types(&inventory), [StockReserved::TYPE]);
-
-    // §4.7: completion disarmed every timer: nothing happens after the deadline.
-    h.settle().await;
-    assert_eq!(h.flow(saga).len(), 5);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_rejection_compensates_exactly_the_completed_steps_once_each_newest_first() {
-    let h = Harness::memory().await;
+async fn a_rejection_compensates_exactly_the_completed_steps_once_each_newest_first(
+    backend: Backend,
+) {
+    let h = Harness::start(backend).await;
     h.world.set(|b| b.reject_confirmation = true);
     let (order, saga) = h.place_order(2_500, "book").await;
 
@@ -168,9 +191,8 @@ async fn a_rejection_compensates_exactly_the_completed_steps_once_each_newest_fi
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_rejection_midway_leaves_later_services_nothing_to_undo() {
-    let h = Harness::memory().await;
+async fn a_rejection_midway_leaves_later_services_nothing_to_undo(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.world.set(|b| {
         b.out_of_stock.insert("unobtainium".into());
     });
@@ -208,9 +230,8 @@ async fn a_rejection_midway_leaves_later_services_nothing_to_undo() {
     assert!(h.record("inventory", saga).unwrap().steps.is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_transient_error_is_retried_with_backoff_and_then_succeeds() {
-    let h = Harness::memory().await;
+async fn a_transient_error_is_retried_with_backoff_and_then_succeeds(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.world.set(|b| b.inventory_transient_failures = 2);
     let started = tokio::time::Instant::now();
     let (order, saga) = h.place_order(2_500, "book").await;
@@ -220,12 +241,12 @@ async fn a_transient_error_is_retried_with_backoff_and_then_succeeds() {
     // Backoff 100 ms, then 200 ms.
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(h.flow(saga).len(), 5);
-    assert!(h.memory_transport().dead_letters(TOPIC).is_empty());
+    h.settle().await;
+    assert!(h.dead_letters(0).await.is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga() {
-    let h = Harness::memory().await;
+async fn a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.world.set(|b| b.inventory_transient_failures = u32::MAX);
     let (order, saga) = h.place_order(2_500, "book").await;
 
@@ -239,7 +260,7 @@ async fn a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga() {
     h.settle().await;
     assert_eq!(h.world.attempts("reserve_stock", order), 3, "max_attempts");
 
-    let dead = h.memory_transport().dead_letters(TOPIC);
+    let dead = h.dead_letters(1).await;
     assert_eq!(dead.len(), 1);
     let poisoned = Envelope::decode(&dead[0].message).unwrap();
     assert_eq!(poisoned.event_type, CreditReserved::TYPE);
@@ -278,10 +299,9 @@ async fn a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_permanent_error_or_a_panic_is_dead_lettered_without_retry() {
+async fn a_permanent_error_or_a_panic_is_dead_lettered_without_retry(backend: Backend) {
     for panics in [false, true] {
-        let h = Harness::memory().await;
+        let h = Harness::start(backend).await;
         h.world.set(|b| {
             b.inventory_permanent_failure = !panics;
             b.inventory_panics = panics;
@@ -296,7 +316,7 @@ async fn a_permanent_error_or_a_panic_is_dead_lettered_without_retry() {
             }
         );
         assert_eq!(h.world.attempts("reserve_stock", order), 1);
-        let dead = h.memory_transport().dead_letters(TOPIC);
+        let dead = h.dead_letters(1).await;
         assert_eq!(dead.len(), 1);
         let expected = if panics {
             "panicked: inventory bug"
@@ -307,9 +327,8 @@ async fn a_permanent_error_or_a_panic_is_dead_lettered_without_retry() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failing_compensation_is_retried_then_dead_lettered_and_reported() {
-    let h = Harness::memory().await;
+async fn a_failing_compensation_is_retried_then_dead_lettered_and_reported(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.world.set(|b| {
         b.refund_failures = u32::MAX;
         b.reject_confirmation = true;
@@ -326,7 +345,7 @@ async fn a_failing_compensation_is_retried_then_dead_lettered_and_reported() {
     h.settle().await;
     assert_eq!(h.world.attempts("release_credit", order), 4, "max_attempts");
 
-    let dead = h.memory_transport().dead_letters(TOPIC);
+    let dead = h.dead_letters(1).await;
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]
@@ -359,9 +378,8 @@ async fn a_failing_compensation_is_retried_then_dead_lettered_and_reported() {
         .contains(&effect("payments", "release_credit", order)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_compensation_that_fails_transiently_runs_to_success_once() {
-    let h = Harness::memory().await;
+async fn a_compensation_that_fails_transiently_runs_to_success_once(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.world.set(|b| {
         b.refund_failures = 2;
         b.out_of_stock.insert("book".into());
@@ -385,9 +403,8 @@ async fn a_compensation_that_fails_transiently_runs_to_success_once() {
     assert_eq!(releases, 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_duplicate_delivery_has_one_effect() {
-    let h = Harness::memory().await;
+async fn a_duplicate_delivery_has_one_effect(backend: Backend) {
+    let h = Harness::start(backend).await;
     let (order, saga) = h.place_order(2_500, "book").await;
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
 
@@ -417,11 +434,12 @@ async fn a_duplicate_delivery_has_one_effect() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_skipped() {
-    let h = Harness::memory().await;
+async fn an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_skipped(
+    backend: Backend,
+) {
+    let h = Harness::start(backend).await;
     let saga = choreo::SagaId::new();
-    let deadline = h.deadline_in(TIMEOUT);
+    let deadline = h.deadline_in(backend.timeout());
     let credit = CreditReserved {
         order_id: 99,
         amount_cents: 2_500,
@@ -453,12 +471,11 @@ async fn an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_ski
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn no_step_starts_past_the_deadline() {
-    let h = Harness::memory().await;
+async fn no_step_starts_past_the_deadline(backend: Backend) {
+    let h = Harness::start(backend).await;
     let saga = choreo::SagaId::new();
-    let deadline = h.deadline_in(Duration::from_secs(5));
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let deadline = h.deadline_in(backend.units(5));
+    tokio::time::sleep(backend.units(6)).await;
     let credit = CreditReserved {
         order_id: 7,
         amount_cents: 2_500,
@@ -489,11 +506,10 @@ async fn no_step_starts_past_the_deadline() {
     assert_eq!(flow.len(), 5);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated() {
-    let h = Harness::memory().await;
+async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.world.set(|b| {
-        b.slow_skus.insert("slow".into(), Duration::from_secs(15));
+        b.slow_skus.insert("slow".into(), backend.units(15));
     });
     let started = tokio::time::Instant::now();
     let (order, saga) = h.place_order(2_500, "slow").await;
@@ -519,7 +535,7 @@ async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated() {
     assert_eq!(flow.len(), 6, "StockReserved was withheld: {flow:?}");
     let abort = &h.log.events(saga)[2];
     assert_eq!(abort.time, abort.deadline.instant().max(abort.time));
-    assert!(started.elapsed() >= Duration::from_secs(15));
+    assert!(started.elapsed() >= backend.units(15));
 
     let inventory = h.record("inventory", saga).unwrap();
     assert_eq!(step_types(&inventory), [StockReserved::TYPE]);
@@ -541,11 +557,10 @@ async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_deadline_fires_even_when_the_initiating_service_is_stopped() {
-    let mut h = Harness::memory().await;
+async fn the_deadline_fires_even_when_the_initiating_service_is_stopped(backend: Backend) {
+    let mut h = Harness::start(backend).await;
     h.world.set(|b| {
-        b.slow_skus.insert("slow".into(), Duration::from_secs(15));
+        b.slow_skus.insert("slow".into(), backend.units(15));
     });
     let (order, saga) = h.place_order(2_500, "slow").await;
     h.running.remove("orders").unwrap().kill();
@@ -571,7 +586,7 @@ async fn the_deadline_fires_even_when_the_initiating_service_is_stopped() {
     );
 
     // Back up, orders finds the abort waiting and undoes its part too.
-    h.start("orders").await;
+    h.start_service("orders").await;
     assert_eq!(
         h.outcome(saga).await,
         SagaOutcome::Compensated {
@@ -603,21 +618,21 @@ async fn the_deadline_fires_even_when_the_initiating_service_is_stopped() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_on() {
-    let h = Harness::memory().await;
-    let memory = h.memory_transport();
+async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_on(
+    backend: Backend,
+) {
+    let h = Harness::start(backend).await;
     let garbage = choreo::RawMessage {
         headers: vec![("ce_type".into(), b"orders.OrderPlaced.v1".to_vec())],
         body: br#"{"order_id": 1}"#.to_vec(),
     };
-    memory.publish_raw(TOPIC, None, garbage.clone()).unwrap();
+    h.publish_raw(TOPIC, None, garbage.clone()).await;
     let not_json = choreo::RawMessage {
         body: b"\xff\x00 not json".to_vec(),
         ..h.event(
             "orders",
             choreo::SagaId::new(),
-            h.deadline_in(TIMEOUT),
+            h.deadline_in(backend.timeout()),
             SagaKind::Start,
             &OrderPlaced {
                 order_id: 5,
@@ -627,23 +642,24 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_o
         )
         .to_binary()
     };
-    memory.publish_raw(TOPIC, None, not_json.clone()).unwrap();
+    h.publish_raw(TOPIC, None, not_json.clone()).await;
 
     let (order, saga) = h.place_order(2_500, "book").await;
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
     assert_eq!(h.world.effects(order).len(), 5);
 
     // Each service's consumer group dead-lettered each bad message once, saying why.
-    let dead = h.memory_transport().dead_letters(TOPIC);
-    assert_eq!(dead.len(), 2 * SERVICES.len());
+    let dead = h.dead_letters(2 * SERVICES.len()).await;
+    h.settle().await;
+    assert_eq!(h.dead_letters(0).await.len(), 2 * SERVICES.len());
     for letter in &dead {
-        if letter.message == garbage {
+        if letter.body == garbage.body {
             assert_eq!(
                 letter.reason,
                 "malformed event: missing required attribute `specversion`"
             );
         } else {
-            assert_eq!(letter.message, not_json);
+            assert_eq!(letter.body, not_json.body);
             assert!(
                 letter
                     .reason
@@ -654,25 +670,25 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_o
         }
     }
     for service in SERVICES {
-        assert_eq!(memory.pending(TOPIC, service), 0, "{service}");
+        assert_eq!(h.pending(TOPIC, service).unwrap_or(0), 0, "{service}");
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery() {
-    let mut h = Harness::memory().await;
+async fn shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery(backend: Backend) {
+    let mut h = Harness::start(backend).await;
     h.world.set(|b| {
-        b.slow_skus.insert("slow".into(), Duration::from_secs(3));
+        b.slow_skus.insert("slow".into(), backend.units(3));
     });
     // Inventory takes one event at a time, so two orders wait in the broker.
     h.running.remove("inventory").unwrap().shutdown().await;
-    h.start_with("inventory", test_options().concurrency(1))
-        .await;
-    let a = h.place_order(100, "slow").await;
-    let b = h.place_order(200, "slow").await;
-    let c = h.place_order(300, "slow").await;
+    h.start_with("inventory", h.options().concurrency(1)).await;
+    // Deadlines far enough away that rejoining a broker's consumer group fits in.
+    let patient = backend.units(40);
+    let a = h.place_order_within(100, "slow", patient).await;
+    let b = h.place_order_within(200, "slow", patient).await;
+    let c = h.place_order_within(300, "slow", patient).await;
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(backend.units(1)).await;
     h.running.remove("inventory").unwrap().shutdown().await;
 
     // The event in flight was finished and acked; the others were not touched.
@@ -684,9 +700,11 @@ async fn shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery() {
         .map(|e| e.order_id)
         .collect();
     assert_eq!(reserved.len(), 1);
-    assert!(h.memory_transport().pending(TOPIC, "inventory") >= 2);
+    if let Some(pending) = h.pending(TOPIC, "inventory") {
+        assert!(pending >= 2, "{pending}");
+    }
 
-    h.start("inventory").await;
+    h.start_service("inventory").await;
     for (order, saga) in [a, b, c] {
         assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
         let reservations = h
@@ -698,22 +716,21 @@ async fn shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery() {
         assert_eq!(reservations, 1, "order {order}");
     }
     h.settle().await;
-    assert_eq!(h.memory_transport().pending(TOPIC, "inventory"), 0);
+    assert_eq!(h.pending(TOPIC, "inventory").unwrap_or(0), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn sagas_run_concurrently_up_to_the_limit() {
-    async fn elapsed_for_four_slow_sagas(concurrency: usize) -> Duration {
-        let mut h = Harness::memory().await;
+async fn sagas_run_concurrently_up_to_the_limit(backend: Backend) {
+    async fn elapsed_for_three_slow_sagas(backend: Backend, concurrency: usize) -> Duration {
+        let mut h = Harness::start(backend).await;
         h.world.set(|b| {
-            b.slow_skus.insert("slow".into(), Duration::from_secs(2));
+            b.slow_skus.insert("slow".into(), backend.units(2));
         });
         h.running.remove("inventory").unwrap().shutdown().await;
-        h.start_with("inventory", test_options().concurrency(concurrency))
+        h.start_with("inventory", h.options().concurrency(concurrency))
             .await;
         let started = tokio::time::Instant::now();
         let mut sagas = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..3 {
             sagas.push(h.place_order(100, "slow").await.1);
         }
         for saga in sagas {
@@ -722,20 +739,20 @@ async fn sagas_run_concurrently_up_to_the_limit() {
         started.elapsed()
     }
 
-    let concurrent = elapsed_for_four_slow_sagas(16).await;
-    let one_at_a_time = elapsed_for_four_slow_sagas(1).await;
-    assert!(concurrent < Duration::from_secs(3), "{concurrent:?}");
-    assert!(one_at_a_time >= Duration::from_secs(8), "{one_at_a_time:?}");
+    let concurrent = elapsed_for_three_slow_sagas(backend, 16).await;
+    let one_at_a_time = elapsed_for_three_slow_sagas(backend, 1).await;
+    assert!(concurrent < backend.units(4), "{concurrent:?}");
+    assert!(one_at_a_time >= backend.units(6), "{one_at_a_time:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn duplicate_aborts_are_harmless() {
-    let h = Harness::memory().await;
+async fn duplicate_aborts_are_harmless(backend: Backend) {
+    let h = Harness::start(backend).await;
     h.world.set(|b| {
-        b.slow_skus.insert("slow".into(), Duration::from_secs(5));
+        b.slow_skus.insert("slow".into(), backend.units(5));
     });
     let (order, saga) = h.place_order(2_500, "slow").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.wait_until(|| h.world.attempts("reserve_stock", order) == 1)
+        .await;
     let deadline = h.log.events(saga)[0].deadline;
     let abort = h.abort_event(saga, deadline, AbortReason::Rejected);
     h.publish(abort.clone()).await;
@@ -773,9 +790,10 @@ async fn duplicate_aborts_are_harmless() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_abort_after_completion_still_compensates_so_participants_agree_in_any_order() {
-    let h = Harness::memory().await;
+async fn an_abort_after_completion_still_compensates_so_participants_agree_in_any_order(
+    backend: Backend,
+) {
+    let h = Harness::start(backend).await;
     let (order, saga) = h.place_order(2_500, "book").await;
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
     let deadline = h.log.events(saga)[0].deadline;
@@ -830,15 +848,16 @@ impl choreo::Inbox for CrashOnFirstMark {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_step_redelivered_after_a_crash_republishes_its_event_instead_of_running_again() {
-    let mut h = Harness::memory().await;
+async fn a_step_redelivered_after_a_crash_republishes_its_event_instead_of_running_again(
+    backend: Backend,
+) {
+    let mut h = Harness::start(backend).await;
     h.running.remove("inventory").unwrap().shutdown().await;
     h.inboxes.insert(
         "inventory",
         std::sync::Arc::new(CrashOnFirstMark::default()),
     );
-    h.start("inventory").await;
+    h.start_service("inventory").await;
     let (order, saga) = h.place_order(2_500, "book").await;
 
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);

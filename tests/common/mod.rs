@@ -21,7 +21,56 @@ use serde::{Deserialize, Serialize};
 
 pub const TOPIC: &str = "orders.saga";
 pub const SERVICES: [&str; 3] = ["orders", "payments", "inventory"];
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a scenario runs. On memory, time is paused tokio time and a unit is one second; on a
+/// broker, time is real and units are short, so deadlines stay small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    #[cfg(feature = "kafka")]
+    Kafka,
+}
+
+impl Backend {
+    /// `n` units of scenario time.
+    pub fn units(self, n: u64) -> Duration {
+        match self {
+            Backend::Memory => Duration::from_secs(n),
+            #[cfg(feature = "kafka")]
+            Backend::Kafka => Duration::from_millis(300 * n),
+        }
+    }
+
+    /// The saga's timeout: 10 units.
+    pub fn timeout(self) -> Duration {
+        self.units(10)
+    }
+}
+
+/// Expands each named `async fn(Backend)` scenario into one test per transport: paused time
+/// on memory, real time against a broker started through the test kit.
+#[macro_export]
+macro_rules! on_every_transport {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Memory).await
+                }
+            )*
+        }
+        #[cfg(feature = "kafka")]
+        mod kafka {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Kafka).await
+                }
+            )*
+        }
+    };
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderPlaced {
@@ -68,9 +117,9 @@ impl Event for OrderConfirmed {
     const TYPE: &'static str = "orders.OrderConfirmed.v1";
 }
 
-pub fn saga() -> Saga {
+pub fn saga(timeout: Duration) -> Saga {
     Saga::new(TOPIC)
-        .timeout(TIMEOUT)
+        .timeout(timeout)
         .completes_on::<OrderConfirmed>()
 }
 
@@ -224,8 +273,10 @@ impl StepHandler<StockReserved> for Payments {
 
 /// The services of one test, on one transport, sharing one paused-time clock.
 pub struct Harness {
+    pub backend: Backend,
     pub transport: Arc<dyn Transport>,
     pub memory: Option<MemoryTransport>,
+    dead_letters: DeadLetterLog,
     pub clock: TokioClock,
     pub world: Arc<World>,
     pub log: SagaLog,
@@ -233,9 +284,12 @@ pub struct Harness {
     pub inboxes: HashMap<&'static str, Arc<dyn Inbox>>,
     pub running: HashMap<&'static str, RunningService>,
     next_order: Mutex<u64>,
+    /// Declared last, so the broker outlives every client dropped with the harness.
+    #[cfg(feature = "kafka")]
+    kafka: Option<choreo_testkit::KafkaBroker>,
 }
 
-pub fn test_options() -> ServiceOptions {
+pub fn test_options(backend: Backend) -> ServiceOptions {
     ServiceOptions::default()
         .step_retry(
             RetryPolicy::default()
@@ -247,29 +301,56 @@ pub fn test_options() -> ServiceOptions {
                 .max_attempts(4)
                 .initial_backoff(Duration::from_millis(100)),
         )
-        .deadline_grace(Duration::from_secs(1))
+        .deadline_grace(backend.units(1))
         .redelivery_delay(Duration::from_millis(50))
 }
 
 impl Harness {
-    /// All three services on a fresh in-memory transport.
-    pub async fn memory() -> Self {
-        Self::memory_with(MemoryTransport::new()).await
+    /// All three services on `backend`.
+    pub async fn start(backend: Backend) -> Self {
+        match backend {
+            Backend::Memory => Self::memory_with(MemoryTransport::new()).await,
+            #[cfg(feature = "kafka")]
+            Backend::Kafka => Self::kafka().await,
+        }
     }
 
     /// All three services on `memory`.
     pub async fn memory_with(memory: MemoryTransport) -> Self {
-        let mut harness = Self::on(Arc::new(memory.clone())).await;
+        let mut harness = Self::on(Backend::Memory, Arc::new(memory.clone())).await;
         harness.memory = Some(memory);
         harness.start_all().await;
         harness
     }
 
-    /// No service started yet, on `transport`.
-    pub async fn on(transport: Arc<dyn Transport>) -> Self {
-        let log = SagaLog::start(Arc::clone(&transport), &saga(), "observer")
+    /// All three services on a Kafka broker started through the test kit.
+    #[cfg(feature = "kafka")]
+    pub async fn kafka() -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let broker = choreo_testkit::KafkaBroker::start()
             .await
-            .unwrap();
+            .unwrap_or_else(|error| panic!("{error}"));
+        let url = format!(
+            "{}?session.timeout.ms=2000&commit.interval.ms=100&message.timeout.ms=10000&rdkafka.fetch.wait.max.ms=20",
+            broker.url()
+        );
+        let transport = choreo::connect(&url).await.unwrap();
+        let mut harness = Self::on(Backend::Kafka, transport).await;
+        harness.kafka = Some(broker);
+        harness.start_all().await;
+        harness
+    }
+
+    /// No service started yet, on `transport`.
+    pub async fn on(backend: Backend, transport: Arc<dyn Transport>) -> Self {
+        let definition = saga(backend.timeout());
+        let (log, dead_letters) = tokio::join!(
+            SagaLog::start(Arc::clone(&transport), &definition, "observer"),
+            DeadLetterLog::start(Arc::clone(&transport), TOPIC),
+        );
         let journals = SERVICES
             .iter()
             .map(|name| (*name, Arc::new(MemoryJournal::new())))
@@ -279,11 +360,15 @@ impl Harness {
             .map(|name| (*name, Arc::new(MemoryInbox::new()) as Arc<dyn Inbox>))
             .collect();
         Self {
+            backend,
             transport,
             memory: None,
+            #[cfg(feature = "kafka")]
+            kafka: None,
+            dead_letters,
             clock: TokioClock::new(),
             world: Arc::new(World::default()),
-            log,
+            log: log.unwrap(),
             journals,
             inboxes,
             running: HashMap::new(),
@@ -291,19 +376,66 @@ impl Harness {
         }
     }
 
+    /// `n` units of scenario time on this backend.
+    pub fn units(&self, n: u64) -> Duration {
+        self.backend.units(n)
+    }
+
+    /// The options every service of the harness runs with.
+    pub fn options(&self) -> ServiceOptions {
+        test_options(self.backend)
+    }
+
+    /// Publishes bytes that need not be an event.
+    pub async fn publish_raw(&self, topic: &str, key: Option<&str>, message: choreo::RawMessage) {
+        if let Some(memory) = &self.memory {
+            memory.publish_raw(topic, key, message).unwrap();
+            return;
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(broker) = &self.kafka {
+            return kafka_publish_raw(broker, topic, key, message).await;
+        }
+        unreachable!("a harness has a transport");
+    }
+
+    /// Messages of `topic` that `group` has not acked, where the transport can tell.
+    pub fn pending(&self, topic: &str, group: &str) -> Option<usize> {
+        self.memory
+            .as_ref()
+            .map(|memory| memory.pending(topic, group))
+    }
+
+    /// Waits until at least `count` dead letters of the saga topic arrived, then returns all.
+    pub async fn dead_letters(&self, count: usize) -> Vec<DeadLetter> {
+        let wait = self.dead_letters.wait_for(count);
+        if tokio::time::timeout(self.units(60), wait).await.is_err() {
+            panic!(
+                "expected {count} dead letters, got {:?}",
+                self.dead_letters.all()
+            );
+        }
+        self.dead_letters.all()
+    }
+
     pub fn memory_transport(&self) -> &MemoryTransport {
         self.memory.as_ref().unwrap()
     }
 
+    /// Starts the three services at once (joining a broker's consumer groups takes a while).
     pub async fn start_all(&mut self) {
-        for name in SERVICES {
-            self.start(name).await;
-        }
+        let started = futures_util::future::join_all(SERVICES.map(|name| {
+            let service = self.service(name, self.options());
+            let transport = Arc::clone(&self.transport);
+            async move { (name, service.run(transport).await.unwrap()) }
+        }))
+        .await;
+        self.running.extend(started);
     }
 
     /// Starts (or restarts) service `name` with its journal and inbox kept across restarts.
-    pub async fn start(&mut self, name: &'static str) {
-        self.start_with(name, test_options()).await;
+    pub async fn start_service(&mut self, name: &'static str) {
+        self.start_with(name, self.options()).await;
     }
 
     /// Starts (or restarts) service `name` with `options`.
@@ -314,7 +446,7 @@ impl Harness {
     }
 
     pub fn service(&self, name: &'static str, options: ServiceOptions) -> Service {
-        let builder = Service::builder(name, &saga())
+        let builder = Service::builder(name, &saga(self.backend.timeout()))
             .journal(self.journals[name].clone())
             .inbox(self.inboxes[name].clone())
             .clock(Arc::new(self.clock.clone()))
@@ -395,27 +527,53 @@ impl Harness {
 
     /// Places an order: orders starts a saga. Returns the order id and the saga id.
     pub async fn place_order(&self, amount_cents: u64, sku: &str) -> (u64, SagaId) {
+        self.order(amount_cents, sku, None).await
+    }
+
+    /// Places an order whose saga has `timeout` instead of the saga's default.
+    pub async fn place_order_within(
+        &self,
+        amount_cents: u64,
+        sku: &str,
+        timeout: Duration,
+    ) -> (u64, SagaId) {
+        self.order(amount_cents, sku, Some(timeout)).await
+    }
+
+    async fn order(
+        &self,
+        amount_cents: u64,
+        sku: &str,
+        timeout: Option<Duration>,
+    ) -> (u64, SagaId) {
         let order_id = {
             let mut next = self.next_order.lock().unwrap();
             *next += 1;
             *next
         };
         self.world.record("orders", "create_order", order_id);
-        let saga = self.running["orders"]
-            .start_saga(OrderPlaced {
-                order_id,
-                amount_cents,
-                sku: sku.to_owned(),
-            })
-            .await
-            .unwrap();
+        let order = OrderPlaced {
+            order_id,
+            amount_cents,
+            sku: sku.to_owned(),
+        };
+        let orders = &self.running["orders"];
+        let saga = match timeout {
+            None => orders.start_saga(order).await,
+            Some(timeout) => {
+                orders
+                    .start_saga_until(order, Deadline::after(self.clock.now(), timeout))
+                    .await
+            }
+        }
+        .unwrap();
         (order_id, saga)
     }
 
     /// Waits (on paused time: instantly) for the saga to end, acknowledged by `participants`.
     pub async fn outcome_among(&self, saga: SagaId, participants: &[&str]) -> SagaOutcome {
         match tokio::time::timeout(
-            Duration::from_secs(600),
+            self.units(200),
             self.log.wait_for_outcome(saga, participants),
         )
         .await
@@ -432,9 +590,26 @@ impl Harness {
         self.outcome_among(saga, &SERVICES).await
     }
 
-    /// Lets every timer and retry that is due run, on paused time.
+    /// Waits (polling, on either kind of time) until `condition` holds.
+    pub async fn wait_until(&self, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + self.units(100);
+        while !condition() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition never held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Lets every deadline, grace period and retry that can still fire run out.
     pub async fn settle(&self) {
-        tokio::time::sleep(Duration::from_secs(120)).await;
+        tokio::time::sleep(match self.backend {
+            Backend::Memory => self.units(120),
+            #[cfg(feature = "kafka")]
+            _ => self.units(14),
+        })
+        .await;
     }
 
     pub fn record(&self, service: &'static str, saga: SagaId) -> Option<SagaRecord> {
@@ -561,4 +736,116 @@ impl Harness {
     pub fn deadline_in(&self, timeout: Duration) -> Deadline {
         Deadline::after(self.clock.now(), timeout)
     }
+}
+
+/// A dead letter as seen on the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub reason: String,
+    pub body: Vec<u8>,
+    pub message: choreo::RawMessage,
+}
+
+/// Records what arrives on `<topic>.dlq`, as an operator's consumer would.
+#[derive(Clone)]
+pub struct DeadLetterLog {
+    letters: Arc<Mutex<Vec<DeadLetter>>>,
+    changed: Arc<tokio::sync::Notify>,
+    _task: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl DeadLetterLog {
+    async fn start(transport: Arc<dyn Transport>, topic: &str) -> Self {
+        let mut subscription = transport
+            .subscribe(
+                "dead-letter-observer",
+                &[choreo::transport::dead_letter_topic(topic)],
+            )
+            .await
+            .unwrap();
+        let letters = Arc::new(Mutex::new(Vec::new()));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (recorded, notify) = (Arc::clone(&letters), Arc::clone(&changed));
+        let task = tokio::spawn(async move {
+            while let Ok(delivery) = subscription.next().await {
+                let reason = delivery
+                    .message
+                    .header(choreo::transport::DEAD_LETTER_REASON_HEADER)
+                    .map(|reason| String::from_utf8_lossy(reason).into_owned())
+                    .unwrap_or_default();
+                let mut message = delivery.message.clone();
+                message
+                    .headers
+                    .retain(|(key, _)| !key.starts_with("choreo-dead-letter-"));
+                recorded.lock().unwrap().push(DeadLetter {
+                    reason,
+                    body: message.body.clone(),
+                    message,
+                });
+                notify.notify_waiters();
+                let _ = delivery.ack().await;
+            }
+        });
+        Self {
+            letters,
+            changed,
+            _task: Arc::new(AbortOnDrop(task)),
+        }
+    }
+
+    fn all(&self) -> Vec<DeadLetter> {
+        self.letters.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, count: usize) {
+        loop {
+            let changed = self.changed.notified();
+            if self.letters.lock().unwrap().len() >= count {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+#[cfg(feature = "kafka")]
+async fn kafka_publish_raw(
+    broker: &choreo_testkit::KafkaBroker,
+    topic: &str,
+    key: Option<&str>,
+    message: choreo::RawMessage,
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .create()
+        .unwrap();
+    let mut headers = OwnedHeaders::new();
+    for (name, value) in &message.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_slice()),
+        });
+    }
+    let mut record = FutureRecord::to(topic)
+        .payload(&message.body)
+        .headers(headers);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(error, _)| error)
+        .unwrap();
 }

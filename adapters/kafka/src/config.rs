@@ -183,6 +183,13 @@ impl KafkaConfig {
             .set(
                 "session.timeout.ms",
                 self.session_timeout.as_millis().to_string(),
+            )
+            // Heartbeats must come well within the session timeout, or the member is evicted.
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout.as_millis() / 3)
+                    .clamp(100, 3_000)
+                    .to_string(),
             );
         let mut client = self.with_extra(base);
         client.set("group.id", group);

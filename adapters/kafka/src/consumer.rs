@@ -47,6 +47,8 @@ struct Shared {
     ready: Notify,
     drained: Notify,
     partitions: Mutex<HashMap<(String, i32), PartitionState>>,
+    /// Whether the group gave this member its (possibly empty) share of partitions yet.
+    joined: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -175,6 +177,13 @@ impl ConsumerContext for RebalanceContext {
             self.shared.revoke(revoked);
         }
     }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            tracing::debug!(partitions = assigned.count(), "joined the consumer group");
+            self.shared.joined.send_replace(true);
+        }
+    }
 }
 
 /// A consumer group membership.
@@ -185,7 +194,10 @@ pub(crate) struct KafkaSubscription {
 }
 
 impl KafkaSubscription {
-    pub(crate) fn start(
+    /// Joins `group` on `topics` and waits (up to twice the session timeout) until the group
+    /// assigned this member its partitions, so that a service is consuming once `subscribe`
+    /// returns.
+    pub(crate) async fn start(
         inner: Arc<Inner>,
         group: &str,
         topics: &[String],
@@ -204,12 +216,20 @@ impl KafkaSubscription {
             .subscribe(&names)
             .map_err(|error| TransportError::Refused(scrub(error, &inner.config)))?;
         let stop = CancellationToken::new();
+        let mut joined = shared.joined.subscribe();
         tokio::spawn(poll(
             consumer,
             Arc::clone(&shared),
             stop.clone(),
             inner.config.commit_interval,
         ));
+        let patience = inner.config.session_timeout * 2;
+        if tokio::time::timeout(patience, joined.wait_for(|joined| *joined))
+            .await
+            .is_err()
+        {
+            tracing::warn!(%group, ?patience, "no partitions assigned yet; consuming once the group assigns them");
+        }
         Ok(Self {
             inner,
             shared,
@@ -252,9 +272,19 @@ async fn poll(
             },
         }
     }
-    commit(CommitMode::Sync);
-    // Dropping the consumer closes it, which leaves the group.
-    drop(consumer);
+    // The last commit and leaving the group block on the broker: keep them off the runtime's
+    // workers, so a slow or vanished broker never stalls other tasks.
+    drop(commits);
+    tokio::task::spawn_blocking(move || {
+        let offsets = shared.committable(None);
+        if offsets.count() > 0 {
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(%error, "cannot commit offsets on close");
+            }
+        }
+        // Dropping the consumer closes it, which leaves the group.
+        drop(consumer);
+    });
 }
 
 #[async_trait]

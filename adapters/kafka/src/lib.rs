@@ -221,7 +221,7 @@ impl Transport for KafkaTransport {
             self.inner.ensure_topic(topic).await?;
         }
         let subscription =
-            consumer::KafkaSubscription::start(Arc::clone(&self.inner), group, topics)?;
+            consumer::KafkaSubscription::start(Arc::clone(&self.inner), group, topics).await?;
         Ok(Box::new(subscription))
     }
 

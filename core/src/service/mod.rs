@@ -302,9 +302,9 @@ impl RunningService {
 
     /// Starts a saga with `event` and the saga's default timeout.
     pub async fn start_saga<E: Event>(&self, event: E) -> Result<SagaId, StartError> {
-        let timeout = self.runtime.saga().default_timeout();
-        let deadline = Deadline::after(self.runtime.now(), timeout);
-        self.start_saga_until(event, deadline).await
+        let now = self.runtime.now();
+        let deadline = Deadline::after(now, self.runtime.saga().default_timeout());
+        self.runtime.start(event, now, deadline).await
     }
 
     /// Starts a saga with `event` that must finish by `deadline`.
@@ -313,7 +313,9 @@ impl RunningService {
         event: E,
         deadline: Deadline,
     ) -> Result<SagaId, StartError> {
-        self.runtime.start(event, deadline).await
+        self.runtime
+            .start(event, self.runtime.now(), deadline)
+            .await
     }
 
     /// Stops gracefully: takes no new events, finishes the ones being handled (up to

@@ -530,6 +530,7 @@ impl Runtime {
     pub(super) async fn start<E: Event>(
         &self,
         event: E,
+        now: SystemTime,
         deadline: Deadline,
     ) -> Result<SagaId, StartError> {
         if !self.definition.initiates.contains(E::TYPE) {
@@ -544,7 +545,7 @@ impl Runtime {
                 source,
             })?;
         let saga_id = SagaId::new();
-        let start = self.envelope(
+        let mut start = self.envelope(
             saga_id,
             deadline,
             None,
@@ -553,6 +554,7 @@ impl Runtime {
             SagaKind::Start,
             data,
         );
+        start.time = now;
         let mut record = SagaRecord::new(saga_id, deadline);
         record.initiated_here = true;
         record.steps.push(StepRecord {
