@@ -23,9 +23,16 @@ async fn an_unknown_scheme_names_the_schemes_compiled_in() {
         &error,
         ConnectError::Url(UrlError::UnsupportedScheme { scheme, .. }) if scheme == "nats"
     ));
+    let compiled_in: Vec<String> = choreo::SUPPORTED_SCHEMES
+        .iter()
+        .map(|scheme| format!("{scheme}://"))
+        .collect();
     assert_eq!(
         error.to_string(),
-        "unsupported transport scheme `nats://`; this build supports: memory://"
+        format!(
+            "unsupported transport scheme `nats://`; this build supports: {}",
+            compiled_in.join(", ")
+        )
     );
 }
 
@@ -40,11 +47,14 @@ async fn a_broker_scheme_without_its_feature_names_the_feature_and_hides_the_pas
     assert!(!message.contains("hunter2"), "{message}");
     assert!(!format!("{error:?}").contains("hunter2"));
 
-    let error = choreo::connect("kafka://k1:9092,k2:9092")
-        .await
-        .err()
-        .unwrap();
-    assert!(error.to_string().contains("`kafka` cargo feature"));
+    #[cfg(not(feature = "kafka"))]
+    {
+        let error = choreo::connect("kafka://k1:9092,k2:9092")
+            .await
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("`kafka` cargo feature"));
+    }
 }
 
 #[tokio::test]
@@ -103,4 +113,33 @@ async fn only_a_declared_initiator_starts_sagas() {
     assert!(error
         .to_string()
         .contains(".initiates::<orders.OrderPlaced.v1>()"));
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn an_unreachable_kafka_is_a_typed_error_within_the_connect_timeout_without_the_password() {
+    let started = std::time::Instant::now();
+    let error = choreo::connect("kafka://app:hunter2@127.0.0.1:1?connect.timeout.ms=2000")
+        .await
+        .err()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(matches!(error, ConnectError::Transport { .. }), "{error:?}");
+    let message = format!("{error} {error:?}");
+    assert!(message.contains("no answer from 127.0.0.1:1"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn a_bad_kafka_option_names_the_option_and_the_known_ones() {
+    let error = choreo::connect("kafka://localhost:9092?partitons=3")
+        .await
+        .err()
+        .unwrap();
+    let message = error.to_string();
+    assert!(
+        message.contains("`partitons`") && message.contains("known: client.id"),
+        "{message}"
+    );
 }

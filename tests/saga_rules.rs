@@ -23,6 +23,7 @@ on_every_transport!(
     duplicate_aborts_are_harmless,
     an_abort_after_completion_still_compensates_so_participants_agree_in_any_order,
     a_step_redelivered_after_a_crash_republishes_its_event_instead_of_running_again,
+    a_service_killed_after_handling_but_before_acking_has_one_effect_per_step,
 );
 
 use std::time::Duration;
@@ -886,4 +887,81 @@ async fn a_step_redelivered_after_a_crash_republishes_its_event_instead_of_runni
         step_types(&h.record("inventory", saga).unwrap()),
         [StockReserved::TYPE]
     );
+}
+
+/// An inbox whose first write never returns: the service is stuck after its step ran and
+/// published, before it acked, which is where a crash hurts most.
+#[derive(Default)]
+struct StallOnFirstMark {
+    inner: std::sync::Arc<choreo::MemoryInbox>,
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl choreo::Inbox for StallOnFirstMark {
+    async fn contains(&self, event: choreo::EventId) -> Result<bool, choreo::journal::StoreError> {
+        self.inner.contains(event).await
+    }
+
+    async fn insert(&self, event: choreo::EventId) -> Result<(), choreo::journal::StoreError> {
+        if !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.insert(event).await
+    }
+}
+
+async fn a_service_killed_after_handling_but_before_acking_has_one_effect_per_step(
+    backend: Backend,
+) {
+    let mut h = Harness::start(backend).await;
+    h.running.remove("inventory").unwrap().shutdown().await;
+    let stalling = std::sync::Arc::new(StallOnFirstMark::default());
+    h.inboxes.insert("inventory", stalling.clone());
+    h.start_service("inventory").await;
+    // Room for a broker's consumer group to notice the crash and take the member back.
+    let (order, saga) = h.place_order_within(2_500, "book", backend.units(60)).await;
+
+    h.wait_until(|| stalling.stalled.load(std::sync::atomic::Ordering::SeqCst))
+        .await;
+    h.running.remove("inventory").unwrap().kill();
+    // It comes back with what a durable store would have kept: its journal and inbox.
+    h.inboxes.insert("inventory", stalling.inner.clone());
+    h.start_service("inventory").await;
+
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    h.settle().await;
+    assert_eq!(
+        h.world.effects(order),
+        [
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("inventory", "reserve_stock", order),
+            effect("payments", "capture_payment", order),
+            effect("orders", "confirm_order", order),
+        ]
+    );
+    // The unacknowledged CreditReserved came back; inventory found its step in the journal
+    // and published the recorded StockReserved again, same id, which payments dropped.
+    let stock: Vec<_> = h
+        .log
+        .events(saga)
+        .into_iter()
+        .filter(|e| e.event_type == StockReserved::TYPE)
+        .collect();
+    assert!(!stock.is_empty());
+    assert!(
+        stock.iter().all(|e| *e == stock[0]),
+        "one StockReserved event, maybe twice"
+    );
+    assert_eq!(
+        step_types(&h.record("inventory", saga).unwrap()),
+        [StockReserved::TYPE]
+    );
+    for service in SERVICES {
+        assert_eq!(
+            h.record(service, saga).unwrap().status,
+            SagaStatus::Completed
+        );
+    }
 }
