@@ -8,9 +8,6 @@ use choreo::kafka::KafkaTransport;
 use choreo::{RawMessage, Transport, TransportUrl};
 use choreo_testkit::conformance::Subject;
 use choreo_testkit::KafkaBroker;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 struct Kafka {
     broker: KafkaBroker,
@@ -32,28 +29,9 @@ impl Subject for Kafka {
     }
 
     async fn publish_raw(&self, topic: &str, key: Option<&str>, message: RawMessage) {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap_servers())
-            .create()
-            .unwrap();
-        let mut headers = OwnedHeaders::new();
-        for (name, value) in &message.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_slice()),
-            });
-        }
-        let mut record = FutureRecord::to(topic)
-            .payload(&message.body)
-            .headers(headers);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(error, _)| error)
-            .unwrap();
+        let url = TransportUrl::parse(&test_url(&self.broker)).unwrap();
+        let transport = KafkaTransport::connect(&url).await.unwrap();
+        transport.publish_raw(topic, key, &message).await.unwrap();
     }
 
     /// An outage the clients must ride out: the broker freezes for a few seconds. (tansu,

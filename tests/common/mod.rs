@@ -394,7 +394,9 @@ impl Harness {
         }
         #[cfg(feature = "kafka")]
         if let Some(broker) = &self.kafka {
-            return kafka_publish_raw(broker, topic, key, message).await;
+            let url = choreo::TransportUrl::parse(broker.url()).unwrap();
+            let kafka = choreo::kafka::KafkaTransport::connect(&url).await.unwrap();
+            return kafka.publish_raw(topic, key, &message).await.unwrap();
         }
         unreachable!("a harness has a transport");
     }
@@ -814,38 +816,4 @@ impl DeadLetterLog {
             changed.await;
         }
     }
-}
-
-#[cfg(feature = "kafka")]
-async fn kafka_publish_raw(
-    broker: &choreo_testkit::KafkaBroker,
-    topic: &str,
-    key: Option<&str>,
-    message: choreo::RawMessage,
-) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap_servers())
-        .create()
-        .unwrap();
-    let mut headers = OwnedHeaders::new();
-    for (name, value) in &message.headers {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value.as_slice()),
-        });
-    }
-    let mut record = FutureRecord::to(topic)
-        .payload(&message.body)
-        .headers(headers);
-    if let Some(key) = key {
-        record = record.key(key);
-    }
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(error, _)| error)
-        .unwrap();
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use choreo_core::transport::{DEAD_LETTER_REASON_HEADER, DEAD_LETTER_TOPIC_HEADER};
+use choreo_core::transport::dead_letter_message;
 use choreo_core::{
     ConnectError, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
     TransportUrl,
@@ -92,6 +92,17 @@ impl KafkaTransport {
     /// The settings in use.
     pub fn config(&self) -> &KafkaConfig {
         &self.inner.config
+    }
+
+    /// Publishes an already encoded message (e.g. one bridged from another system, or a
+    /// malformed one in a test), keyed by `key` if given.
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        message: &RawMessage,
+    ) -> Result<(), TransportError> {
+        self.inner.produce(topic, key, message).await
     }
 }
 
@@ -179,15 +190,7 @@ impl Inner {
         message: RawMessage,
         reason: &str,
     ) -> Result<(), TransportError> {
-        let mut record = message;
-        record.headers.push((
-            DEAD_LETTER_REASON_HEADER.to_owned(),
-            reason.as_bytes().to_vec(),
-        ));
-        record.headers.push((
-            DEAD_LETTER_TOPIC_HEADER.to_owned(),
-            topic.as_bytes().to_vec(),
-        ));
+        let record = dead_letter_message(message, topic, reason);
         self.produce(&self.config.dead_letter_topic(topic), None, &record)
             .await
     }

@@ -24,9 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use choreo_core::transport::{
-    dead_letter_topic, Acknowledge, DEAD_LETTER_REASON_HEADER, DEAD_LETTER_TOPIC_HEADER,
-};
+use choreo_core::transport::{dead_letter_message, dead_letter_topic, Acknowledge};
 use choreo_core::{
     Delivery, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
 };
@@ -223,15 +221,7 @@ impl Bus {
         message: RawMessage,
         reason: &str,
     ) -> Result<(), TransportError> {
-        let mut record = message.clone();
-        record.headers.push((
-            DEAD_LETTER_REASON_HEADER.to_owned(),
-            reason.as_bytes().to_vec(),
-        ));
-        record.headers.push((
-            DEAD_LETTER_TOPIC_HEADER.to_owned(),
-            topic.as_bytes().to_vec(),
-        ));
+        let record = dead_letter_message(message.clone(), topic, reason);
         self.lock()
             .dead_letters
             .entry(topic.to_owned())

@@ -4,6 +4,7 @@ use choreo_core::{Deadline, EventId, SagaId, SagaKind, TraceContext};
 use serde_json::value::RawValue;
 
 use super::*;
+use choreo_core::transport::{DEAD_LETTER_REASON_HEADER, DEAD_LETTER_TOPIC_HEADER};
 
 const TOPIC: &str = "orders.saga";
 

@@ -121,6 +121,20 @@ pub const DEAD_LETTER_REASON_HEADER: &str = "choreo-dead-letter-reason";
 /// The header that carries the topic a dead letter came from.
 pub const DEAD_LETTER_TOPIC_HEADER: &str = "choreo-dead-letter-topic";
 
+/// `message` as a dead letter from `topic`: its headers and body, plus the reason and the topic
+/// it came from in [`DEAD_LETTER_REASON_HEADER`] and [`DEAD_LETTER_TOPIC_HEADER`].
+pub fn dead_letter_message(mut message: RawMessage, topic: &str, reason: &str) -> RawMessage {
+    message.headers.push((
+        DEAD_LETTER_REASON_HEADER.to_owned(),
+        reason.as_bytes().to_vec(),
+    ));
+    message.headers.push((
+        DEAD_LETTER_TOPIC_HEADER.to_owned(),
+        topic.as_bytes().to_vec(),
+    ));
+    message
+}
+
 /// The dead-letter topic of `topic` by default: `<topic>.dlq`.
 pub fn dead_letter_topic(topic: &str) -> String {
     format!("{topic}.dlq")
