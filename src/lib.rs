@@ -26,6 +26,7 @@
 //! their own features as they land; [`connect`] names the ones a build lacks.
 //!
 //! - `kafka`: `kafka://` URLs, `choreo::kafka`, on rdkafka with a bundled librdkafka.
+//! - `rabbitmq`: `amqp://` URLs, `choreo::rabbitmq`, on lapin.
 //! - `testkit`: `choreo::testkit`, brokers for tests through testcontainers and the transport
 //!   conformance suite.
 
@@ -53,7 +54,18 @@ pub const SUPPORTED_SCHEMES: &[&str] = &[
     "memory",
     #[cfg(feature = "kafka")]
     "kafka",
+    #[cfg(feature = "rabbitmq")]
+    "amqp",
+    #[cfg(feature = "rabbitmq")]
+    "amqps",
 ];
+
+/// The RabbitMQ transport.
+#[cfg(feature = "rabbitmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
+pub mod rabbitmq {
+    pub use choreo_rabbitmq::{RabbitMqConfig, RabbitMqTransport};
+}
 
 /// The Kafka transport.
 #[cfg(feature = "kafka")]
@@ -63,7 +75,8 @@ pub mod kafka {
 }
 
 /// Connects to the transport named by `url`: `memory://` (or `memory://NAME` for a separate
-/// in-process broker), or `kafka://host:port[,host:port]?...` with the `kafka` feature.
+/// in-process broker), `kafka://host:port[,host:port]?...` with the `kafka` feature, or
+/// `amqp://user:pass@host:port/vhost?...` with the `rabbitmq` feature.
 ///
 /// An unknown scheme, or one whose feature this build lacks, is a [`UrlError`] naming the
 /// schemes compiled in. Passwords never appear in errors.
@@ -75,6 +88,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Transport>, ConnectError> {
         ))),
         #[cfg(feature = "kafka")]
         "kafka" => Ok(Arc::new(kafka::KafkaTransport::connect(&url).await?)),
+        #[cfg(feature = "rabbitmq")]
+        "amqp" | "amqps" => Ok(Arc::new(rabbitmq::RabbitMqTransport::connect(&url).await?)),
         _ => Err(url.unsupported(SUPPORTED_SCHEMES).into()),
     }
 }

@@ -1,0 +1,372 @@
+//! One consumer group membership: a task that keeps a consumer on the group's queue across
+//! connection losses, and hands deliveries out in per-saga order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use choreo_core::transport::{Acknowledge, KeyedQueue};
+use choreo_core::{Delivery, RawMessage, Subscription, TransportError};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Acker;
+use lapin::{Channel, Connection, Consumer};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RabbitMqConfig;
+use crate::{open, refused, Inner};
+
+/// A delivery until it is acked.
+struct Pending {
+    /// The connection it came on; its acker is void once that connection is gone.
+    generation: u64,
+    topic: String,
+    message: RawMessage,
+    acker: Acker,
+    redelivered: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<KeyedQueue<Pending>>,
+    ready: Notify,
+    generation: AtomicU64,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, KeyedQueue<Pending>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A new connection: deliveries of the old one will come again from the broker.
+    fn reconnected(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.queue()
+            .retain(|pending| pending.generation == generation);
+        generation
+    }
+
+    fn received(&self, generation: u64, delivery: lapin::message::Delivery) {
+        let mut headers = Vec::new();
+        if let Some(table) = delivery.properties.headers() {
+            for (name, value) in table.inner() {
+                let bytes = match value {
+                    AMQPValue::LongString(text) => text.as_bytes().to_vec(),
+                    other => format!("{other:?}").into_bytes(),
+                };
+                headers.push((name.to_string(), bytes));
+            }
+        }
+        let key = headers
+            .iter()
+            .find(|(name, _)| name == "ce_sagaid")
+            .map(|(_, value)| Arc::<str>::from(String::from_utf8_lossy(value).as_ref()));
+        let pending = Pending {
+            generation,
+            topic: delivery.routing_key.to_string(),
+            message: RawMessage {
+                headers,
+                body: delivery.data,
+            },
+            acker: delivery.acker,
+            redelivered: delivery.redelivered,
+        };
+        self.queue().push(key, pending);
+        self.ready.notify_waiters();
+    }
+
+    fn settled(&self, key: Option<&Arc<str>>) {
+        self.queue().settle(key);
+        self.ready.notify_waiters();
+    }
+
+    fn returned(&self, key: Option<Arc<str>>, mut pending: Pending) {
+        if pending.generation == self.current() {
+            pending.redelivered = true;
+            self.queue().requeue(key, pending);
+        } else {
+            // Its connection is gone: the broker delivers it again on the new one.
+            self.queue().settle(key.as_ref());
+        }
+        self.ready.notify_waiters();
+    }
+}
+
+/// The durable queue of a group: `<group>:<topic>[,<topic>...]`.
+fn queue_name(group: &str, topics: &[String]) -> String {
+    format!("{group}:{}", topics.join(","))
+}
+
+/// Declares the group's queue, the topics' dead-letter queues and the bindings, and starts
+/// consuming. Idempotent: run on every (re)connection.
+async fn consume(
+    config: &RabbitMqConfig,
+    group: &str,
+    topics: &[String],
+) -> Result<(Connection, Channel, Consumer), TransportError> {
+    let (connection, channel) = open(config).await?;
+    let exchange = ShortString::from(config.exchange.as_str());
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let bind = |queue: String, topic: String| {
+        let channel = channel.clone();
+        let exchange = exchange.clone();
+        async move {
+            channel
+                .queue_bind(
+                    ShortString::from(queue),
+                    exchange,
+                    ShortString::from(topic),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+    };
+    for topic in topics {
+        let dead_letters = config.dead_letter_topic(topic);
+        channel
+            .queue_declare(
+                ShortString::from(dead_letters.as_str()),
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|error| refused(config, error))?;
+        bind(dead_letters.clone(), dead_letters)
+            .await
+            .map_err(|error| refused(config, error))?;
+    }
+    let queue = queue_name(group, topics);
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(LongString::from(config.exchange.as_str())),
+    );
+    if let Some(first) = topics.first() {
+        arguments.insert(
+            ShortString::from("x-dead-letter-routing-key"),
+            AMQPValue::LongString(LongString::from(config.dead_letter_topic(first))),
+        );
+    }
+    channel
+        .queue_declare(ShortString::from(queue.as_str()), durable, arguments)
+        .await
+        .map_err(|error| refused(config, error))?;
+    for topic in topics {
+        bind(queue.clone(), topic.clone())
+            .await
+            .map_err(|error| refused(config, error))?;
+    }
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|error| refused(config, error))?;
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(queue.as_str()),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| refused(config, error))?;
+    Ok((connection, channel, consumer))
+}
+
+/// A consumer group membership.
+pub(crate) struct RabbitMqSubscription {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl RabbitMqSubscription {
+    /// Consumes the group's queue; the first connection must succeed, later ones are retried.
+    pub(crate) async fn start(
+        inner: Arc<Inner>,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Self, TransportError> {
+        let first = consume(&inner.config, group, topics).await?;
+        let shared = Arc::new(Shared::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(run(
+            Arc::clone(&inner),
+            group.to_owned(),
+            topics.to_vec(),
+            Arc::clone(&shared),
+            stop.clone(),
+            first,
+        ));
+        Ok(Self {
+            inner,
+            shared,
+            stop,
+        })
+    }
+}
+
+/// Receives into the shared queue until stopped, reconnecting with backoff when the
+/// connection is lost.
+async fn run(
+    inner: Arc<Inner>,
+    group: String,
+    topics: Vec<String>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    first: (Connection, Channel, Consumer),
+) {
+    let config = &inner.config;
+    let mut current = Some(first);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (connection, channel, mut consumer) = match current.take() {
+            Some(consumer) => consumer,
+            None => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(config.reconnect_max);
+                match consume(config, &group, &topics).await {
+                    Ok(consumer) => {
+                        tracing::info!(%group, "reconnected to RabbitMQ");
+                        consumer
+                    }
+                    Err(error) => {
+                        tracing::warn!(%group, %error, "cannot reconnect to RabbitMQ; retrying");
+                        continue;
+                    }
+                }
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let generation = shared.reconnected();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    // Unacked deliveries go back to the queue when the channel closes.
+                    let _ = channel.close(200, ShortString::from("subscription closed")).await;
+                    let _ = connection.close(200, ShortString::from("subscription closed")).await;
+                    return;
+                }
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(delivery)) => shared.received(generation, delivery),
+                    Some(Err(error)) => {
+                        tracing::warn!(%group, %error, "RabbitMQ connection lost; reconnecting");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(%group, "RabbitMQ consumer cancelled; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for RabbitMqSubscription {
+    async fn next(&mut self) -> Result<Delivery, TransportError> {
+        loop {
+            if self.stop.is_cancelled() {
+                return Err(TransportError::Closed);
+            }
+            let ready = self.shared.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let next = self.shared.queue().pop();
+            if let Some((key, pending)) = next {
+                return Ok(Delivery::new(
+                    pending.topic.clone(),
+                    pending.message.clone(),
+                    pending.redelivered,
+                    Box::new(RabbitMqAck {
+                        inner: Arc::clone(&self.inner),
+                        shared: Arc::clone(&self.shared),
+                        key,
+                        pending: Some(pending),
+                    }),
+                ));
+            }
+            ready.await;
+        }
+    }
+}
+
+impl Drop for RabbitMqSubscription {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Settles one delivery; dropped unsettled, it hands the message back for redelivery.
+struct RabbitMqAck {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    key: Option<Arc<str>>,
+    pending: Option<Pending>,
+}
+
+impl RabbitMqAck {
+    async fn ack_pending(&mut self) -> Result<(), TransportError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let result = pending.acker.ack(BasicAckOptions::default()).await;
+        self.shared.settled(self.key.as_ref());
+        // A lost connection voids the ack: the broker redelivers and the inbox absorbs it.
+        result
+            .map(|_| ())
+            .map_err(|error| TransportError::Connection(error.to_string()))
+    }
+}
+
+#[async_trait]
+impl Acknowledge for RabbitMqAck {
+    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
+        self.ack_pending().await
+    }
+
+    async fn nack(mut self: Box<Self>) -> Result<(), TransportError> {
+        if let Some(pending) = self.pending.take() {
+            self.shared.returned(self.key.take(), pending);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        mut self: Box<Self>,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let topic = match &self.pending {
+            Some(pending) => pending.topic.clone(),
+            None => return Ok(()),
+        };
+        // On failure, `self` is dropped unsettled and the message is delivered again.
+        self.inner.dead_letter(&topic, message, reason).await?;
+        self.ack_pending().await
+    }
+}
+
+impl Drop for RabbitMqAck {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            self.shared.returned(self.key.take(), pending);
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The RabbitMQ transport of choreo, on lapin.
+//!
+//! - Topology, declared idempotently whenever a connection is made: one durable topic
+//!   exchange for events (`choreo.events` by default); per consumer group (service) and topic a
+//!   durable queue `<group>:<topic>` bound with the topic as routing key, whose rejected
+//!   messages go (`x-dead-letter-exchange`) to the topic's dead-letter queue `<topic>.dlq`.
+//! - Publishing: persistent messages, CloudEvents attributes in AMQP headers (`ce_*`, as on
+//!   Kafka), publisher confirms; `publish` returns after the confirm and hands the envelope
+//!   back on a nack, a return (unroutable) or a broken connection. Concurrent publishes share
+//!   a channel, so confirms are pipelined.
+//! - Consuming: manual acks after the handler and its publishes succeeded, `basic_qos`
+//!   prefetch; deliveries of one saga are handed out one at a time and in order. A poison
+//!   message is published to `<topic>.dlq` with its reason and acked.
+//! - Connection loss: subscriptions reconnect with exponential backoff, re-declare the
+//!   topology and resume; unacked deliveries come back from the broker and the runtime's inbox
+//!   absorbs repeats. Publishing reconnects on its next call.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod config;
+mod consumer;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use choreo_core::transport::dead_letter_message;
+use choreo_core::{
+    ConnectError, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
+    TransportUrl,
+};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+pub use crate::config::RabbitMqConfig;
+
+/// A connection to a RabbitMQ broker. Clones share it.
+#[derive(Clone)]
+pub struct RabbitMqTransport {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: RabbitMqConfig,
+    /// The publishing channel, made again after a connection loss.
+    publisher: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl RabbitMqTransport {
+    /// Connects to the broker named by an `amqp://` URL, within `connect.timeout.ms`.
+    pub async fn connect(url: &TransportUrl) -> Result<Self, ConnectError> {
+        let config = RabbitMqConfig::from_url(url)?;
+        let inner = Arc::new(Inner {
+            config,
+            publisher: Mutex::new(None),
+        });
+        inner
+            .publishing_channel()
+            .await
+            .map_err(|source| ConnectError::Transport {
+                url: url.redacted(),
+                source,
+            })?;
+        Ok(Self { inner })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &RabbitMqConfig {
+        &self.inner.config
+    }
+
+    /// Publishes an already encoded message to `topic` (e.g. a malformed one in a test).
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        message: &RawMessage,
+    ) -> Result<(), TransportError> {
+        self.inner.publish(topic, message).await
+    }
+}
+
+/// Opens a connection and a channel, declaring the events exchange.
+pub(crate) async fn open(config: &RabbitMqConfig) -> Result<(Connection, Channel), TransportError> {
+    let attempt = async {
+        let connection = Connection::connect(config.uri(), ConnectionProperties::default())
+            .await
+            .map_err(|error| connection_error(config, error))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|error| connection_error(config, error))?;
+        channel
+            .exchange_declare(
+                ShortString::from(config.exchange.as_str()),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|error| refused(config, error))?;
+        Ok((connection, channel))
+    };
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::Connection(format!(
+            "no answer from {} within {:?}",
+            config.redacted(),
+            config.connect_timeout
+        ))),
+    }
+}
+
+pub(crate) fn connection_error(config: &RabbitMqConfig, error: lapin::Error) -> TransportError {
+    TransportError::Connection(format!("{}: {error}", config.redacted()))
+}
+
+pub(crate) fn refused(config: &RabbitMqConfig, error: lapin::Error) -> TransportError {
+    TransportError::Refused(format!("{}: {error}", config.redacted()))
+}
+
+impl Inner {
+    /// The publishing channel, opened (again) if there is none or it broke.
+    async fn publishing_channel(&self) -> Result<Channel, TransportError> {
+        let mut publisher = self.publisher.lock().await;
+        if let Some((connection, channel)) = publisher.as_ref() {
+            if connection.status().connected() && channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        let (connection, channel) = open(&self.config).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|error| refused(&self.config, error))?;
+        *publisher = Some((connection, channel.clone()));
+        Ok(channel)
+    }
+
+    async fn forget_channel(&self) {
+        self.publisher.lock().await.take();
+    }
+
+    /// Publishes `message` to `topic` and waits for the broker's confirm.
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        message: &RawMessage,
+    ) -> Result<(), TransportError> {
+        let result = async {
+            let channel = self.publishing_channel().await?;
+            let mut headers = FieldTable::default();
+            for (name, value) in &message.headers {
+                headers.insert(
+                    ShortString::from(name.as_str()),
+                    AMQPValue::LongString(LongString::from(value.clone())),
+                );
+            }
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(self.config.exchange.as_str()),
+                    ShortString::from(topic),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.body,
+                    properties,
+                )
+                .await
+                .map_err(|error| connection_error(&self.config, error))?;
+            let confirmation = tokio::time::timeout(self.config.publish_timeout, confirm)
+                .await
+                .map_err(|_| {
+                    TransportError::Connection(format!(
+                        "no confirm within {:?}",
+                        self.config.publish_timeout
+                    ))
+                })?
+                .map_err(|error| connection_error(&self.config, error))?;
+            match confirmation {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(TransportError::Refused(format!(
+                    "no queue is bound to topic `{topic}` on exchange `{}`",
+                    self.config.exchange
+                ))),
+                Confirmation::Nack(_) => Err(TransportError::Refused(
+                    "the broker did not accept the message (nack)".to_owned(),
+                )),
+            }
+        }
+        .await;
+        if matches!(result, Err(TransportError::Connection(_))) {
+            self.forget_channel().await;
+        }
+        result
+    }
+
+    pub(crate) async fn dead_letter(
+        &self,
+        topic: &str,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let record = dead_letter_message(message, topic, reason);
+        self.publish(&self.config.dead_letter_topic(topic), &record)
+            .await
+    }
+}
+
+#[async_trait]
+impl Transport for RabbitMqTransport {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
+        match self.inner.publish(topic, &envelope.to_binary()).await {
+            Ok(()) => Ok(()),
+            Err(source) => Err(PublishError {
+                envelope: Box::new(envelope),
+                topic: topic.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let subscription =
+            consumer::RabbitMqSubscription::start(Arc::clone(&self.inner), group, topics).await?;
+        Ok(Box::new(subscription))
+    }
+
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.inner.dead_letter(topic, message, reason).await
+    }
+}
+
+impl std::fmt::Debug for RabbitMqTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqTransport")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
