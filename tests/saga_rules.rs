@@ -461,15 +461,13 @@ async fn an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_ski
         }
     );
     assert!(inventory.steps.is_empty());
+    // The abort came first; the late step event and the acknowledgements may interleave,
+    // as the participants answer the abort while the step event is still being published.
     let flow = h.flow(saga);
-    assert_eq!(
-        flow[..2],
-        [ev("tester", ABORTED), ev("payments", CreditReserved::TYPE)]
-    );
-    assert_eq!(
-        sorted(flow[2..].to_vec()),
-        sorted(SERVICES.iter().map(|s| ev(s, COMPENSATED)).collect())
-    );
+    assert_eq!(flow[0], ev("tester", ABORTED));
+    let mut rest: Vec<_> = SERVICES.iter().map(|s| ev(s, COMPENSATED)).collect();
+    rest.push(ev("payments", CreditReserved::TYPE));
+    assert_eq!(sorted(flow[1..].to_vec()), sorted(rest));
 }
 
 async fn no_step_starts_past_the_deadline(backend: Backend) {

@@ -29,6 +29,8 @@ pub enum Backend {
     Memory,
     #[cfg(feature = "kafka")]
     Kafka,
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq,
 }
 
 impl Backend {
@@ -38,6 +40,8 @@ impl Backend {
             Backend::Memory => Duration::from_secs(n),
             #[cfg(feature = "kafka")]
             Backend::Kafka => Duration::from_millis(300 * n),
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq => Duration::from_millis(300 * n),
         }
     }
 
@@ -66,6 +70,15 @@ macro_rules! on_every_transport {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::Kafka).await
+                }
+            )*
+        }
+        #[cfg(feature = "rabbitmq")]
+        mod rabbitmq {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::RabbitMq).await
                 }
             )*
         }
@@ -287,6 +300,8 @@ pub struct Harness {
     /// Declared last, so the broker outlives every client dropped with the harness.
     #[cfg(feature = "kafka")]
     kafka: Option<choreo_testkit::KafkaBroker>,
+    #[cfg(feature = "rabbitmq")]
+    rabbitmq: Option<choreo_testkit::RabbitMqBroker>,
 }
 
 pub fn test_options(backend: Backend) -> ServiceOptions {
@@ -312,7 +327,27 @@ impl Harness {
             Backend::Memory => Self::memory_with(MemoryTransport::new()).await,
             #[cfg(feature = "kafka")]
             Backend::Kafka => Self::kafka().await,
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq => Self::rabbitmq().await,
         }
+    }
+
+    /// All three services on a RabbitMQ broker started through the test kit.
+    #[cfg(feature = "rabbitmq")]
+    pub async fn rabbitmq() -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let broker = choreo_testkit::RabbitMqBroker::start()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let url = format!("{}?reconnect.max.ms=1000", broker.url());
+        let transport = choreo::connect(&url).await.unwrap();
+        let mut harness = Self::on(Backend::RabbitMq, transport).await;
+        harness.rabbitmq = Some(broker);
+        harness.start_all().await;
+        harness
     }
 
     /// All three services on `memory`.
@@ -365,6 +400,8 @@ impl Harness {
             memory: None,
             #[cfg(feature = "kafka")]
             kafka: None,
+            #[cfg(feature = "rabbitmq")]
+            rabbitmq: None,
             dead_letters,
             clock: TokioClock::new(),
             world: Arc::new(World::default()),
@@ -397,6 +434,14 @@ impl Harness {
             let url = choreo::TransportUrl::parse(broker.url()).unwrap();
             let kafka = choreo::kafka::KafkaTransport::connect(&url).await.unwrap();
             return kafka.publish_raw(topic, key, &message).await.unwrap();
+        }
+        #[cfg(feature = "rabbitmq")]
+        if let Some(broker) = &self.rabbitmq {
+            let url = choreo::TransportUrl::parse(broker.url()).unwrap();
+            let rabbitmq = choreo::rabbitmq::RabbitMqTransport::connect(&url)
+                .await
+                .unwrap();
+            return rabbitmq.publish_raw(topic, &message).await.unwrap();
         }
         unreachable!("a harness has a transport");
     }
@@ -608,7 +653,7 @@ impl Harness {
     pub async fn settle(&self) {
         tokio::time::sleep(match self.backend {
             Backend::Memory => self.units(120),
-            #[cfg(feature = "kafka")]
+            #[cfg(any(feature = "kafka", feature = "rabbitmq"))]
             _ => self.units(14),
         })
         .await;
