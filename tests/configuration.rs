@@ -38,12 +38,16 @@ async fn an_unknown_scheme_names_the_schemes_compiled_in() {
 
 #[tokio::test]
 async fn a_broker_scheme_without_its_feature_names_the_feature_and_hides_the_password() {
-    let error = choreo::connect("amqp://app:hunter2@rabbit:5672/%2f")
-        .await
-        .err()
-        .unwrap();
+    let error =
+        choreo::connect("amqp://app:hunter2@rabbit.invalid:5672/%2f?connect.timeout.ms=2000")
+            .await
+            .err()
+            .unwrap();
     let message = error.to_string();
+    #[cfg(not(feature = "rabbitmq"))]
     assert!(message.contains("`rabbitmq` cargo feature"), "{message}");
+    #[cfg(feature = "rabbitmq")]
+    assert!(message.contains("app:***@rabbit.invalid"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
     assert!(!format!("{error:?}").contains("hunter2"));
 
@@ -140,6 +144,56 @@ async fn a_bad_kafka_option_names_the_option_and_the_known_ones() {
     let message = error.to_string();
     assert!(
         message.contains("`partitons`") && message.contains("known: client.id"),
+        "{message}"
+    );
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test]
+async fn an_unreachable_rabbitmq_is_a_typed_error_within_the_connect_timeout_without_the_password()
+{
+    let started = std::time::Instant::now();
+    let error = choreo::connect("amqp://app:hunter2@127.0.0.1:1/%2f?connect.timeout.ms=2000")
+        .await
+        .err()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(matches!(error, ConnectError::Transport { .. }), "{error:?}");
+    let message = format!("{error} {error:?}");
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_rabbitmq_credentials_are_a_typed_error_without_the_password() {
+    let broker = choreo_testkit::RabbitMqBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let url = broker
+        .url()
+        .replace("guest:guest", "guest:not-the-password");
+    let started = std::time::Instant::now();
+    let error = choreo::connect(&format!("{url}?connect.timeout.ms=5000"))
+        .await
+        .err()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(matches!(error, ConnectError::Transport { .. }), "{error:?}");
+    let message = format!("{error} {error:?}");
+    assert!(!message.contains("not-the-password"), "{message}");
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test]
+async fn a_bad_rabbitmq_option_names_the_option_and_the_known_ones() {
+    let error = choreo::connect("amqp://localhost?prefech=3")
+        .await
+        .err()
+        .unwrap();
+    let message = error.to_string();
+    assert!(
+        message.contains("`prefech`") && message.contains("known: exchange"),
         "{message}"
     );
 }

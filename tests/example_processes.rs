@@ -1,12 +1,11 @@
-//! The order saga example, one service per process, on Kafka: the same code as on memory,
-//! only `CHOREO_URL` changes.
-#![cfg(feature = "kafka")]
+//! The order saga example, one service per process, on each broker: the same code as on
+//! memory, only `CHOREO_URL` changes.
+#![cfg(any(feature = "kafka", feature = "rabbitmq"))]
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use choreo_testkit::KafkaBroker;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The example binary `cargo test` built next to this test.
@@ -16,15 +15,29 @@ fn example() -> PathBuf {
     profile_dir.join("examples").join("order_saga")
 }
 
+#[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_example_completes_its_three_sagas_with_each_service_in_its_own_process() {
-    let broker = KafkaBroker::start()
+async fn on_kafka_the_example_completes_its_three_sagas_with_each_service_in_its_own_process() {
+    let broker = choreo_testkit::KafkaBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    let url = format!(
+    play_across_processes(&format!(
         "{}?session.timeout.ms=2000&rdkafka.fetch.wait.max.ms=20",
         broker.url()
-    );
+    ))
+    .await;
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_the_example_completes_its_three_sagas_with_each_service_in_its_own_process() {
+    let broker = choreo_testkit::RabbitMqBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    play_across_processes(broker.url()).await;
+}
+
+async fn play_across_processes(url: &str) {
     let binary = example();
     assert!(binary.exists(), "{} was not built", binary.display());
 
@@ -32,7 +45,7 @@ async fn the_example_completes_its_three_sagas_with_each_service_in_its_own_proc
     for name in ["payments", "inventory"] {
         let mut child = tokio::process::Command::new(&binary)
             .args(["--service", name])
-            .env("CHOREO_URL", &url)
+            .env("CHOREO_URL", url)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -45,7 +58,8 @@ async fn the_example_completes_its_three_sagas_with_each_service_in_its_own_proc
                     return;
                 }
             }
-            panic!("{name} exited before it ran");
+            let status = child.wait().await;
+            panic!("{name} exited before it ran: {status:?}");
         });
         running
             .await
@@ -55,7 +69,7 @@ async fn the_example_completes_its_three_sagas_with_each_service_in_its_own_proc
 
     let play = tokio::process::Command::new(&binary)
         .args(["--service", "orders", "--play"])
-        .env("CHOREO_URL", &url)
+        .env("CHOREO_URL", url)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
