@@ -740,7 +740,8 @@ async fn sagas_run_concurrently_up_to_the_limit(backend: Backend) {
 
     let concurrent = elapsed_for_three_slow_sagas(backend, 16).await;
     let one_at_a_time = elapsed_for_three_slow_sagas(backend, 1).await;
-    assert!(concurrent < backend.units(4), "{concurrent:?}");
+    // Three sagas one at a time take at least 6 units; together, one slow step plus hops.
+    assert!(concurrent < backend.units(5), "{concurrent:?}");
     assert!(one_at_a_time >= backend.units(6), "{one_at_a_time:?}");
 }
 
