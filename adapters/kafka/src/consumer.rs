@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use choreo_core::transport::{Acknowledge, KeyedQueue};
+use choreo_core::transport::{Acknowledge, KeyedQueue, SharedKeyedQueue};
 use choreo_core::{Delivery, RawMessage, Subscription, TransportError};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -43,8 +43,7 @@ struct PartitionState {
 /// State shared by the subscription, its deliveries, the poll task and the rebalance callback.
 #[derive(Default)]
 struct Shared {
-    queue: Mutex<KeyedQueue<Pending>>,
-    ready: Notify,
+    queue: SharedKeyedQueue<Pending>,
     drained: Notify,
     partitions: Mutex<HashMap<(String, i32), PartitionState>>,
     /// Whether the group gave this member its (possibly empty) share of partitions yet.
@@ -52,10 +51,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn queue(&self) -> MutexGuard<'_, KeyedQueue<Pending>> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn partitions(&self) -> MutexGuard<'_, HashMap<(String, i32), PartitionState>> {
         self.partitions
             .lock()
@@ -100,8 +95,7 @@ impl Shared {
             state.unacked.insert(offset);
             state.next = state.next.max(offset + 1);
         }
-        self.queue().push(key, pending);
-        self.ready.notify_waiters();
+        self.queue.update(|queue| queue.push(key, pending));
     }
 
     fn acked(&self, key: Option<&Arc<str>>, pending: &Pending) {
@@ -120,8 +114,7 @@ impl Shared {
     }
 
     fn settled(&self, change: impl FnOnce(&mut KeyedQueue<Pending>)) {
-        change(&mut self.queue());
-        self.ready.notify_waiters();
+        self.queue.update(change);
         self.drained.notify_waiters();
     }
 
@@ -151,8 +144,8 @@ impl Shared {
             |topic: &str, partition: i32| revoked.find_partition(topic, partition).is_some();
         self.partitions()
             .retain(|(topic, partition), _| !is_revoked(topic, *partition));
-        self.queue()
-            .retain(|pending| !is_revoked(&pending.topic, pending.partition));
+        self.queue
+            .update(|queue| queue.retain(|pending| !is_revoked(&pending.topic, pending.partition)));
         self.drained.notify_waiters();
     }
 }
@@ -257,7 +250,7 @@ async fn poll(
         }
     };
     loop {
-        let buffered = shared.queue().waiting() >= MAX_BUFFERED;
+        let buffered = shared.queue.waiting() >= MAX_BUFFERED;
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -290,33 +283,22 @@ async fn poll(
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Result<Delivery, TransportError> {
-        loop {
-            if self.stop.is_cancelled() {
-                return Err(TransportError::Closed);
-            }
-            let ready = self.shared.ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            let next = self.shared.queue().pop();
-            if let Some((key, pending)) = next {
-                self.shared.drained.notify_waiters();
-                let topic = pending.topic.clone();
-                let message = pending.message.clone();
-                let redelivered = pending.deliveries > 0;
-                return Ok(Delivery::new(
-                    topic,
-                    message,
-                    redelivered,
-                    Box::new(KafkaAck {
-                        inner: Arc::clone(&self.inner),
-                        shared: Arc::clone(&self.shared),
-                        key,
-                        pending: Some(pending),
-                    }),
-                ));
-            }
-            ready.await;
-        }
+        let stop = &self.stop;
+        let Some((key, pending)) = self.shared.queue.pop(|| stop.is_cancelled()).await else {
+            return Err(TransportError::Closed);
+        };
+        self.shared.drained.notify_waiters();
+        Ok(Delivery::new(
+            pending.topic.clone(),
+            pending.message.clone(),
+            pending.deliveries > 0,
+            Box::new(KafkaAck {
+                inner: Arc::clone(&self.inner),
+                shared: Arc::clone(&self.shared),
+                key,
+                pending: Some(pending),
+            }),
+        ))
     }
 }
 

@@ -2,11 +2,11 @@
 //! connection losses, and hands deliveries out in per-saga order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use choreo_core::transport::{Acknowledge, KeyedQueue};
+use choreo_core::transport::{Acknowledge, SharedKeyedQueue};
 use choreo_core::{Delivery, RawMessage, Subscription, TransportError};
 use futures_util::StreamExt;
 use lapin::options::{
@@ -15,7 +15,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Acker;
 use lapin::{Channel, Connection, Consumer};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RabbitMqConfig;
@@ -33,16 +32,11 @@ struct Pending {
 
 #[derive(Default)]
 struct Shared {
-    queue: Mutex<KeyedQueue<Pending>>,
-    ready: Notify,
+    queue: SharedKeyedQueue<Pending>,
     generation: AtomicU64,
 }
 
 impl Shared {
-    fn queue(&self) -> MutexGuard<'_, KeyedQueue<Pending>> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn current(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
@@ -50,8 +44,8 @@ impl Shared {
     /// A new connection: deliveries of the old one will come again from the broker.
     fn reconnected(&self) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.queue()
-            .retain(|pending| pending.generation == generation);
+        self.queue
+            .update(|queue| queue.retain(|pending| pending.generation == generation));
         generation
     }
 
@@ -80,24 +74,24 @@ impl Shared {
             acker: delivery.acker,
             redelivered: delivery.redelivered,
         };
-        self.queue().push(key, pending);
-        self.ready.notify_waiters();
+        self.queue.update(|queue| queue.push(key, pending));
     }
 
     fn settled(&self, key: Option<&Arc<str>>) {
-        self.queue().settle(key);
-        self.ready.notify_waiters();
+        self.queue.update(|queue| queue.settle(key));
     }
 
     fn returned(&self, key: Option<Arc<str>>, mut pending: Pending) {
-        if pending.generation == self.current() {
-            pending.redelivered = true;
-            self.queue().requeue(key, pending);
-        } else {
-            // Its connection is gone: the broker delivers it again on the new one.
-            self.queue().settle(key.as_ref());
-        }
-        self.ready.notify_waiters();
+        let current = self.current();
+        self.queue.update(|queue| {
+            if pending.generation == current {
+                pending.redelivered = true;
+                queue.requeue(key, pending);
+            } else {
+                // Its connection is gone: the broker delivers it again on the new one.
+                queue.settle(key.as_ref());
+            }
+        });
     }
 }
 
@@ -281,29 +275,21 @@ async fn run(
 #[async_trait]
 impl Subscription for RabbitMqSubscription {
     async fn next(&mut self) -> Result<Delivery, TransportError> {
-        loop {
-            if self.stop.is_cancelled() {
-                return Err(TransportError::Closed);
-            }
-            let ready = self.shared.ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            let next = self.shared.queue().pop();
-            if let Some((key, pending)) = next {
-                return Ok(Delivery::new(
-                    pending.topic.clone(),
-                    pending.message.clone(),
-                    pending.redelivered,
-                    Box::new(RabbitMqAck {
-                        inner: Arc::clone(&self.inner),
-                        shared: Arc::clone(&self.shared),
-                        key,
-                        pending: Some(pending),
-                    }),
-                ));
-            }
-            ready.await;
-        }
+        let stop = &self.stop;
+        let Some((key, pending)) = self.shared.queue.pop(|| stop.is_cancelled()).await else {
+            return Err(TransportError::Closed);
+        };
+        Ok(Delivery::new(
+            pending.topic.clone(),
+            pending.message.clone(),
+            pending.redelivered,
+            Box::new(RabbitMqAck {
+                inner: Arc::clone(&self.inner),
+                shared: Arc::clone(&self.shared),
+                key,
+                pending: Some(pending),
+            }),
+        ))
     }
 }
 

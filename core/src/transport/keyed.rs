@@ -3,7 +3,9 @@
 //! transport owes the runtime (DESIGN §4.9).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
 
 /// Messages waiting to be handed out, with their keys.
 #[derive(Debug)]
@@ -137,6 +139,59 @@ impl<T> KeyedQueue<T> {
     /// Messages waiting or handed out and not settled.
     pub fn pending(&self) -> usize {
         self.waiting() + self.unsettled
+    }
+}
+
+/// A [`KeyedQueue`] shared between the task that fills it (a broker client) and the
+/// subscription that waits on it.
+#[derive(Debug)]
+pub struct SharedKeyedQueue<T> {
+    queue: Mutex<KeyedQueue<T>>,
+    ready: Notify,
+}
+
+impl<T> Default for SharedKeyedQueue<T> {
+    fn default() -> Self {
+        Self {
+            queue: Mutex::new(KeyedQueue::new()),
+            ready: Notify::new(),
+        }
+    }
+}
+
+impl<T> SharedKeyedQueue<T> {
+    /// Changes the queue and wakes the waiting subscription, which looks again.
+    pub fn update<R>(&self, change: impl FnOnce(&mut KeyedQueue<T>) -> R) -> R {
+        let result = change(&mut self.lock());
+        self.ready.notify_waiters();
+        result
+    }
+
+    /// Messages waiting to be handed out.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting()
+    }
+
+    /// Waits for the next message [`KeyedQueue::pop`] hands out; `None` once `closed` holds
+    /// when it looks. Cancel-safe.
+    pub async fn pop(&self, closed: impl Fn() -> bool) -> Option<(Option<Arc<str>>, T)> {
+        loop {
+            if closed() {
+                return None;
+            }
+            let ready = self.ready.notified();
+            tokio::pin!(ready);
+            // Registered before looking, so a message pushed in between wakes it.
+            ready.as_mut().enable();
+            if let Some(next) = self.lock().pop() {
+                return Some(next);
+            }
+            ready.await;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, KeyedQueue<T>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-pub use self::keyed::KeyedQueue;
+pub use self::keyed::{KeyedQueue, SharedKeyedQueue};
 
 use crate::envelope::{Envelope, RawMessage};
 use crate::error::BoxError;
