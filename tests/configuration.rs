@@ -197,3 +197,21 @@ async fn a_bad_rabbitmq_option_names_the_option_and_the_known_ones() {
         "{message}"
     );
 }
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_speaks_tls_so_a_plain_port_fails_fast_with_a_typed_error() {
+    let broker = choreo_testkit::RabbitMqBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let url = broker.url().replacen("amqp://", "amqps://", 1);
+    let started = std::time::Instant::now();
+    let error = choreo::connect(&format!("{url}?connect.timeout.ms=5000"))
+        .await
+        .err()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(matches!(error, ConnectError::Transport { .. }), "{error:?}");
+    // rustls rejects the plain AMQP greeting: TLS was spoken.
+    assert!(error.to_string().contains("InvalidContentType"), "{error}");
+}

@@ -11,6 +11,7 @@
 //! - Consuming: manual acks after the handler and its publishes succeeded, `basic_qos`
 //!   prefetch; deliveries of one saga are handed out one at a time and in order. A poison
 //!   message is published to `<topic>.dlq` with its reason and acked.
+//! - TLS: `amqps://` uses rustls (ring) and the system's trust roots.
 //! - Connection loss: subscriptions reconnect with exponential backoff, re-declare the
 //!   topology and resume; unacked deliveries come back from the broker and the runtime's inbox
 //!   absorbs repeats. Publishing reconnects on its next call.
