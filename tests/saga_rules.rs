@@ -753,7 +753,8 @@ async fn duplicate_aborts_are_harmless(backend: Backend) {
     let (order, saga) = h.place_order(2_500, "slow").await;
     h.wait_until(|| h.world.attempts("reserve_stock", order) == 1)
         .await;
-    let deadline = h.log.events(saga)[0].deadline;
+    // From the initiator's journal: the observer may not have seen the start yet.
+    let deadline = h.record("orders", saga).unwrap().deadline;
     let abort = h.abort_event(saga, deadline, AbortReason::Rejected);
     h.publish(abort.clone()).await;
     h.publish(abort).await; // redelivered: same id
