@@ -64,16 +64,7 @@ async fn a_completed_saga_propagates_ids_over_every_hop(backend: Backend) {
     assert!(start.trace.trace_id().is_some());
     assert_eq!(events.last().unwrap().kind, SagaKind::Complete);
 
-    assert_eq!(
-        h.world.effects(order),
-        [
-            effect("orders", "create_order", order),
-            effect("payments", "reserve_credit", order),
-            effect("inventory", "reserve_stock", order),
-            effect("payments", "capture_payment", order),
-            effect("orders", "confirm_order", order),
-        ]
-    );
+    assert_eq!(h.world.effects(order), every_forward_step_once(order));
 
     // §4.7: completion disarmed every timer: nothing happens after the deadline.
     h.settle().await;
@@ -415,16 +406,7 @@ async fn a_duplicate_delivery_has_one_effect(backend: Backend) {
     }
     h.settle().await;
 
-    assert_eq!(
-        h.world.effects(order),
-        [
-            effect("orders", "create_order", order),
-            effect("payments", "reserve_credit", order),
-            effect("inventory", "reserve_stock", order),
-            effect("payments", "capture_payment", order),
-            effect("orders", "confirm_order", order),
-        ]
-    );
+    assert_eq!(h.world.effects(order), every_forward_step_once(order));
     // The observer saw the duplicates; no service emitted anything new.
     assert_eq!(h.flow(saga).len(), 10);
     for service in SERVICES {
@@ -863,16 +845,7 @@ async fn a_step_redelivered_after_a_crash_republishes_its_event_instead_of_runni
 
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
     h.settle().await;
-    assert_eq!(
-        h.world.effects(order),
-        [
-            effect("orders", "create_order", order),
-            effect("payments", "reserve_credit", order),
-            effect("inventory", "reserve_stock", order),
-            effect("payments", "capture_payment", order),
-            effect("orders", "confirm_order", order),
-        ]
-    );
+    assert_eq!(h.world.effects(order), every_forward_step_once(order));
     // The redelivered CreditReserved made inventory publish its recorded StockReserved
     // again, under the same id, which payments dropped as a duplicate.
     let events = h.log.events(saga);
@@ -931,16 +904,7 @@ async fn a_service_killed_after_handling_but_before_acking_has_one_effect_per_st
 
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
     h.settle().await;
-    assert_eq!(
-        h.world.effects(order),
-        [
-            effect("orders", "create_order", order),
-            effect("payments", "reserve_credit", order),
-            effect("inventory", "reserve_stock", order),
-            effect("payments", "capture_payment", order),
-            effect("orders", "confirm_order", order),
-        ]
-    );
+    assert_eq!(h.world.effects(order), every_forward_step_once(order));
     // The unacknowledged CreditReserved came back; inventory found its step in the journal
     // and published the recorded StockReserved again, same id, which payments dropped.
     let stock: Vec<_> = h

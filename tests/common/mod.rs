@@ -189,6 +189,17 @@ pub fn effect(service: &'static str, action: &'static str, order_id: u64) -> Eff
     }
 }
 
+/// The effects of a completed order saga, in order: every forward step once.
+pub fn every_forward_step_once(order_id: u64) -> Vec<Effect> {
+    vec![
+        effect("orders", "create_order", order_id),
+        effect("payments", "reserve_credit", order_id),
+        effect("inventory", "reserve_stock", order_id),
+        effect("payments", "capture_payment", order_id),
+        effect("orders", "confirm_order", order_id),
+    ]
+}
+
 /// The business side of the three services: their behaviour and a ledger of effects.
 #[derive(Default)]
 pub struct World {

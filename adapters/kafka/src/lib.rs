@@ -207,11 +207,7 @@ impl Transport for KafkaTransport {
         let message = envelope.to_binary();
         match self.inner.produce(topic, Some(&key), &message).await {
             Ok(()) => Ok(()),
-            Err(source) => Err(PublishError {
-                envelope: Box::new(envelope),
-                topic: topic.to_owned(),
-                source,
-            }),
+            Err(source) => Err(PublishError::new(envelope, topic, source)),
         }
     }
 

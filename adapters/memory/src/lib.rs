@@ -256,11 +256,7 @@ impl Transport for MemoryTransport {
         let key: Arc<str> = Arc::from(envelope.saga_id.to_string());
         self.bus
             .publish(topic, Some(key), envelope.to_binary())
-            .map_err(|source| PublishError {
-                envelope: Box::new(envelope),
-                topic: topic.to_owned(),
-                source,
-            })
+            .map_err(|source| PublishError::new(envelope, topic, source))
     }
 
     async fn subscribe(

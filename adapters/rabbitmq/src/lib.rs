@@ -224,11 +224,7 @@ impl Transport for RabbitMqTransport {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
         match self.inner.publish(topic, &envelope.to_binary()).await {
             Ok(()) => Ok(()),
-            Err(source) => Err(PublishError {
-                envelope: Box::new(envelope),
-                topic: topic.to_owned(),
-                source,
-            }),
+            Err(source) => Err(PublishError::new(envelope, topic, source)),
         }
     }
 

@@ -170,3 +170,14 @@ pub struct PublishError {
     #[source]
     pub source: TransportError,
 }
+
+impl PublishError {
+    /// `envelope` could not be published to `topic` because of `source`.
+    pub fn new(envelope: Envelope, topic: &str, source: TransportError) -> Self {
+        Self {
+            envelope: Box::new(envelope),
+            topic: topic.to_owned(),
+            source,
+        }
+    }
+}
