@@ -19,6 +19,7 @@ mod retry;
 mod saga;
 mod saga_log;
 mod service;
+pub mod telemetry;
 mod trace;
 pub mod transport;
 mod url;

@@ -17,6 +17,7 @@ use choreo::{
     SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, Service, ServiceOptions, Step, StepHandler,
     StepResult, TokioClock, TraceContext, Transport,
 };
+use opentelemetry::metrics::Meter;
 use serde::{Deserialize, Serialize};
 
 pub const TOPIC: &str = "orders.saga";
@@ -307,6 +308,8 @@ pub struct Harness {
     pub journals: HashMap<&'static str, Arc<MemoryJournal>>,
     pub inboxes: HashMap<&'static str, Arc<dyn Inbox>>,
     pub running: HashMap<&'static str, RunningService>,
+    /// Where the services record metrics; default: the global meter provider.
+    pub meter: Option<Meter>,
     next_order: Mutex<u64>,
     /// Declared last, so the broker outlives every client dropped with the harness.
     #[cfg(feature = "kafka")]
@@ -334,18 +337,26 @@ pub fn test_options(backend: Backend) -> ServiceOptions {
 impl Harness {
     /// All three services on `backend`.
     pub async fn start(backend: Backend) -> Self {
-        match backend {
-            Backend::Memory => Self::memory_with(MemoryTransport::new()).await,
+        Self::start_metered(backend, None).await
+    }
+
+    /// All three services on `backend`, recording their metrics with `meter`.
+    pub async fn start_metered(backend: Backend, meter: Option<Meter>) -> Self {
+        let mut harness = match backend {
+            Backend::Memory => Self::memory(MemoryTransport::new()).await,
             #[cfg(feature = "kafka")]
             Backend::Kafka => Self::kafka().await,
             #[cfg(feature = "rabbitmq")]
             Backend::RabbitMq => Self::rabbitmq().await,
-        }
+        };
+        harness.meter = meter;
+        harness.start_all().await;
+        harness
     }
 
-    /// All three services on a RabbitMQ broker started through the test kit.
+    /// A RabbitMQ broker started through the test kit; no service started yet.
     #[cfg(feature = "rabbitmq")]
-    pub async fn rabbitmq() -> Self {
+    async fn rabbitmq() -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -357,21 +368,26 @@ impl Harness {
         let transport = choreo::connect(&url).await.unwrap();
         let mut harness = Self::on(Backend::RabbitMq, transport).await;
         harness.rabbitmq = Some(broker);
-        harness.start_all().await;
         harness
     }
 
     /// All three services on `memory`.
     pub async fn memory_with(memory: MemoryTransport) -> Self {
-        let mut harness = Self::on(Backend::Memory, Arc::new(memory.clone())).await;
-        harness.memory = Some(memory);
+        let mut harness = Self::memory(memory).await;
         harness.start_all().await;
         harness
     }
 
-    /// All three services on a Kafka broker started through the test kit.
+    /// No service started yet, on `memory`.
+    async fn memory(memory: MemoryTransport) -> Self {
+        let mut harness = Self::on(Backend::Memory, Arc::new(memory.clone())).await;
+        harness.memory = Some(memory);
+        harness
+    }
+
+    /// A Kafka broker started through the test kit; no service started yet.
     #[cfg(feature = "kafka")]
-    pub async fn kafka() -> Self {
+    async fn kafka() -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -386,7 +402,6 @@ impl Harness {
         let transport = choreo::connect(&url).await.unwrap();
         let mut harness = Self::on(Backend::Kafka, transport).await;
         harness.kafka = Some(broker);
-        harness.start_all().await;
         harness
     }
 
@@ -420,6 +435,7 @@ impl Harness {
             journals,
             inboxes,
             running: HashMap::new(),
+            meter: None,
             next_order: Mutex::new(0),
         }
     }
@@ -509,6 +525,10 @@ impl Harness {
             .inbox(self.inboxes[name].clone())
             .clock(Arc::new(self.clock.clone()))
             .options(options);
+        let builder = match &self.meter {
+            Some(meter) => builder.meter(meter.clone()),
+            None => builder,
+        };
         let world = Arc::clone(&self.world);
         match name {
             "orders" => {

@@ -202,6 +202,14 @@ impl Transport for KafkaTransport {
         "kafka"
     }
 
+    fn span_attributes(&self, _topic: &str, envelope: &Envelope) -> Vec<opentelemetry::KeyValue> {
+        // The saga id is the message key: it keeps a saga's events on one partition.
+        vec![opentelemetry::KeyValue::new(
+            "messaging.kafka.message.key",
+            envelope.saga_id.to_string(),
+        )]
+    }
+
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
         let key = envelope.saga_id.to_string();
         let message = envelope.to_binary();

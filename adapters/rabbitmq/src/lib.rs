@@ -221,6 +221,14 @@ impl Transport for RabbitMqTransport {
         "rabbitmq"
     }
 
+    fn span_attributes(&self, topic: &str, _envelope: &Envelope) -> Vec<opentelemetry::KeyValue> {
+        // Every event of a saga is routed by the saga's topic.
+        vec![opentelemetry::KeyValue::new(
+            "messaging.rabbitmq.destination.routing_key",
+            topic.to_owned(),
+        )]
+    }
+
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
         match self.inner.publish(topic, &envelope.to_binary()).await {
             Ok(()) => Ok(()),

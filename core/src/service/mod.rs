@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+use opentelemetry::metrics::Meter;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +78,7 @@ pub(crate) struct Definition {
     pub(crate) inbox: Arc<dyn Inbox>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) options: ServiceOptions,
+    pub(crate) meter: Option<Meter>,
 }
 
 /// Builds a [`Service`].
@@ -110,6 +112,7 @@ impl Service {
                 inbox: Arc::new(MemoryInbox::new()),
                 clock: Arc::new(SystemClock),
                 options: ServiceOptions::default(),
+                meter: None,
             },
             emitted: HashSet::new(),
             problems: Vec::new(),
@@ -208,6 +211,13 @@ impl ServiceBuilder {
     /// [`TokioClock`](crate::TokioClock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.definition.clock = clock;
+        self
+    }
+
+    /// Where the service's metrics go; default: the global meter provider's `choreo` meter
+    /// as it is when the service runs. See [`telemetry::metrics`](crate::telemetry::metrics).
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.definition.meter = Some(meter);
         self
     }
 

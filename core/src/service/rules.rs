@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument, Span};
 
 use super::dispatch::{SagaQueues, Work};
 use super::{Definition, ServiceOptions, StartError};
@@ -26,6 +26,7 @@ use crate::journal::{
 };
 use crate::retry::RetryPolicy;
 use crate::saga::{Saga, SagaAborted, SagaCompensated};
+use crate::telemetry::{self, DeadLetterReason, HandlerLabel, Metrics, StepResultLabel};
 use crate::trace::TraceContext;
 use crate::transport::{Delivery, PublishError, Subscription, Transport, TransportError};
 
@@ -38,6 +39,7 @@ pub(crate) struct Runtime {
     stop: CancellationToken,
     kill: CancellationToken,
     tracker: TaskTracker,
+    metrics: Metrics,
 }
 
 /// What to do with a delivery once it was handled.
@@ -75,7 +77,16 @@ impl Runtime {
         kill: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
+        let meter = definition.meter.clone().unwrap_or_else(|| {
+            opentelemetry::global::meter_with_scope(
+                opentelemetry::InstrumentationScope::builder(telemetry::TARGET)
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build(),
+            )
+        });
+        let metrics = Metrics::new(&meter, &definition.name, definition.saga.topic());
         Self {
+            metrics,
             definition,
             transport,
             timers: DeadlineTimers::default(),
@@ -170,6 +181,7 @@ impl Runtime {
             Err(error) => {
                 let reason = format!("malformed event: {error}");
                 warn!(service = %self.name(), topic = %delivery.topic, %reason, "dead-lettering");
+                self.metrics.dead_lettered(DeadLetterReason::Malformed);
                 if let Err(error) = delivery.dead_letter(&reason).await {
                     error!(service = %self.name(), %error, "cannot dead-letter a malformed event");
                 }
@@ -197,35 +209,62 @@ impl Runtime {
                 delivery,
                 permit,
             } => {
-                let settled = match self.handle(&envelope).await {
-                    Ok(Settle::Ack) => delivery.ack().await,
-                    Ok(Settle::DeadLetter(reason)) => delivery.dead_letter(&reason).await,
-                    Err(error) => {
-                        warn!(
-                            service = %self.name(), saga_id = %envelope.saga_id,
-                            event_type = %envelope.event_type, %error,
-                            "cannot handle now; the event will be redelivered"
-                        );
-                        tokio::time::sleep(self.options().redelivery_delay).await;
-                        delivery.nack().await
+                if !self.concerns(&envelope) {
+                    // Not this service's business: acknowledged without a span, so a trace
+                    // shows only the services that acted on each event.
+                    if let Err(error) = delivery.ack().await {
+                        warn!(service = %self.name(), event_id = %envelope.id, %error, "cannot settle delivery");
                     }
-                };
-                if let Err(error) = settled {
-                    warn!(service = %self.name(), event_id = %envelope.id, %error, "cannot settle delivery");
+                    return;
                 }
+                let span = telemetry::process_span(
+                    self.name(),
+                    &*self.transport,
+                    &delivery.topic,
+                    &envelope,
+                );
+                self.settle(envelope, delivery).instrument(span).await;
                 drop(permit);
             }
         }
     }
 
-    /// Applies the saga rules to one event.
+    /// Handles `envelope` and settles its delivery accordingly.
+    async fn settle(&self, envelope: Envelope, delivery: Delivery) {
+        let settled = match self.handle(&envelope).await {
+            Ok(Settle::Ack) => delivery.ack().await,
+            Ok(Settle::DeadLetter(reason)) => delivery.dead_letter(&reason).await,
+            Err(error) => {
+                warn!(
+                    service = %self.name(), saga_id = %envelope.saga_id,
+                    event_type = %envelope.event_type, %error,
+                    "cannot handle now; the event will be redelivered"
+                );
+                tokio::time::sleep(self.options().redelivery_delay).await;
+                delivery.nack().await
+            }
+        };
+        if let Err(error) = settled {
+            warn!(service = %self.name(), event_id = %envelope.id, %error, "cannot settle delivery");
+        }
+    }
+
+    /// Whether the saga rules apply to `envelope` here: an abort, a terminal event, or an
+    /// event one of this service's steps handles.
+    fn concerns(&self, envelope: &Envelope) -> bool {
+        envelope.kind == SagaKind::Abort
+            || self.saga().is_terminal(&envelope.event_type)
+            || self
+                .definition
+                .steps
+                .contains_key(envelope.event_type.as_str())
+    }
+
+    /// Applies the saga rules to one event this service is concerned with.
     async fn handle(&self, envelope: &Envelope) -> Result<Settle, Infrastructure> {
         let is_abort = envelope.kind == SagaKind::Abort;
         let is_terminal = self.saga().is_terminal(&envelope.event_type);
         let step = self.definition.steps.get(envelope.event_type.as_str());
-        if !is_abort && !is_terminal && step.is_none() {
-            return Ok(Settle::Ack); // not this service's business
-        }
         if self.definition.inbox.contains(envelope.id).await? {
             debug!(service = %self.name(), event_id = %envelope.id, "duplicate delivery ignored");
             return Ok(Settle::Ack);
@@ -262,7 +301,8 @@ impl Runtime {
             // Handled before a crash that lost the acknowledgement: publish the same event
             // again (same id, so consumers drop it if it did go out) instead of re-running.
             if !done.withheld {
-                self.publish(done.output.clone()).await?;
+                let span = self.send_span(&done.output);
+                self.publish(done.output.clone(), span).await?;
             }
             return Ok(Settle::Ack);
         }
@@ -274,13 +314,26 @@ impl Runtime {
         }
 
         let cx = self.context(envelope);
+        let began = self.now();
         let outcome = self
             .retry(
+                HandlerLabel::Step,
                 &self.options().step_retry,
                 Some(envelope.deadline),
                 |attempt| step.call(&envelope.data, cx.with_attempt(attempt)),
             )
             .await;
+        let result = match &outcome {
+            Ok(StepOutcome::Done(_)) => StepResultLabel::Done,
+            Ok(StepOutcome::Reject(_)) => StepResultLabel::Rejected,
+            Err(Failure::GaveUp(_)) => StepResultLabel::Failed,
+            Err(Failure::OutOfTime(_)) => StepResultLabel::TimedOut,
+        };
+        self.metrics.step_finished(
+            &envelope.event_type,
+            result,
+            self.now().duration_since(began).unwrap_or_default(),
+        );
         match outcome {
             Ok(StepOutcome::Done(None)) => Ok(Settle::Ack),
             Ok(StepOutcome::Done(Some(data))) => {
@@ -290,8 +343,13 @@ impl Runtime {
                 } else {
                     SagaKind::Step
                 };
-                let output = self.caused_by(envelope, output_type, kind, data);
+                let mut output = self.caused_by(envelope, output_type, kind, data);
                 let withheld = envelope.deadline.has_passed(self.now());
+                let span = if withheld {
+                    Span::none()
+                } else {
+                    self.stamped_send_span(&mut output)
+                };
                 record.steps.push(StepRecord {
                     input: Some(envelope.id),
                     output: output.clone(),
@@ -309,7 +367,7 @@ impl Runtime {
                 {
                     self.arm_timer(&record);
                 }
-                self.publish(output).await?;
+                self.publish(output, span).await?;
                 Ok(Settle::Ack)
             }
             Ok(StepOutcome::Reject(Rejection { reason })) => {
@@ -321,6 +379,7 @@ impl Runtime {
             Err(Failure::GaveUp(error)) => {
                 let reason = format!("step for `{}` failed: {error}", envelope.event_type);
                 error!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "dead-lettering the event and aborting the saga");
+                self.metrics.dead_lettered(DeadLetterReason::StepFailed);
                 self.publish_abort(
                     &mut record,
                     Some(envelope),
@@ -346,6 +405,7 @@ impl Runtime {
             record.status = SagaStatus::Completed;
             self.timers.cancel(record.saga_id);
             self.definition.journal.save(&record).await?;
+            self.saga_ended(&record, None);
         }
         Ok(())
     }
@@ -355,7 +415,10 @@ impl Runtime {
     async fn on_abort(&self, envelope: &Envelope) -> Result<Settle, Infrastructure> {
         let aborted: SagaAborted = match serde_json::from_str(envelope.data.get()) {
             Ok(aborted) => aborted,
-            Err(error) => return Ok(Settle::DeadLetter(format!("invalid abort event: {error}"))),
+            Err(error) => {
+                self.metrics.dead_lettered(DeadLetterReason::InvalidAbort);
+                return Ok(Settle::DeadLetter(format!("invalid abort event: {error}")));
+            }
         };
         let mut record = self.load_or_new(envelope).await?;
         if record.is_aborted() && record.compensation_acknowledged {
@@ -367,6 +430,7 @@ impl Runtime {
             };
             self.timers.cancel(record.saga_id);
             self.definition.journal.save(&record).await?;
+            self.saga_ended(&record, Some(aborted.reason));
         }
 
         for index in (0..record.steps.len()).rev() {
@@ -396,13 +460,14 @@ impl Runtime {
             failed: types_in(|state| matches!(state, CompensationState::Failed { .. })),
         };
         info!(service = %self.name(), saga_id = %record.saga_id, reason = %aborted.reason, compensated = ?acknowledgement.compensated, failed = ?acknowledgement.failed, "saga compensated");
-        let ack = self.caused_by(
+        let mut ack = self.caused_by(
             envelope,
             SagaCompensated::TYPE,
             SagaKind::Compensated,
             to_raw(&acknowledgement)?,
         );
-        self.publish(ack).await?;
+        let span = self.stamped_send_span(&mut ack);
+        self.publish(ack, span).await?;
         record.compensation_acknowledged = true;
         self.definition.journal.save(&record).await?;
         Ok(Settle::Ack)
@@ -432,16 +497,32 @@ impl Runtime {
             abort.trace.clone(),
             Arc::clone(&self.definition.clock),
         );
+        let span = telemetry::compensation_span(self.name(), output);
         let result = self
-            .retry(&self.options().compensation_retry, None, |attempt| {
-                compensation.call(&output.data, cx.with_attempt(attempt))
-            })
+            .retry(
+                HandlerLabel::Compensation,
+                &self.options().compensation_retry,
+                None,
+                |attempt| compensation.call(&output.data, cx.with_attempt(attempt)),
+            )
+            .instrument(span.clone())
             .await;
+        self.metrics.compensated(result.is_ok());
+        span.record(
+            "compensation.result",
+            if result.is_ok() {
+                "compensated"
+            } else {
+                "failed"
+            },
+        );
         match result {
             Ok(()) => Ok(CompensationState::Compensated),
             Err(Failure::GaveUp(error) | Failure::OutOfTime(error)) => {
                 let reason = format!("compensation of `{}` failed: {error}", output.event_type);
                 error!(service = %self.name(), saga_id = %output.saga_id, %reason, "dead-lettering the compensation");
+                self.metrics
+                    .dead_lettered(DeadLetterReason::CompensationFailed);
                 self.transport
                     .dead_letter(self.saga().topic(), output.to_structured(), &reason)
                     .await?;
@@ -471,10 +552,25 @@ impl Runtime {
             self.arm_timer(&record);
             return Ok(());
         }
-        info!(service = %self.name(), saga_id = %saga, deadline = %record.deadline, "deadline passed; aborting the saga");
-        let detail = format!("deadline {} passed", record.deadline);
-        self.publish_abort(&mut record, None, AbortReason::TimedOut, detail)
-            .await
+        let latest = record
+            .steps
+            .last()
+            .map(|step| step.output.trace.clone())
+            .unwrap_or_default();
+        let root = record
+            .steps
+            .first()
+            .filter(|_| record.initiated_here)
+            .map(|start| &start.output.trace);
+        let span = telemetry::deadline_span(self.name(), saga, &latest, root);
+        async {
+            info!(service = %self.name(), saga_id = %saga, deadline = %record.deadline, "deadline passed; aborting the saga");
+            let detail = format!("deadline {} passed", record.deadline);
+            self.publish_abort(&mut record, None, AbortReason::TimedOut, detail)
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Arms the saga's deadline timer. The initiator fires at the deadline; the others a
@@ -500,7 +596,7 @@ impl Runtime {
             detail,
             service: self.name().to_owned(),
         })?;
-        let abort = match cause {
+        let mut abort = match cause {
             Some(cause) => self.caused_by(cause, SagaAborted::TYPE, SagaKind::Abort, data),
             None => {
                 let trace = record
@@ -519,7 +615,8 @@ impl Runtime {
                 )
             }
         };
-        self.publish(abort).await?;
+        let span = self.stamped_send_span(&mut abort);
+        self.publish(abort, span).await?;
         record.abort_published = true;
         self.definition.journal.save(record).await?;
         Ok(())
@@ -555,6 +652,9 @@ impl Runtime {
             data,
         );
         start.time = now;
+        let span =
+            telemetry::start_span(self.name(), &*self.transport, self.saga().topic(), &start);
+        telemetry::stamp(&span, &mut start);
         let mut record = SagaRecord::new(saga_id, deadline);
         record.initiated_here = true;
         record.steps.push(StepRecord {
@@ -565,8 +665,9 @@ impl Runtime {
         });
         self.definition.journal.save(&record).await?;
         self.arm_timer(&record);
-        info!(service = %self.name(), %saga_id, event_type = E::TYPE, %deadline, "saga started");
-        self.transport.publish(self.saga().topic(), start).await?;
+        self.metrics.saga_started();
+        info!(parent: &span, service = %self.name(), %saga_id, event_type = E::TYPE, %deadline, "saga started");
+        self.publish(start, span).await?;
         Ok(saga_id)
     }
 
@@ -579,8 +680,49 @@ impl Runtime {
             .unwrap_or_else(|| SagaRecord::new(envelope.saga_id, envelope.deadline)))
     }
 
-    async fn publish(&self, envelope: Envelope) -> Result<(), PublishError> {
-        self.transport.publish(self.saga().topic(), envelope).await
+    /// Publishes `envelope` inside `span`, its producer span.
+    async fn publish(&self, envelope: Envelope, span: Span) -> Result<(), PublishError> {
+        self.transport
+            .publish(self.saga().topic(), envelope)
+            .instrument(span)
+            .await
+    }
+
+    /// The producer span of `envelope`, a child of the current span.
+    fn send_span(&self, envelope: &Envelope) -> Span {
+        telemetry::send_span(self.name(), &*self.transport, self.saga().topic(), envelope)
+    }
+
+    /// The producer span of a new `envelope`, whose context it then carries (rule 2 for the
+    /// trace: consumers continue from this span).
+    fn stamped_send_span(&self, envelope: &mut Envelope) -> Span {
+        let span = self.send_span(envelope);
+        telemetry::stamp(&span, envelope);
+        span
+    }
+
+    /// At the initiator, records how its saga ended: on the span of the handling that
+    /// decided it, as an event, and in the metrics. Other participants only follow.
+    fn saga_ended(&self, record: &SagaRecord, aborted: Option<AbortReason>) {
+        if !record.initiated_here {
+            return;
+        }
+        let outcome = telemetry::outcome_label(aborted);
+        let duration = record
+            .steps
+            .first()
+            .and_then(|start| self.now().duration_since(start.output.time).ok())
+            .unwrap_or_default();
+        Span::current().record("saga.outcome", outcome);
+        info!(
+            target: telemetry::TARGET,
+            service = %self.name(),
+            saga.id = %record.saga_id,
+            saga.outcome = outcome,
+            saga.duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            "saga ended"
+        );
+        self.metrics.saga_ended(outcome, duration);
     }
 
     /// Rule 2: an event caused by `cause` inherits its saga id, deadline and trace.
@@ -644,23 +786,32 @@ impl Runtime {
     /// step, the deadline passes. A panic counts as a permanent failure.
     async fn retry<T>(
         &self,
+        handler: HandlerLabel,
         policy: &RetryPolicy,
         deadline: Option<Deadline>,
         mut attempt: impl FnMut(u32) -> BoxFuture<Result<T, HandlerError>>,
     ) -> Result<T, Failure> {
         let mut number = 1;
         loop {
-            let error = match AssertUnwindSafe(attempt(number)).catch_unwind().await {
+            let (error, panicked) = match AssertUnwindSafe(attempt(number)).catch_unwind().await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error)) => error,
-                Err(panic) => {
-                    HandlerError::permanent(format!("panicked: {}", panic_message(&*panic)))
-                }
+                Ok(Err(error)) => (error, false),
+                Err(panic) => (
+                    HandlerError::permanent(format!("panicked: {}", panic_message(&*panic))),
+                    true,
+                ),
             };
+            let backoff = match error.kind() {
+                ErrorKind::Permanent => None,
+                _ => policy.backoff_after(number),
+            };
+            let kind = (!panicked).then(|| error.kind());
+            self.metrics
+                .handler_failed(handler, kind, backoff.is_some());
             if error.kind() == ErrorKind::Permanent {
                 return Err(Failure::GaveUp(error));
             }
-            let Some(wait) = policy.backoff_after(number) else {
+            let Some(wait) = backoff else {
                 return Err(Failure::GaveUp(HandlerError::transient(format!(
                     "{error} (gave up after {number} attempts)"
                 ))));

@@ -30,6 +30,14 @@ pub trait Transport: Send + Sync + 'static {
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError>;
 
+    /// Transport-specific attributes of `envelope` on `topic` for its spans, after the
+    /// OpenTelemetry messaging conventions (e.g. `messaging.kafka.message.key`). Called only
+    /// while spans are recorded.
+    fn span_attributes(&self, topic: &str, envelope: &Envelope) -> Vec<opentelemetry::KeyValue> {
+        let _ = (topic, envelope);
+        Vec::new()
+    }
+
     /// Sends `message` to the dead-letter destination of `topic` with `reason`.
     async fn dead_letter(
         &self,
