@@ -15,6 +15,8 @@
 //! CHOREO_URL=kafka://localhost:9092 cargo run --example order_saga -- --service orders --play
 //! ```
 //! The transport comes from `CHOREO_URL` (default `memory://`); the code does not change.
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318` each saga is one trace in any
+//! OTLP backend (Jaeger, Grafana Tempo, ...), across processes; see docs/observability.md.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -350,14 +352,18 @@ fn parse_args() -> anyhow::Result<Args> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = parse_args()?;
+    // Logs to stderr (`RUST_LOG`, default: errors only); traces and metrics to the OTLP
+    // endpoint in `OTEL_EXPORTER_OTLP_ENDPOINT`, if set. Dropped last: flushes them.
+    let telemetry = choreo::telemetry::Setup::new(args.service.as_deref().unwrap_or("order-saga"))
+        .default_log_filter("error")
+        .init()?;
+    run(args).await?;
+    telemetry.shutdown();
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let url = std::env::var("CHOREO_URL").unwrap_or_else(|_| "memory://".to_owned());
     let transport = choreo::connect(&url).await?;
     let world = World::new();

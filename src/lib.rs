@@ -27,6 +27,9 @@
 //!
 //! - `kafka`: `kafka://` URLs, `choreo::kafka`, on rdkafka with a bundled librdkafka.
 //! - `rabbitmq`: `amqp://` URLs, `choreo::rabbitmq`, on lapin.
+//! - `otlp` (default): [`telemetry::init`], logs, traces and metrics set up from the standard
+//!   `OTEL_*` variables with OTLP/HTTP export. Without it, `choreo::telemetry` holds the span
+//!   attribute and metric names only, and any `tracing-opentelemetry` setup works.
 //! - `testkit`: `choreo::testkit`, brokers for tests through testcontainers and the transport
 //!   conformance suite.
 
@@ -41,6 +44,12 @@ pub struct ReadmeDoctests;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub use choreo_testkit as testkit;
+
+/// Traces and metrics: one saga, one trace. The spans and instruments the runtime records,
+/// and with the `otlp` feature, [`init`](telemetry::init) to export them.
+#[cfg(feature = "otlp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
+pub use choreo_telemetry as telemetry;
 
 /// The in-memory transport: one process, broker semantics.
 pub mod memory {

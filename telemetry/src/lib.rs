@@ -1,0 +1,233 @@
+//! Observability for choreo services in one call: logs to stderr and, when the standard
+//! OpenTelemetry variables ask for it, traces and metrics over OTLP.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), choreo_telemetry::TelemetryError> {
+//! let telemetry = choreo_telemetry::init("payments")?;
+//! // ... build and run services ...
+//! telemetry.shutdown(); // flushes what is still buffered (dropping it does the same)
+//! # Ok(()) }
+//! ```
+//!
+//! | Variable | Effect |
+//! |---|---|
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | base URL of an OTLP/HTTP receiver (`/v1/traces`, `/v1/metrics` appended); unset: nothing is exported |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `..._METRICS_ENDPOINT` | per-signal URLs, used as given |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (the default and the one supported) |
+//! | `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` | as in the OpenTelemetry specification |
+//! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource; the service name defaults to the one passed to [`init`] |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | sampling (default `parentbased_always_on`) |
+//! | `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_METRIC_EXPORT_INTERVAL` | export cadence |
+//! | `OTEL_SDK_DISABLED=true` | export nothing |
+//! | `RUST_LOG` | the log filter (default `info`) |
+//!
+//! Everything of [`choreo_core::telemetry`] (span attributes, metric names) is re-exported
+//! here.
+
+use std::env;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+pub use choreo_core::telemetry::*;
+
+/// The only OTLP protocol compiled in.
+pub const PROTOCOL: &str = "http/protobuf";
+
+const ENDPOINT_VARIABLES: [&str; 3] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+];
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` names a protocol that is not compiled in.
+    #[error("OTEL_EXPORTER_OTLP_PROTOCOL is `{0}`, but choreo exports over `http/protobuf` only; unset it or set it to `http/protobuf`")]
+    UnsupportedProtocol(String),
+    /// The OTLP exporter rejected its configuration (an endpoint that is not a URL, say).
+    #[error("cannot set up OTLP export: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A log or trace filter does not parse.
+    #[error("invalid filter `{filter}`: {source}")]
+    Filter {
+        /// The filter as given.
+        filter: String,
+        /// What is wrong with it.
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// Another global `tracing` subscriber is installed already.
+    #[error("a global tracing subscriber is installed already: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// How [`Setup::init`] sets things up; [`init`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    service: String,
+    log_filter: String,
+    trace_filter: String,
+}
+
+impl Setup {
+    /// The setup for service `service` (the OTLP service name unless `OTEL_SERVICE_NAME`
+    /// says otherwise).
+    pub fn new(service: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            log_filter: "info".to_owned(),
+            trace_filter: "info".to_owned(),
+        }
+    }
+
+    /// The log filter when `RUST_LOG` is unset (default `info`).
+    pub fn default_log_filter(mut self, filter: impl Into<String>) -> Self {
+        self.log_filter = filter.into();
+        self
+    }
+
+    /// Which spans are exported (an `EnvFilter` directive; default `info`, which includes
+    /// every span choreo opens). Independent of the log filter.
+    pub fn trace_filter(mut self, filter: impl Into<String>) -> Self {
+        self.trace_filter = filter.into();
+        self
+    }
+
+    /// Installs the global `tracing` subscriber (logs to stderr, and spans to OTLP when an
+    /// endpoint is set), the global meter provider and the W3C trace-context propagator.
+    pub fn init(self) -> Result<Telemetry, TelemetryError> {
+        let log_filter = match env::var("RUST_LOG") {
+            Ok(filter) if !filter.is_empty() => filter,
+            _ => self.log_filter.clone(),
+        };
+        let logs = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(parse_filter(&log_filter)?);
+
+        if !exporting()? {
+            tracing_subscriber::registry().with(logs).try_init()?;
+            return Ok(Telemetry::default());
+        }
+
+        let resource = self.resource();
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_batch_exporter(
+                SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .build()?,
+            )
+            .with_resource(resource.clone())
+            .build();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(
+                MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .build()?,
+            )
+            .with_resource(resource)
+            .build();
+        let tracer = tracer_provider.tracer(TARGET);
+        let spans = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(parse_filter(&self.trace_filter)?);
+        tracing_subscriber::registry()
+            .with(logs)
+            .with(spans)
+            .try_init()?;
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        Ok(Telemetry {
+            tracer_provider: Some(tracer_provider),
+            meter_provider: Some(meter_provider),
+        })
+    }
+
+    fn resource(&self) -> Resource {
+        let builder = Resource::builder();
+        match env::var("OTEL_SERVICE_NAME") {
+            Ok(name) if !name.is_empty() => builder.build(),
+            _ => builder.with_service_name(self.service.clone()).build(),
+        }
+    }
+}
+
+/// Sets up logs, traces and metrics for service `service` from the environment; see the
+/// crate documentation for the variables. Keep the returned guard alive while the service
+/// runs: dropping it flushes and stops the export.
+pub fn init(service: impl Into<String>) -> Result<Telemetry, TelemetryError> {
+    Setup::new(service).init()
+}
+
+/// Whether the environment asks for OTLP export.
+fn exporting() -> Result<bool, TelemetryError> {
+    if env::var("OTEL_SDK_DISABLED").is_ok_and(|disabled| disabled.eq_ignore_ascii_case("true")) {
+        return Ok(false);
+    }
+    if let Ok(protocol) = env::var("OTEL_EXPORTER_OTLP_PROTOCOL") {
+        if !protocol.is_empty() && protocol != PROTOCOL {
+            return Err(TelemetryError::UnsupportedProtocol(protocol));
+        }
+    }
+    Ok(ENDPOINT_VARIABLES
+        .iter()
+        .any(|name| env::var(name).is_ok_and(|value| !value.is_empty())))
+}
+
+fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
+    EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
+        filter: filter.to_owned(),
+        source,
+    })
+}
+
+/// Keeps the export running; flushes and stops it when shut down or dropped.
+#[derive(Debug, Default)]
+#[must_use = "dropping the guard stops the export"]
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+impl Telemetry {
+    /// Whether traces and metrics are exported (an OTLP endpoint is set).
+    pub fn is_exporting(&self) -> bool {
+        self.tracer_provider.is_some()
+    }
+
+    /// Flushes buffered spans and metrics and stops the export.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        // Errors here mean the receiver is gone; there is nobody left to tell but stderr.
+        if let Some(provider) = self.tracer_provider.take() {
+            if let Err(error) = provider.shutdown() {
+                eprintln!("choreo: flushing spans failed: {error}");
+            }
+        }
+        if let Some(provider) = self.meter_provider.take() {
+            if let Err(error) = provider.shutdown() {
+                eprintln!("choreo: flushing metrics failed: {error}");
+            }
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
