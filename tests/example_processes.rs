@@ -1,12 +1,22 @@
 //! The order saga example, one service per process, on each broker: the same code as on
-//! memory, only `CHOREO_URL` changes.
+//! memory, only `CHOREO_URL` changes. Each process exports its spans and metrics over
+//! OTLP/HTTP to a receiver in the test, where they join into one trace per saga (DESIGN §5).
 #![cfg(any(feature = "kafka", feature = "rabbitmq"))]
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 
 /// The example binary `cargo test` built next to this test.
 fn example() -> PathBuf {
@@ -40,14 +50,24 @@ async fn on_rabbitmq_the_example_completes_its_three_sagas_with_each_service_in_
 async fn play_across_processes(url: &str) {
     let binary = example();
     assert!(binary.exists(), "{} was not built", binary.display());
+    let receiver = OtlpReceiver::start().await;
+    let command = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .args(args)
+            .env("CHOREO_URL", url)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .env_remove("OTEL_SERVICE_NAME")
+            .env_remove("OTEL_SDK_DISABLED")
+            .kill_on_drop(true);
+        command
+    };
 
     let mut services = Vec::new();
     for name in ["payments", "inventory"] {
-        let mut child = tokio::process::Command::new(&binary)
-            .args(["--service", name])
-            .env("CHOREO_URL", url)
+        let mut child = command(&["--service", name])
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         // Running means subscribed: the service has joined its consumer group.
@@ -64,15 +84,14 @@ async fn play_across_processes(url: &str) {
         running
             .await
             .unwrap_or_else(|_| panic!("{name} did not start"));
+        // Keep reading, so the service never writes to a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         services.push(child);
     }
 
-    let play = tokio::process::Command::new(&binary)
-        .args(["--service", "orders", "--play"])
-        .env("CHOREO_URL", url)
+    let play = command(&["--service", "orders", "--play"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let output = tokio::time::timeout(Duration::from_secs(120), play.wait_with_output())
@@ -98,5 +117,217 @@ async fn play_across_processes(url: &str) {
         ),
         "{stdout}"
     );
-    drop(services);
+
+    // Ctrl-C: each service shuts down and flushes what it has not exported yet.
+    for child in &mut services {
+        let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the service stopped on Ctrl-C")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
+    let sagas: BTreeSet<String> = stdout
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("saga "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(sagas.len(), 3, "{stdout}");
+    receiver.assert_one_trace_per_saga(&sagas);
+    receiver.assert_outcomes_counted();
+}
+
+/// A minimal OTLP/HTTP (protobuf) receiver: keeps what it is sent, answers `200 OK`.
+struct OtlpReceiver {
+    endpoint: String,
+    received: Arc<Mutex<Received>>,
+}
+
+#[derive(Default)]
+struct Received {
+    /// `(service.name, span)` of every span.
+    spans: Vec<(String, Span)>,
+    /// Every metrics export, in arrival order.
+    metrics: Vec<ExportMetricsServiceRequest>,
+}
+
+impl OtlpReceiver {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Received::default()));
+        let sink = Arc::clone(&received);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, Arc::clone(&sink)));
+            }
+        });
+        Self { endpoint, received }
+    }
+
+    fn assert_one_trace_per_saga(&self, sagas: &BTreeSet<String>) {
+        let received = self.received.lock().unwrap();
+        let services: BTreeSet<&str> = received.spans.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            services,
+            BTreeSet::from(["inventory", "orders", "payments"])
+        );
+
+        let mut traces: HashMap<&[u8], Vec<&(String, Span)>> = HashMap::new();
+        for entry in &received.spans {
+            traces.entry(&entry.1.trace_id).or_default().push(entry);
+        }
+        let mut traced_sagas = BTreeSet::new();
+        for spans in traces.values() {
+            let saga_ids: BTreeSet<String> = spans
+                .iter()
+                .filter_map(|(_, span)| string_attribute(&span.attributes, "saga.id"))
+                .collect();
+            assert_eq!(saga_ids.len(), 1, "one trace, one saga: {saga_ids:?}");
+            traced_sagas.extend(saga_ids);
+
+            // One tree: a single root, the initiating publish, and every parent in the
+            // trace, whichever process sent it.
+            let ids: BTreeSet<&[u8]> = spans
+                .iter()
+                .map(|(_, span)| span.span_id.as_slice())
+                .collect();
+            let roots: Vec<_> = spans
+                .iter()
+                .filter(|(_, span)| span.parent_span_id.is_empty())
+                .collect();
+            assert_eq!(roots.len(), 1);
+            assert_eq!(roots[0].0, "orders");
+            assert_eq!(roots[0].1.name, "send orders.OrderPlaced.v1");
+            for (service, span) in spans {
+                assert!(
+                    span.parent_span_id.is_empty() || ids.contains(span.parent_span_id.as_slice()),
+                    "the parent of {service}'s `{}` is missing",
+                    span.name
+                );
+            }
+            let services: BTreeSet<&str> = spans.iter().map(|(s, _)| s.as_str()).collect();
+            assert_eq!(
+                services,
+                BTreeSet::from(["inventory", "orders", "payments"]),
+                "every process took part in every saga"
+            );
+        }
+        assert_eq!(&traced_sagas, sagas);
+        assert_eq!(traces.len(), 3);
+    }
+
+    /// The initiator's last metrics export counts one saga per outcome.
+    fn assert_outcomes_counted(&self) {
+        let received = self.received.lock().unwrap();
+        let from_orders = received
+            .metrics
+            .iter()
+            .rfind(|request| {
+                request.resource_metrics.iter().any(|resource| {
+                    resource
+                        .resource
+                        .as_ref()
+                        .and_then(|r| string_attribute(&r.attributes, "service.name"))
+                        == Some("orders".to_owned())
+                })
+            })
+            .expect("orders exported metrics");
+        let mut ended = BTreeSet::new();
+        for metric in from_orders
+            .resource_metrics
+            .iter()
+            .flat_map(|resource| &resource.scope_metrics)
+            .flat_map(|scope| &scope.metrics)
+            .filter(|metric| metric.name == "choreo.saga.ended")
+        {
+            let Some(metric::Data::Sum(sum)) = &metric.data else {
+                panic!("choreo.saga.ended is a sum");
+            };
+            for point in &sum.data_points {
+                let outcome = string_attribute(&point.attributes, "saga.outcome").unwrap();
+                assert_eq!(
+                    point.value,
+                    Some(number_data_point::Value::AsInt(1)),
+                    "{outcome}"
+                );
+                ended.insert(outcome);
+            }
+        }
+        assert_eq!(
+            ended,
+            BTreeSet::from(["completed", "compensated", "timed_out"].map(String::from))
+        );
+    }
+}
+
+fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(value) => Some(value.clone()),
+            _ => None,
+        }
+    })
+}
+
+/// Serves one keep-alive connection: `POST /v1/traces` and `POST /v1/metrics`.
+async fn serve(stream: TcpStream, received: Arc<Mutex<Received>>) -> std::io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if stream.read_line(&mut request_line).await? == 0 {
+            return Ok(());
+        }
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            stream.read_line(&mut header).await?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await?;
+        {
+            let mut received = received.lock().unwrap();
+            match path.as_str() {
+                "/v1/traces" => {
+                    let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+                    for resource in request.resource_spans {
+                        let service = resource
+                            .resource
+                            .as_ref()
+                            .and_then(|r| string_attribute(&r.attributes, "service.name"))
+                            .unwrap_or_default();
+                        for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+                            received.spans.push((service.clone(), span));
+                        }
+                    }
+                }
+                "/v1/metrics" => received
+                    .metrics
+                    .push(ExportMetricsServiceRequest::decode(body.as_slice()).unwrap()),
+                other => panic!("unexpected OTLP path {other}"),
+            }
+        }
+        stream
+            .get_mut()
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await?;
+    }
 }

@@ -8,7 +8,7 @@ mod common;
 on_every_transport!(three_sagas_are_three_traces_and_their_outcomes_are_counted);
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use choreo::telemetry::metrics as names;
@@ -238,6 +238,47 @@ fn assert_outcome(spans: &[SpanData], decided_by: &str, outcome: &str) {
         .filter(|span| attribute(span, "saga.outcome").is_some())
         .count();
     assert_eq!(others, 1, "only the initiator records the outcome");
+}
+
+/// A writer that keeps every log line, for the test that reads them.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_log_line_inside_a_handler_carries_the_saga_id_and_the_trace_id() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let logs = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // On this thread only; a current-thread runtime runs every service task here.
+    let _default = tracing::subscriber::set_default(logs);
+
+    let h = Harness::start(Backend::Memory).await;
+    let (order, saga) = h.place_order(2_500, "book").await;
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+
+    let trace_id = h.log.events(saga)[0].trace.trace_id().unwrap().to_owned();
+    let output = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let line = output
+        .lines()
+        .find(|line| line.contains("credit reserved"))
+        .unwrap_or_else(|| panic!("the handler's line is missing:\n{output}"));
+    assert!(line.contains(&format!("saga.id={saga}")), "{line}");
+    assert!(line.contains(&format!("trace_id={trace_id}")), "{line}");
+    assert!(line.contains(&format!("order_id={order}")), "{line}");
 }
 
 async fn three_sagas_are_three_traces_and_their_outcomes_are_counted(backend: Backend) {

@@ -277,6 +277,7 @@ impl StepHandler<OrderPlaced> for Payments {
             )));
         }
         self.0.record("payments", "reserve_credit", order.order_id);
+        tracing::info!(order_id = order.order_id, "credit reserved");
         Ok(Step::done(CreditReserved {
             order_id: order.order_id,
             amount_cents: order.amount_cents,

@@ -1,9 +1,11 @@
 //! The spans of one saga's events: producer, consumer, compensation and deadline.
 
-use tracing::field::Empty;
+use opentelemetry::KeyValue;
+use tracing::field::{self, Empty};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::attributes::SAGA_KIND;
 use super::propagation::{remote_parent, span_context, trace_of};
 use super::TARGET;
 use crate::envelope::Envelope;
@@ -25,16 +27,10 @@ pub(crate) fn send_span(
         otel.name = format!("send {}", envelope.event_type),
         otel.kind = "producer",
         choreo.service = service,
-        messaging.system = transport.name(),
-        messaging.destination.name = topic,
-        messaging.operation.type = "send",
-        messaging.operation.name = "send",
-        messaging.message.id = %envelope.id,
         saga.id = %envelope.saga_id,
         saga.step = %envelope.event_type,
-        saga.kind = envelope.kind.as_str(),
     );
-    add_transport_attributes(&span, transport, topic, envelope);
+    add_messaging_attributes(&span, transport, topic, envelope, None);
     span
 }
 
@@ -52,17 +48,11 @@ pub(crate) fn start_span(
         otel.name = format!("send {}", envelope.event_type),
         otel.kind = "producer",
         choreo.service = service,
-        messaging.system = transport.name(),
-        messaging.destination.name = topic,
-        messaging.operation.type = "send",
-        messaging.operation.name = "send",
-        messaging.message.id = %envelope.id,
         saga.id = %envelope.saga_id,
         saga.step = %envelope.event_type,
-        saga.kind = envelope.kind.as_str(),
         saga.deadline = %envelope.deadline,
     );
-    add_transport_attributes(&span, transport, topic, envelope);
+    add_messaging_attributes(&span, transport, topic, envelope, None);
     span
 }
 
@@ -90,26 +80,52 @@ pub(crate) fn process_span(
         otel.name = format!("process {}", envelope.event_type),
         otel.kind = "consumer",
         choreo.service = service,
-        messaging.system = transport.name(),
-        messaging.destination.name = topic,
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.message.id = %envelope.id,
-        messaging.consumer.group.name = service,
         saga.id = %envelope.saga_id,
         saga.step = %envelope.event_type,
-        saga.kind = envelope.kind.as_str(),
         saga.outcome = Empty,
-        trace_id = envelope.trace.trace_id(),
+        trace_id = envelope.trace.trace_id().map(field::display),
     );
     if !span.is_disabled() {
         if let Some(parent) = remote_parent(&envelope.trace) {
             // Fails only without an OpenTelemetry layer, when there is no parent to set.
             let _ = span.set_parent(parent);
         }
-        add_transport_attributes(&span, transport, topic, envelope);
+        add_messaging_attributes(&span, transport, topic, envelope, Some(service));
     }
     span
+}
+
+/// The messaging attributes of the OpenTelemetry semantic conventions, on the OpenTelemetry
+/// span only, so that log lines keep to the saga's fields. `group` marks a consumer span.
+fn add_messaging_attributes(
+    span: &Span,
+    transport: &dyn Transport,
+    topic: &str,
+    envelope: &Envelope,
+    group: Option<&str>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    let operation = if group.is_some() { "process" } else { "send" };
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", transport.name()),
+        KeyValue::new("messaging.destination.name", topic.to_owned()),
+        KeyValue::new("messaging.operation.type", operation),
+        KeyValue::new("messaging.operation.name", operation),
+        KeyValue::new("messaging.message.id", envelope.id.to_string()),
+        KeyValue::new(SAGA_KIND, envelope.kind.as_str()),
+    ];
+    if let Some(group) = group {
+        attributes.push(KeyValue::new(
+            "messaging.consumer.group.name",
+            group.to_owned(),
+        ));
+    }
+    attributes.extend(transport.span_attributes(topic, envelope));
+    for attribute in attributes {
+        span.set_attribute(attribute.key, attribute.value);
+    }
 }
 
 /// The span of undoing the step that emitted `output`, inside the handling of the abort.
@@ -140,7 +156,7 @@ pub(crate) fn deadline_span(
         otel.name = "saga deadline",
         choreo.service = service,
         saga.id = %saga,
-        trace_id = latest.trace_id(),
+        trace_id = latest.trace_id().map(field::display),
     );
     if !span.is_disabled() {
         if let Some(parent) = remote_parent(latest) {
@@ -151,18 +167,4 @@ pub(crate) fn deadline_span(
         }
     }
     span
-}
-
-fn add_transport_attributes(
-    span: &Span,
-    transport: &dyn Transport,
-    topic: &str,
-    envelope: &Envelope,
-) {
-    if span.is_disabled() {
-        return;
-    }
-    for attribute in transport.span_attributes(topic, envelope) {
-        span.set_attribute(attribute.key, attribute.value);
-    }
 }
