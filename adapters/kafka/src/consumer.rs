@@ -265,13 +265,15 @@ async fn poll(
             },
         }
     }
-    // The last commit and leaving the group block on the broker: keep them off the runtime's
-    // workers, so a slow or vanished broker never stalls other tasks.
+    // Leaving the group blocks on the broker: keep it off the runtime's workers, so a slow
+    // or vanished broker never stalls other tasks. The last commit is asynchronous and the
+    // close sends it: a synchronous commit waits without end for a broker that is gone,
+    // and the runtime's shutdown waits for its blocking tasks.
     drop(commits);
     tokio::task::spawn_blocking(move || {
         let offsets = shared.committable(None);
         if offsets.count() > 0 {
-            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
                 tracing::warn!(%error, "cannot commit offsets on close");
             }
         }
