@@ -119,9 +119,13 @@ impl DeadlineTimers {
         if let Some(previous) = state.by_saga.insert(saga, at) {
             state.by_time.remove(&(previous, saga));
         }
+        let earliest = state.by_time.first().is_none_or(|(first, _)| at < *first);
         state.by_time.insert((at, saga));
         drop(state);
-        self.inner.changed.notify_one();
+        // The firing task sleeps until the earliest timer: only an earlier one changes that.
+        if earliest {
+            self.inner.changed.notify_one();
+        }
     }
 
     /// Disarms the timer of `saga`, if armed.

@@ -233,29 +233,29 @@ impl Envelope {
             return Self::from_json(&message.body);
         }
 
-        let mut attributes: HashMap<&str, &str> = HashMap::with_capacity(12);
+        // A dozen attributes: a linear scan beats hashing them.
+        let mut attributes: Vec<(&str, &str)> = Vec::with_capacity(12);
         for (key, value) in &message.headers {
             let Some(name) = key.strip_prefix(HEADER_PREFIX) else {
                 continue;
             };
             let value = utf8(attribute_name(name), value)?;
-            if attributes.insert(name, value).is_some() {
+            if find(&attributes, name).is_some() {
                 return Err(EnvelopeError::DuplicateAttribute(name.to_owned()));
             }
+            attributes.push((name, value));
         }
         if let Some(content_type) = content_type {
-            if attributes
-                .insert("datacontenttype", content_type)
-                .is_some_and(|other| other != content_type)
-            {
-                return Err(EnvelopeError::DuplicateAttribute("datacontenttype".into()));
+            match find(&attributes, "datacontenttype") {
+                Some(other) if other != content_type => {
+                    return Err(EnvelopeError::DuplicateAttribute("datacontenttype".into()));
+                }
+                Some(_) => {}
+                None => attributes.push(("datacontenttype", content_type)),
             }
         }
         let data = parse_data(&message.body)?;
-        Self::from_attributes(
-            |name| Ok(attributes.get(name).map(|v| Cow::Borrowed(*v))),
-            data,
-        )
+        Self::from_attributes(|name| Ok(find(&attributes, name).map(Cow::Borrowed)), data)
     }
 
     /// Decodes a structured-mode JSON document.
@@ -437,6 +437,14 @@ fn non_empty(name: &'static str, value: Cow<'_, str>) -> Result<String, Envelope
         });
     }
     Ok(value.into_owned())
+}
+
+/// The value of attribute `name` among `attributes`.
+fn find<'a>(attributes: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
+    attributes
+        .iter()
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| *value)
 }
 
 fn parse_data(body: &[u8]) -> Result<Box<RawValue>, EnvelopeError> {

@@ -860,7 +860,7 @@ impl DeadLetterLog {
                     .header(choreo::transport::DEAD_LETTER_REASON_HEADER)
                     .map(|reason| String::from_utf8_lossy(reason).into_owned())
                     .unwrap_or_default();
-                let mut message = delivery.message.clone();
+                let mut message = (*delivery.message).clone();
                 message
                     .headers
                     .retain(|(key, _)| !key.starts_with("choreo-dead-letter-"));

@@ -160,8 +160,9 @@ impl KafkaConfig {
         base
     }
 
-    /// The producer: idempotent, acknowledged by all in-sync replicas.
-    pub(crate) fn producer(&self) -> ClientConfig {
+    /// The producer's settings: idempotent, acknowledged by all in-sync replicas. Public so
+    /// that code beside choreo (a tool, a benchmark's raw client) can match them.
+    pub fn producer(&self) -> ClientConfig {
         let mut base = ClientConfig::new();
         base.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -174,7 +175,9 @@ impl KafkaConfig {
 
     /// A consumer of `group`: offsets committed by choreo only, from the earliest message
     /// for a new group.
-    pub(crate) fn consumer(&self, group: &str) -> ClientConfig {
+    ///
+    /// Public so that code beside choreo can match these settings.
+    pub fn consumer(&self, group: &str) -> ClientConfig {
         let mut base = ClientConfig::new();
         base.set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -302,7 +302,7 @@ impl MemorySubscription {
             let group = &self.groups[index];
             if let Some(entry) = self.bus.pop(group) {
                 self.next_group = index + 1;
-                let message = (*entry.message).clone();
+                let message = Arc::clone(&entry.message);
                 let redelivered = entry.deliveries > 1;
                 let topic = group.topic.clone();
                 return Some(Delivery::new(

@@ -113,7 +113,9 @@ impl RabbitMqConfig {
         Ok(config)
     }
 
-    pub(crate) fn uri(&self) -> &str {
+    /// The AMQP URI to connect with, password included: never log it (see
+    /// [`redacted`](Self::redacted)). Public so code beside choreo can open its own connection.
+    pub fn uri(&self) -> &str {
         &self.uri
     }
 

@@ -167,6 +167,17 @@ impl Runtime {
     /// once, so it never blocks the events behind it.
     async fn accept(self: &Arc<Self>, delivery: Delivery, permit: OwnedSemaphorePermit) {
         match Envelope::decode(&delivery.message) {
+            Ok(envelope)
+                if !self.concerns(&envelope.event_type, envelope.kind == SagaKind::Abort) =>
+            {
+                // Not this service's business: acknowledged here, without a task or a span,
+                // so a trace shows only the services that acted on each event. Decoded all
+                // the same, so that every consumer group dead-letters a malformed event.
+                drop(permit);
+                if let Err(error) = delivery.ack().await {
+                    warn!(service = %self.name(), event_id = %envelope.id, %error, "cannot settle delivery");
+                }
+            }
             Ok(envelope) => {
                 let saga = envelope.saga_id;
                 self.dispatch(
@@ -209,14 +220,6 @@ impl Runtime {
                 delivery,
                 permit,
             } => {
-                if !self.concerns(&envelope) {
-                    // Not this service's business: acknowledged without a span, so a trace
-                    // shows only the services that acted on each event.
-                    if let Err(error) = delivery.ack().await {
-                        warn!(service = %self.name(), event_id = %envelope.id, %error, "cannot settle delivery");
-                    }
-                    return;
-                }
                 let span = telemetry::process_span(
                     self.name(),
                     &*self.transport,
@@ -249,15 +252,12 @@ impl Runtime {
         }
     }
 
-    /// Whether the saga rules apply to `envelope` here: an abort, a terminal event, or an
-    /// event one of this service's steps handles.
-    fn concerns(&self, envelope: &Envelope) -> bool {
-        envelope.kind == SagaKind::Abort
-            || self.saga().is_terminal(&envelope.event_type)
-            || self
-                .definition
-                .steps
-                .contains_key(envelope.event_type.as_str())
+    /// Whether the saga rules apply here to an event of `event_type`: an abort, a terminal
+    /// event, or an event one of this service's steps handles.
+    fn concerns(&self, event_type: &str, is_abort: bool) -> bool {
+        is_abort
+            || self.saga().is_terminal(event_type)
+            || self.definition.steps.contains_key(event_type)
     }
 
     /// Applies the saga rules to one event this service is concerned with.

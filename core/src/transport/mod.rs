@@ -4,6 +4,7 @@
 mod keyed;
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -60,8 +61,9 @@ pub trait Subscription: Send {
 pub struct Delivery {
     /// The topic it came from.
     pub topic: String,
-    /// The message as received.
-    pub message: RawMessage,
+    /// The message as received, shared: a transport that keeps it for redelivery hands it
+    /// out without copying.
+    pub message: Arc<RawMessage>,
     /// Whether the broker delivered it before (it may still be a first delivery if false).
     pub redelivered: bool,
     acknowledger: Box<dyn Acknowledge>,
@@ -71,13 +73,13 @@ impl Delivery {
     /// A delivery settled through `acknowledger`. For transport implementations.
     pub fn new(
         topic: String,
-        message: RawMessage,
+        message: impl Into<Arc<RawMessage>>,
         redelivered: bool,
         acknowledger: Box<dyn Acknowledge>,
     ) -> Self {
         Self {
             topic,
-            message,
+            message: message.into(),
             redelivered,
             acknowledger,
         }
@@ -95,7 +97,9 @@ impl Delivery {
 
     /// Moves the message to the dead-letter destination with `reason`, and acks it.
     pub async fn dead_letter(self, reason: &str) -> Result<(), TransportError> {
-        self.acknowledger.dead_letter(self.message, reason).await
+        self.acknowledger
+            .dead_letter(Arc::unwrap_or_clone(self.message), reason)
+            .await
     }
 }
 

@@ -1,0 +1,155 @@
+//! Kafka (tansu from the test kit): the saga through choreo against a hand-written rdkafka
+//! pipeline (consume, produce the next event, commit) with the transport's own settings.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use choreo::kafka::{KafkaConfig, KafkaTransport};
+use choreo::{Transport, TransportUrl};
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::Message;
+use tokio::sync::Semaphore;
+
+use crate::events::{Probe, EVENTS_PER_SAGA};
+use crate::raw::{react, RawEvent};
+use crate::report::Run;
+
+/// Deliveries a raw consumer works on at once, like choreo's default concurrency.
+const IN_FLIGHT: usize = 256;
+
+pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
+    let broker = choreo::testkit::KafkaBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let url = format!(
+        "{}?session.timeout.ms=2000&rdkafka.fetch.wait.max.ms=20",
+        broker.url()
+    );
+    let transport: Arc<dyn Transport> = Arc::new(
+        KafkaTransport::connect(&TransportUrl::parse(&url).expect("a Kafka URL"))
+            .await
+            .expect("Kafka is up"),
+    );
+    let choreo = crate::runtime::play(transport, "bench.kafka.choreo", sagas, window, false).await;
+    let config = KafkaConfig::from_url(&TransportUrl::parse(&url).expect("a Kafka URL"))
+        .expect("valid options");
+    let raw = raw(&config, "bench.kafka.raw", sagas, window).await;
+    (choreo, raw)
+}
+
+async fn raw(config: &KafkaConfig, topic: &str, sagas: usize, window: usize) -> Run {
+    let admin: AdminClient<DefaultClientContext> =
+        config.producer().create().expect("an admin client");
+    admin
+        .create_topics(
+            &[NewTopic::new(
+                topic,
+                config.partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("the topic is created");
+    let producer: FutureProducer = config.producer().create().expect("a producer");
+    let probe = Probe::new(window, false, None);
+    let joined = Arc::new(Semaphore::new(0));
+    let mut tasks = Vec::new();
+    for service in ["alpha", "beta", "gamma"] {
+        let consumer: StreamConsumer = config
+            .consumer(&format!("raw-{service}"))
+            .create()
+            .expect("a consumer");
+        consumer.subscribe(&[topic]).expect("subscribed");
+        tasks.push(tokio::spawn(run_service(
+            service,
+            consumer,
+            producer.clone(),
+            topic.to_owned(),
+            config.commit_interval,
+            Arc::clone(&probe),
+            Arc::clone(&joined),
+        )));
+    }
+    joined.acquire_many(3).await.expect("open").forget();
+
+    let started = Instant::now();
+    for n in 0..sagas {
+        probe.admit().await;
+        let first = RawEvent::first(probe.payload(n as u64));
+        send(&producer, topic, &first).await;
+    }
+    probe.wait_for(sagas).await;
+    let elapsed = started.elapsed();
+    for task in tasks {
+        task.abort();
+    }
+    Run::new(sagas * EVENTS_PER_SAGA, elapsed, Vec::new())
+}
+
+async fn send(producer: &FutureProducer, topic: &str, event: &RawEvent) {
+    let key = event.saga_id.to_string();
+    let payload = serde_json::to_vec(event).expect("encodes");
+    producer
+        .send(
+            FutureRecord::to(topic).key(&key).payload(&payload),
+            Timeout::Never,
+        )
+        .await
+        .expect("Kafka accepts the event");
+}
+
+/// One service: consume, decode, produce the next event, store the offset once it is
+/// delivered (in order), commit stored offsets at the transport's cadence.
+async fn run_service(
+    service: &'static str,
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+    topic: String,
+    commit_interval: Duration,
+    probe: Arc<Probe>,
+    joined: Arc<Semaphore>,
+) {
+    let mut in_flight = FuturesOrdered::new();
+    let mut commit = tokio::time::interval(commit_interval);
+    let mut check = tokio::time::interval(Duration::from_millis(20));
+    let mut has_joined = false;
+    loop {
+        tokio::select! {
+            message = consumer.recv(), if in_flight.len() < IN_FLIGHT => {
+                let message = message.expect("a message");
+                let (partition, offset) = (message.partition(), message.offset());
+                let event: RawEvent =
+                    serde_json::from_slice(message.payload().unwrap_or_default()).expect("JSON");
+                let next = react(service, &event, &probe);
+                let (producer, topic) = (producer.clone(), topic.clone());
+                in_flight.push_back(async move {
+                    if let Some(next) = next {
+                        send(&producer, &topic, &next).await;
+                    }
+                    (partition, offset)
+                });
+            }
+            Some((partition, offset)) = in_flight.next() => {
+                consumer
+                    .store_offset(&topic, partition, offset)
+                    .expect("the offset is stored");
+            }
+            _ = commit.tick() => {
+                let _ = consumer.commit_consumer_state(CommitMode::Async);
+            }
+            _ = check.tick(), if !has_joined => {
+                if consumer.assignment().is_ok_and(|assigned| assigned.count() > 0) {
+                    has_joined = true;
+                    joined.add_permits(1);
+                }
+            }
+        }
+    }
+}

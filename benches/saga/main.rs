@@ -1,0 +1,332 @@
+//! choreo against hand-written client code, side by side in one run: the same three-step
+//! saga through the full runtime and through a raw baseline, on memory, Kafka and RabbitMQ,
+//! plus the hop latency, the memory an open saga holds and what tracing costs.
+//!
+//! ```text
+//! cargo bench --all-features --bench saga                 # everything, about 2 minutes
+//! cargo bench --all-features --bench saga -- --smoke      # tiny sizes, a few seconds
+//! cargo bench --all-features --bench saga -- --help
+//! ```
+//! Brokers come from the test kit (containers, or `CHOREO_KAFKA_URL` / `CHOREO_AMQP_URL`).
+//! See docs/benchmarks.md.
+
+mod events;
+#[cfg(feature = "kafka")]
+mod kafka;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
+mod raw;
+mod report;
+mod runtime;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use choreo::memory::MemoryTransport;
+use choreo::Transport;
+use serde_json::json;
+
+use crate::report::{median, Report, Row, Run};
+
+struct Flags {
+    sagas: usize,
+    latency_sagas: usize,
+    open_sagas: usize,
+    broker_sagas: usize,
+    window: usize,
+    runs: usize,
+    only: Vec<String>,
+    json: Option<String>,
+}
+
+const USAGE: &str = "usage: saga [--smoke] [--sagas N] [--latency-sagas N] [--open-sagas N] \
+[--broker-sagas N] [--window N] [--runs N] [--only memory,kafka,rabbitmq,tracing] [--json FILE]";
+
+impl Flags {
+    fn parse() -> Self {
+        let mut flags = Self {
+            sagas: 20_000,
+            latency_sagas: 2_000,
+            open_sagas: 100_000,
+            broker_sagas: 2_000,
+            window: 256,
+            runs: 3,
+            only: ["memory", "kafka", "rabbitmq", "tracing"]
+                .map(String::from)
+                .to_vec(),
+            json: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut number = |name: &str| -> usize {
+                args.next()
+                    .and_then(|value| value.parse().ok())
+                    .filter(|value| *value > 0)
+                    .unwrap_or_else(|| fail(&format!("{name} needs a positive number")))
+            };
+            match arg.as_str() {
+                "--smoke" => {
+                    flags.sagas = 500;
+                    flags.latency_sagas = 200;
+                    flags.open_sagas = 2_000;
+                    flags.broker_sagas = 100;
+                    flags.runs = 1;
+                }
+                "--sagas" => flags.sagas = number("--sagas"),
+                "--latency-sagas" => flags.latency_sagas = number("--latency-sagas"),
+                "--open-sagas" => flags.open_sagas = number("--open-sagas"),
+                "--broker-sagas" => flags.broker_sagas = number("--broker-sagas"),
+                "--window" => flags.window = number("--window"),
+                "--runs" => flags.runs = number("--runs"),
+                "--only" => {
+                    let list = args.next().unwrap_or_else(|| fail("--only needs a list"));
+                    flags.only = list.split(',').map(str::to_owned).collect();
+                }
+                "--json" => {
+                    flags.json = Some(args.next().unwrap_or_else(|| fail("--json needs a file")))
+                }
+                // `cargo bench` passes `--bench` to every bench binary.
+                "--bench" => {}
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => fail(&format!("unexpected argument `{other}`")),
+            }
+        }
+        flags
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.only.iter().any(|only| only == section)
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        json!({
+            "sagas": self.sagas,
+            "latency_sagas": self.latency_sagas,
+            "open_sagas": self.open_sagas,
+            "broker_sagas": self.broker_sagas,
+            "window": self.window,
+            "runs": self.runs,
+            "events_per_saga": events::EVENTS_PER_SAGA,
+        })
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("{message}\n{USAGE}");
+    std::process::exit(2);
+}
+
+fn main() {
+    let flags = Flags::parse();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let began = Instant::now();
+    let mut report = Report::default();
+    runtime.block_on(async {
+        if flags.wants("memory") || flags.wants("tracing") {
+            memory(&flags, &mut report).await;
+        }
+        if flags.wants("kafka") {
+            kafka(&flags, &mut report).await;
+        }
+        if flags.wants("rabbitmq") {
+            rabbitmq(&flags, &mut report).await;
+        }
+        if flags.wants("tracing") {
+            tracing_overhead(&flags, &mut report).await;
+        }
+    });
+    report
+        .notes
+        .push(format!("whole run: {:.1} s", began.elapsed().as_secs_f64()));
+
+    print!("{}", report.table());
+    let document = report.json(machine(cores), flags.settings());
+    let text = serde_json::to_string_pretty(&document).expect("JSON");
+    match &flags.json {
+        Some(path) => {
+            std::fs::write(path, format!("{text}\n"))
+                .unwrap_or_else(|error| fail(&format!("cannot write {path}: {error}")));
+            println!("JSON written to {path}");
+        }
+        None => println!("{text}"),
+    }
+}
+
+fn machine(cores: usize) -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    json!({ "cores": cores, "cpu": cpu, "os": std::env::consts::OS, "arch": std::env::consts::ARCH })
+}
+
+/// The memory transport: throughput against the channel baseline, hop latency, memory.
+async fn memory(flags: &Flags, report: &mut Report) {
+    let mut choreo_runs = Vec::new();
+    let mut raw_runs = Vec::new();
+    for run in 0..flags.runs {
+        choreo_runs.push(memory_run(flags.sagas, flags.window, false, run).await);
+        raw_runs.push(raw::play(flags.sagas, flags.window, false).await);
+    }
+    let (choreo, raw) = (median(choreo_runs), median(raw_runs));
+    let throughput = choreo.events_per_second();
+    report.add(Row {
+        key: "memory_events_per_second",
+        what: "memory: saga events/s",
+        unit: "events/s",
+        choreo: throughput,
+        raw: Some(raw.events_per_second()),
+        target: Some((
+            ">= 400000 and >= 0.5 of raw".to_owned(),
+            throughput >= 400_000.0 && throughput >= 0.5 * raw.events_per_second(),
+        )),
+    });
+
+    let choreo = memory_run(flags.latency_sagas, 1, true, 0).await;
+    let raw = raw::play(flags.latency_sagas, 1, true).await;
+    report.add(Row {
+        key: "memory_hop_p50_us",
+        what: "memory: hop latency p50, one saga at a time",
+        unit: "us",
+        choreo: choreo.percentile_us(50.0),
+        raw: Some(raw.percentile_us(50.0)),
+        target: None,
+    });
+    let p99 = choreo.percentile_us(99.0);
+    report.add(Row {
+        key: "memory_hop_p99_us",
+        what: "memory: hop latency p99, one saga at a time",
+        unit: "us",
+        choreo: p99,
+        raw: Some(raw.percentile_us(99.0)),
+        target: Some(("< 50".to_owned(), p99 < 50.0)),
+    });
+
+    let bytes = runtime::memory_per_open_saga(flags.open_sagas).await;
+    report.add(Row {
+        key: "memory_bytes_per_open_saga",
+        what: "memory: resident bytes per open saga",
+        unit: "bytes",
+        choreo: bytes,
+        raw: None,
+        target: Some(("<= 1024".to_owned(), bytes <= 1_024.0)),
+    });
+}
+
+async fn memory_run(sagas: usize, window: usize, record_latency: bool, run: usize) -> Run {
+    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
+    runtime::play(
+        transport,
+        &format!("bench.memory.{run}"),
+        sagas,
+        window,
+        record_latency,
+    )
+    .await
+}
+
+#[cfg(feature = "kafka")]
+async fn kafka(flags: &Flags, report: &mut Report) {
+    let (choreo, raw) = kafka::compare(flags.broker_sagas, flags.window).await;
+    let ratio = choreo.events_per_second() / raw.events_per_second();
+    report.add(Row {
+        key: "kafka_events_per_second",
+        what: "kafka (tansu): saga events/s",
+        unit: "events/s",
+        choreo: choreo.events_per_second(),
+        raw: Some(raw.events_per_second()),
+        target: Some((">= 0.9 of raw".to_owned(), ratio >= 0.9)),
+    });
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn kafka(_flags: &Flags, report: &mut Report) {
+    report
+        .notes
+        .push("kafka skipped: build with --features kafka,testkit (or --all-features)".to_owned());
+}
+
+#[cfg(feature = "rabbitmq")]
+async fn rabbitmq(flags: &Flags, report: &mut Report) {
+    let (choreo, raw) = rabbitmq::compare(flags.broker_sagas, flags.window).await;
+    let ratio = choreo.events_per_second() / raw.events_per_second();
+    report.add(Row {
+        key: "rabbitmq_events_per_second",
+        what: "rabbitmq: saga events/s",
+        unit: "events/s",
+        choreo: choreo.events_per_second(),
+        raw: Some(raw.events_per_second()),
+        target: Some((">= 0.9 of raw".to_owned(), ratio >= 0.9)),
+    });
+}
+
+#[cfg(not(feature = "rabbitmq"))]
+async fn rabbitmq(_flags: &Flags, report: &mut Report) {
+    report.notes.push(
+        "rabbitmq skipped: build with --features rabbitmq,testkit (or --all-features)".to_owned(),
+    );
+}
+
+/// In-memory throughput with every span exported in batches to an exporter that drops
+/// them, against the same run with no subscriber at all. Installs the global subscriber,
+/// so it runs last.
+async fn tracing_overhead(flags: &Flags, report: &mut Report) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    let mut off = Vec::new();
+    for run in 0..flags.runs {
+        off.push(memory_run(flags.sagas, flags.window, false, 100 + run).await);
+    }
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(Discard)
+        .build();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("bench"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
+    tracing::subscriber::set_global_default(subscriber).expect("no subscriber yet");
+    let mut on = Vec::new();
+    for run in 0..flags.runs {
+        on.push(memory_run(flags.sagas, flags.window, false, 200 + run).await);
+    }
+    let _ = provider.shutdown();
+    let (on, off) = (median(on), median(off));
+    let ratio = on.events_per_second() / off.events_per_second();
+    report.add(Row {
+        key: "tracing_events_per_second",
+        what: "memory: saga events/s, spans on vs off",
+        unit: "events/s",
+        choreo: on.events_per_second(),
+        raw: Some(off.events_per_second()),
+        target: Some(("cost <= 20% (ratio >= 0.8)".to_owned(), ratio >= 0.8)),
+    });
+}
+
+/// A span exporter that drops everything: what tracing costs without the network.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        _batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}

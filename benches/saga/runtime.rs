@@ -1,0 +1,97 @@
+//! The saga through choreo's full runtime: decode, inbox, handler, journal, encode, publish,
+//! ack, on any transport.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use choreo::memory::MemoryTransport;
+use choreo::{RunningService, Transport};
+use tokio::sync::Notify;
+
+use crate::events::{saga, services, Placed, Probe, EVENTS_PER_SAGA};
+use crate::report::Run;
+
+/// The three services running on `transport`, the initiator first.
+async fn start(
+    transport: &Arc<dyn Transport>,
+    topic: &str,
+    probe: &Arc<Probe>,
+) -> Vec<RunningService> {
+    let saga = saga(topic, Duration::from_secs(3_600));
+    let starting = services(&saga, probe).map(|(_, service)| service.run(Arc::clone(transport)));
+    futures_util::future::try_join_all(starting)
+        .await
+        .expect("the services join the transport")
+}
+
+/// Plays `sagas` sagas with at most `window` in flight; with `record_latency`, also the time
+/// of every hop.
+pub(crate) async fn play(
+    transport: Arc<dyn Transport>,
+    topic: &str,
+    sagas: usize,
+    window: usize,
+    record_latency: bool,
+) -> Run {
+    let probe = Probe::new(window, record_latency, None);
+    let running = start(&transport, topic, &probe).await;
+    let started = Instant::now();
+    for n in 0..sagas {
+        probe.admit().await;
+        running[0]
+            .start_saga(Placed(probe.payload(n as u64)))
+            .await
+            .expect("a saga starts");
+    }
+    probe.wait_for(sagas).await;
+    let elapsed = started.elapsed();
+    for service in running {
+        service.kill();
+    }
+    Run::new(sagas * EVENTS_PER_SAGA, elapsed, probe.latencies())
+}
+
+/// Bytes of resident memory per saga held open: `open` sagas wait on `beta`'s step, which
+/// does not finish, with every initiator's deadline timer armed.
+pub(crate) async fn memory_per_open_saga(open: usize) -> f64 {
+    let gate = Arc::new(Notify::new());
+    let probe = Probe::new(open + 1, false, Some(gate));
+    let memory = MemoryTransport::new();
+    let transport: Arc<dyn Transport> = Arc::new(memory.clone());
+    let running = start(&transport, "bench.open", &probe).await;
+    // Warm up allocator pools and maps with a few sagas first.
+    for n in 0..1_000 {
+        running[0]
+            .start_saga(Placed(probe.payload(n)))
+            .await
+            .expect("a saga starts");
+    }
+    settle().await;
+    let before = resident_bytes();
+    for n in 0..open {
+        running[0]
+            .start_saga(Placed(probe.payload(n as u64)))
+            .await
+            .expect("a saga starts");
+    }
+    settle().await;
+    let after = resident_bytes();
+    for service in running {
+        service.kill();
+    }
+    memory.close();
+    after.saturating_sub(before) as f64 / open as f64
+}
+
+/// Lets the services take what they can of the sagas started.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// The process's resident set, from `/proc/self/statm` (0 where there is none).
+pub(crate) fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
