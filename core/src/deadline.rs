@@ -90,7 +90,68 @@ pub(crate) fn format_rfc3339(instant: SystemTime) -> String {
 }
 
 pub(crate) fn parse_rfc3339(s: &str) -> Result<SystemTime, time::error::Parse> {
+    // Every event carries two timestamps; the UTC form choreo writes is read without the
+    // general parser, which handles everything else.
+    if let Some(instant) = parse_utc(s) {
+        return Ok(instant);
+    }
     OffsetDateTime::parse(s, &Rfc3339).map(SystemTime::from)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` from 1970 on; `None` for anything else, including
+/// out-of-range fields, which the general parser then reports.
+fn parse_utc(s: &str) -> Option<SystemTime> {
+    let bytes = s.as_bytes();
+    if bytes.len() < 20 || bytes.len() > 30 || *bytes.last()? != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u64> {
+        bytes.get(range)?.iter().try_fold(0u64, |value, digit| {
+            digit
+                .is_ascii_digit()
+                .then(|| value * 10 + u64::from(digit - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if separators
+        .iter()
+        .any(|(at, separator)| bytes[*at] != *separator)
+    {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let nanos = match bytes[19] {
+        b'Z' if bytes.len() == 20 => 0,
+        b'.' if bytes.len() > 21 => {
+            let digits = bytes.len() - 21;
+            number(20..bytes.len() - 1)? * 10u64.pow(9 - digits as u32)
+        }
+        _ => return None,
+    };
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if year < 1970 || day == 0 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = (era * 146_097 + day_of_era).checked_sub(719_468)?;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(seconds, nanos as u32))
 }
 
 /// One service's armed deadline timers: a single task sleeps until the earliest one, so a
@@ -189,6 +250,32 @@ mod tests {
             Deadline::at(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789));
         let parsed: Deadline = deadline.to_rfc3339().parse().unwrap();
         assert_eq!(parsed, deadline);
+    }
+
+    #[test]
+    fn the_fast_utc_reader_agrees_with_the_general_parser() {
+        for text in [
+            "1970-01-01T00:00:00Z",
+            "2026-11-22T10:00:00.5Z",
+            "2024-02-29T23:59:59.123456789Z",
+            "2000-03-01T00:00:00.000001Z",
+            "2099-12-31T12:34:56.78Z",
+        ] {
+            let general = OffsetDateTime::parse(text, &Rfc3339).map(SystemTime::from);
+            assert_eq!(parse_utc(text), general.ok(), "{text}");
+        }
+        for not_fast in [
+            "2023-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T10:00:00+01:00",
+            "2026-11-22 10:00:00Z",
+            "2026-11-22T10:00:00.Z",
+            "2026-11-22T10:00:00.1234567891Z",
+        ] {
+            assert_eq!(parse_utc(not_fast), None, "{not_fast}");
+        }
+        let now = SystemTime::now();
+        assert_eq!(parse_rfc3339(&format_rfc3339(now)).unwrap(), now);
     }
 
     #[test]

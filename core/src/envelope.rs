@@ -184,11 +184,28 @@ impl Envelope {
     pub fn to_binary(&self) -> RawMessage {
         let mut headers = Vec::with_capacity(12);
         self.for_each_attribute(|name, value| {
-            let key = if name == "datacontenttype" {
-                CONTENT_TYPE_HEADER.to_owned()
-            } else {
-                format!("{HEADER_PREFIX}{name}")
-            };
+            let key = match name {
+                "datacontenttype" => CONTENT_TYPE_HEADER,
+                "specversion" => "ce_specversion",
+                "id" => "ce_id",
+                "source" => "ce_source",
+                "type" => "ce_type",
+                "time" => "ce_time",
+                "sagaid" => "ce_sagaid",
+                "causationid" => "ce_causationid",
+                "sagadeadline" => "ce_sagadeadline",
+                "sagakind" => "ce_sagakind",
+                "traceparent" => "ce_traceparent",
+                "tracestate" => "ce_tracestate",
+                other => {
+                    headers.push((
+                        format!("{HEADER_PREFIX}{other}"),
+                        value.into_owned().into_bytes(),
+                    ));
+                    return;
+                }
+            }
+            .to_owned();
             headers.push((key, value.into_owned().into_bytes()));
         });
         RawMessage {

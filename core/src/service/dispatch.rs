@@ -1,11 +1,12 @@
 //! Per-saga serialisation: events of one saga are handled one at a time, in arrival order,
-//! while different sagas are handled concurrently.
+//! while different sagas are handled concurrently by a fixed set of workers (one per unit of
+//! concurrency), so that handling an event never spawns a task.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::rules::Runtime;
 use crate::envelope::Envelope;
@@ -27,27 +28,43 @@ pub(super) enum Work {
     DeadlinePassed,
 }
 
-/// The queue of work waiting behind the work being done, per saga. A saga has an entry
-/// exactly while a task is working on it.
-#[derive(Default)]
+/// The queue of work waiting behind the work being done, per saga, and the sagas ready for
+/// a worker. A saga has an entry exactly while it is ready or a worker is on it.
 pub(super) struct SagaQueues {
     queues: Mutex<HashMap<SagaId, VecDeque<Work>>>,
+    ready: mpsc::UnboundedSender<(SagaId, Work)>,
+    /// Taken by one idle worker at a time; the others wait for the lock.
+    ready_out: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SagaId, Work)>>,
+}
+
+impl Default for SagaQueues {
+    fn default() -> Self {
+        let (ready, ready_out) = mpsc::unbounded_channel();
+        Self {
+            queues: Mutex::default(),
+            ready,
+            ready_out: tokio::sync::Mutex::new(ready_out),
+        }
+    }
 }
 
 impl SagaQueues {
-    /// Queues `work` behind the saga's running task, or hands it back when no task runs
-    /// for the saga, in which case the caller becomes that task.
-    fn enqueue(&self, saga: SagaId, work: Work) -> Option<Work> {
+    /// Queues `work` behind the saga's work in progress, or, when the saga has none, makes
+    /// the saga ready for the next idle worker.
+    fn enqueue(&self, saga: SagaId, work: Work) {
         match self.lock().entry(saga) {
-            Entry::Occupied(mut queue) => {
-                queue.get_mut().push_back(work);
-                None
-            }
+            Entry::Occupied(mut queue) => queue.get_mut().push_back(work),
             Entry::Vacant(slot) => {
                 slot.insert(VecDeque::new());
-                Some(work)
+                // The receiver lives as long as `self`.
+                let _ = self.ready.send((saga, work));
             }
         }
+    }
+
+    /// The next ready saga and its first work, once there is one.
+    async fn next_ready(&self) -> Option<(SagaId, Work)> {
+        self.ready_out.lock().await.recv().await
     }
 
     /// The saga's next work; when there is none, the task ends and the entry goes.
@@ -60,7 +77,7 @@ impl SagaQueues {
         next
     }
 
-    /// Ends the saga's task, returning its queued work (to be dropped unsettled).
+    /// Ends the saga's work, returning its queued work (to be dropped unsettled).
     fn abandon(&self, saga: SagaId) -> Option<VecDeque<Work>> {
         self.lock().remove(&saga)
     }
@@ -71,31 +88,42 @@ impl SagaQueues {
 }
 
 impl Runtime {
-    /// Runs `work` after the saga's earlier work, on a task of its own if none runs yet.
-    pub(super) fn dispatch(self: &Arc<Self>, saga: SagaId, work: Work) {
-        if let Some(work) = self.queues().enqueue(saga, work) {
-            let runtime = Arc::clone(self);
-            self.tracker().spawn(runtime.drain(saga, work));
-        }
+    /// Runs `work` after the saga's earlier work.
+    pub(super) fn dispatch(&self, saga: SagaId, work: Work) {
+        self.queues().enqueue(saga, work);
     }
 
-    async fn drain(self: Arc<Self>, saga: SagaId, mut work: Work) {
+    /// One worker: takes a ready saga and works through its queue, then the next saga,
+    /// until the service stops (after the work in hand) or is killed (at once).
+    pub(super) async fn work(self: Arc<Self>) {
         loop {
-            tokio::select! {
+            let next = tokio::select! {
                 biased;
-                // A kill abandons the work in progress: its delivery is dropped unsettled.
-                () = self.killed() => break,
-                () = self.process(saga, work) => {}
+                () = self.killed() => return,
+                () = self.stopped() => return,
+                next = self.queues().next_ready() => next,
+            };
+            let Some((saga, mut work)) = next else { return };
+            loop {
+                tokio::select! {
+                    biased;
+                    // A kill abandons the work in progress: its delivery is dropped unsettled.
+                    () = self.killed() => break,
+                    () = self.process(saga, work) => {}
+                }
+                if self.stopping() {
+                    break;
+                }
+                match self.queues().next(saga) {
+                    Some(next) => work = next,
+                    None => break,
+                }
             }
             if self.stopping() {
-                break;
-            }
-            match self.queues().next(saga) {
-                Some(next) => work = next,
-                None => return,
+                // Dropped unsettled, the queued deliveries are redelivered.
+                drop(self.queues().abandon(saga));
+                return;
             }
         }
-        // Dropped unsettled, the queued deliveries are redelivered.
-        drop(self.queues().abandon(saga));
     }
 }

@@ -141,8 +141,10 @@ impl Service {
             transport,
             stop.clone(),
             kill.clone(),
-            tracker.clone(),
         ));
+        for _ in 0..runtime.options().concurrency {
+            tracker.spawn(Arc::clone(&runtime).work());
+        }
         let consumer = tokio::spawn(Arc::clone(&runtime).consume(subscription, permits));
         let timers = tokio::spawn(Arc::clone(&runtime).fire_deadlines());
         Ok(RunningService {

@@ -9,7 +9,6 @@ use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument, Span};
 
 use super::dispatch::{SagaQueues, Work};
@@ -38,7 +37,6 @@ pub(crate) struct Runtime {
     queues: SagaQueues,
     stop: CancellationToken,
     kill: CancellationToken,
-    tracker: TaskTracker,
     metrics: Metrics,
 }
 
@@ -75,7 +73,6 @@ impl Runtime {
         transport: Arc<dyn Transport>,
         stop: CancellationToken,
         kill: CancellationToken,
-        tracker: TaskTracker,
     ) -> Self {
         let meter = definition.meter.clone().unwrap_or_else(|| {
             opentelemetry::global::meter_with_scope(
@@ -93,7 +90,6 @@ impl Runtime {
             queues: SagaQueues::default(),
             stop,
             kill,
-            tracker,
         }
     }
 
@@ -117,12 +113,12 @@ impl Runtime {
         &self.queues
     }
 
-    pub(super) fn tracker(&self) -> &TaskTracker {
-        &self.tracker
-    }
-
     pub(super) fn stopping(&self) -> bool {
         self.stop.is_cancelled()
+    }
+
+    pub(super) async fn stopped(&self) {
+        self.stop.cancelled().await;
     }
 
     pub(super) async fn killed(&self) {
