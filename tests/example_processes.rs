@@ -175,9 +175,12 @@ impl OtlpReceiver {
             BTreeSet::from(["inventory", "orders", "payments"])
         );
 
+        // The sagas' spans; the broker clients' own spans, if any, are traces of their own.
         let mut traces: HashMap<&[u8], Vec<&(String, Span)>> = HashMap::new();
         for entry in &received.spans {
-            traces.entry(&entry.1.trace_id).or_default().push(entry);
+            if string_attribute(&entry.1.attributes, "saga.id").is_some() {
+                traces.entry(&entry.1.trace_id).or_default().push(entry);
+            }
         }
         let mut traced_sagas = BTreeSet::new();
         for spans in traces.values() {
