@@ -21,17 +21,7 @@ pub(crate) fn send_span(
     topic: &str,
     envelope: &Envelope,
 ) -> Span {
-    let span = tracing::info_span!(
-        target: TARGET,
-        "send",
-        otel.name = format!("send {}", envelope.event_type),
-        otel.kind = "producer",
-        choreo.service = service,
-        saga.id = %envelope.saga_id,
-        saga.step = %envelope.event_type,
-    );
-    add_messaging_attributes(&span, transport, topic, envelope, None);
-    span
+    producer_span(Span::current().id(), service, transport, topic, envelope)
 }
 
 /// The root span of a saga: the producer span of its initiating event.
@@ -41,9 +31,19 @@ pub(crate) fn start_span(
     topic: &str,
     envelope: &Envelope,
 ) -> Span {
+    producer_span(None, service, transport, topic, envelope)
+}
+
+fn producer_span(
+    parent: Option<tracing::Id>,
+    service: &str,
+    transport: &dyn Transport,
+    topic: &str,
+    envelope: &Envelope,
+) -> Span {
     let span = tracing::info_span!(
         target: TARGET,
-        parent: None,
+        parent: parent,
         "send",
         otel.name = format!("send {}", envelope.event_type),
         otel.kind = "producer",
