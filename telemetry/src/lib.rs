@@ -231,3 +231,56 @@ impl Drop for Telemetry {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test for every variable, as they are process-wide.
+    #[test]
+    fn export_follows_the_standard_variables() {
+        let clear = || {
+            for name in ENDPOINT_VARIABLES
+                .iter()
+                .chain(&["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SDK_DISABLED"])
+            {
+                env::remove_var(name);
+            }
+        };
+        clear();
+        assert!(!exporting().unwrap(), "nothing set: nothing exported");
+
+        env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        assert!(exporting().unwrap());
+        env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+        assert!(exporting().unwrap());
+
+        env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        let error = exporting().unwrap_err();
+        assert!(matches!(&error, TelemetryError::UnsupportedProtocol(p) if p == "grpc"));
+        assert!(error.to_string().contains("http/protobuf"), "{error}");
+
+        env::remove_var("OTEL_EXPORTER_OTLP_PROTOCOL");
+        env::set_var("OTEL_SDK_DISABLED", "true");
+        assert!(!exporting().unwrap(), "disabled wins over an endpoint");
+
+        clear();
+        env::set_var(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4318/v1/traces",
+        );
+        assert!(exporting().unwrap(), "a per-signal endpoint is enough");
+        clear();
+    }
+
+    #[test]
+    fn a_bad_filter_is_named() {
+        let error = parse_filter("choreo=loud").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid filter `choreo=loud`"),
+            "{error}"
+        );
+    }
+}
