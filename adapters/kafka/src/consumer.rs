@@ -265,22 +265,45 @@ async fn poll(
             },
         }
     }
-    // Leaving the group blocks on the broker: keep it off the runtime's workers, so a slow
-    // or vanished broker never stalls other tasks. The last commit is asynchronous and the
-    // close sends it: a synchronous commit waits without end for a broker that is gone,
-    // and the runtime's shutdown waits for its blocking tasks.
+    // The last commit and leaving the group block on the broker, without end if it vanished
+    // (librdkafka waits for its outstanding requests). They run on a thread of their own,
+    // which a blocking task waits for at most CLOSE_TIMEOUT: the runtime's shutdown waits
+    // for blocking tasks, so a graceful exit still commits, and a gone broker never hangs it.
     drop(commits);
     tokio::task::spawn_blocking(move || {
-        let offsets = shared.committable(None);
-        if offsets.count() > 0 {
-            if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
-                tracing::warn!(%error, "cannot commit offsets on close");
+        let (closed, on_close) = std::sync::mpsc::channel();
+        let close = move || {
+            let offsets = shared.committable(None);
+            if offsets.count() > 0 {
+                if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+                    tracing::warn!(%error, "cannot commit offsets on close");
+                }
+            }
+            // Dropping the consumer closes it, which sends the commit and leaves the group.
+            drop(consumer);
+            let _ = closed.send(());
+        };
+        match std::thread::Builder::new()
+            .name("choreo-kafka-close".to_owned())
+            .spawn(close)
+        {
+            Ok(_) => {
+                if on_close.recv_timeout(CLOSE_TIMEOUT).is_err() {
+                    tracing::warn!(
+                        timeout = ?CLOSE_TIMEOUT,
+                        "the broker did not answer the consumer's close; leaving it behind"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the thread that closes the consumer")
             }
         }
-        // Dropping the consumer closes it, which leaves the group.
-        drop(consumer);
     });
 }
+
+/// How long closing a consumer may hold up the runtime's shutdown.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[async_trait]
 impl Subscription for KafkaSubscription {
