@@ -17,21 +17,37 @@
 //! # }
 //! ```
 //!
+//! The store, where a service keeps its saga state so that a restart loses nothing, is
+//! chosen by a URL too:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), choreo::OpenStoreError> {
+//! let store = choreo::open_store("memory://").await?; // or sqlite://data/payments.db
+//! assert_eq!(store.name(), "memory");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! See the README for a whole service, and `docs/` for the saga rules.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 //!
 //! # Feature flags
 //!
-//! The in-memory transport (`memory://`) is always compiled in. Broker transports come with
-//! their own features as they land; [`connect`] names the ones a build lacks.
+//! The in-memory transport (`memory://`) and store (`memory://`) are always compiled in.
+//! Brokers and databases come with their own features; [`connect`] and [`open_store`] name
+//! the ones a build lacks.
 //!
+//! - `sqlite` (default): `sqlite://PATH` stores, `choreo::sqlite`: the embedded durable
+//!   store, one file per service.
+//! - `postgres`: `postgres://` stores, `choreo::postgres`, on sqlx.
 //! - `kafka`: `kafka://` URLs, `choreo::kafka`, on rdkafka with a bundled librdkafka.
 //! - `rabbitmq`: `amqp://` URLs, `choreo::rabbitmq`, on lapin.
 //! - `otlp` (default): [`telemetry::init`], logs, traces and metrics set up from the standard
 //!   `OTEL_*` variables with OTLP/HTTP export. Without it, `choreo::telemetry` holds the span
 //!   attribute and metric names only, and any `tracing-opentelemetry` setup works.
-//! - `testkit`: `choreo::testkit`, brokers for tests through testcontainers and the transport
-//!   conformance suite.
+//! - `testkit`: `choreo::testkit`, brokers and databases for tests through testcontainers,
+//!   and the transport and store conformance suites.
 
 pub use choreo_core::*;
 
@@ -101,4 +117,69 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Transport>, ConnectError> {
         "amqp" | "amqps" => Ok(Arc::new(rabbitmq::RabbitMqTransport::connect(&url).await?)),
         _ => Err(url.unsupported(SUPPORTED_SCHEMES).into()),
     }
+}
+
+/// The store schemes this build can open.
+pub const SUPPORTED_STORE_SCHEMES: &[&str] = &[
+    "memory",
+    #[cfg(feature = "sqlite")]
+    "sqlite",
+    #[cfg(feature = "postgres")]
+    "postgres",
+    #[cfg(feature = "postgres")]
+    "postgresql",
+];
+
+/// The SQLite store: the embedded durable store, one file per service.
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite {
+    pub use choreo_sqlite::{
+        rusqlite, SqliteConfig, SqliteError, SqliteExt, SqliteStore, SqliteTransaction, Synchronous,
+    };
+}
+
+/// The PostgreSQL store: one database that several services, and several instances, share.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres {
+    pub use choreo_postgres::{
+        sqlx, PostgresConfig, PostgresExt, PostgresStore, PostgresTransaction,
+    };
+}
+
+/// Opens the store named by `url`: `memory://` (or `memory://NAME`: one in-process store
+/// per name, kept while the process lives), `sqlite://PATH` (the file is created if
+/// missing) with the `sqlite` feature, or `postgres://user:pass@host:port/db` with the
+/// `postgres` feature. The schema is created or migrated on open.
+///
+/// A bad URL, or one whose feature this build lacks, is a [`StoreUrlError`]; a database
+/// that cannot be opened or reached in time is an [`OpenStoreError::Open`] saying what was
+/// expected. Passwords never appear in errors.
+pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, OpenStoreError> {
+    let url = StoreUrl::parse(url)?;
+    match url.scheme() {
+        "memory" => Ok(shared_memory_store(url.rest())),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(sqlite::SqliteStore::open(&url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresStore::open(&url).await?)),
+        _ => Err(url.unsupported(SUPPORTED_STORE_SCHEMES).into()),
+    }
+}
+
+/// The process-wide memory store called `name`.
+fn shared_memory_store(name: &str) -> Arc<dyn Store> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+
+    static SHARED: OnceLock<Mutex<HashMap<String, Arc<MemoryStore>>>> = OnceLock::new();
+    let mut shared = SHARED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let store = shared
+        .entry(name.trim_end_matches('/').to_owned())
+        .or_default();
+    Arc::clone(store) as Arc<dyn Store>
 }

@@ -5,10 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
 use crate::deadline::Deadline;
+use crate::error::HandlerError;
 use crate::ids::{EventId, SagaId};
+use crate::store::{TransactionGuard, TransactionSlot};
 use crate::trace::TraceContext;
 
-/// The saga context of one handling: ids, deadline, trace and clock. Cheap to clone.
+/// The saga context of one handling: ids, deadline, trace, clock and the handling's store
+/// transaction. Cheap to clone.
 #[derive(Clone)]
 pub struct Context {
     inner: Arc<ContextInner>,
@@ -24,6 +27,7 @@ struct ContextInner {
     deadline: Deadline,
     trace: TraceContext,
     clock: Arc<dyn Clock>,
+    transaction: Arc<TransactionSlot>,
 }
 
 impl Context {
@@ -37,6 +41,7 @@ impl Context {
         deadline: Deadline,
         trace: TraceContext,
         clock: Arc<dyn Clock>,
+        transaction: Arc<TransactionSlot>,
     ) -> Self {
         Self {
             inner: Arc::new(ContextInner {
@@ -48,6 +53,7 @@ impl Context {
                 deadline,
                 trace,
                 clock,
+                transaction,
             }),
             attempt: 1,
         }
@@ -108,6 +114,24 @@ impl Context {
     /// Which attempt this is, from 1; above 1 after transient errors.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The handling's database transaction, begun on first use. What the handler writes in
+    /// it commits together with the handling's journal entry and inbox record, or not at all
+    /// (docs/stores.md). Store crates give it their own API: `cx.sqlite(..)` with the
+    /// `sqlite` feature, `cx.postgres()` with `postgres`.
+    ///
+    /// With a store that has no transactions (`memory://`) this is a permanent error. The
+    /// guard must be dropped before the handler returns; a failed attempt's writes are
+    /// rolled back before the next one.
+    pub async fn transaction(&self) -> Result<TransactionGuard, HandlerError> {
+        self.inner.transaction.guard().await.map_err(|error| {
+            if error.is_unsupported() {
+                HandlerError::permanent(error)
+            } else {
+                HandlerError::transient(error)
+            }
+        })
     }
 }
 

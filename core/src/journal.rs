@@ -1,15 +1,12 @@
-//! The journal: what one service did for each saga, so it can undo it (DESIGN §3, §4.3).
+//! The journal: what one service did for each saga, so it can undo it (docs/concepts.md,
+//! rule 3). A [`Store`](crate::Store) keeps it.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::deadline::Deadline;
 use crate::envelope::Envelope;
-use crate::error::BoxError;
 use crate::ids::{EventId, SagaId};
 
 /// Where a saga stands, as one service saw it.
@@ -75,6 +72,8 @@ pub struct StepRecord {
     pub output: Envelope,
     /// Whether the output was withheld because the deadline passed while the step ran.
     pub withheld: bool,
+    /// Whether the output was published (the journal is its outbox until then).
+    pub published: bool,
     /// Whether it was undone.
     pub compensation: CompensationState,
 }
@@ -93,10 +92,13 @@ pub struct SagaRecord {
     pub initiated_here: bool,
     /// Steps this service completed, oldest first.
     pub steps: Vec<StepRecord>,
-    /// Whether this service already published an abort for it.
+    /// Whether this service recorded an abort of its own for it (sent through its outbox).
     pub abort_published: bool,
     /// Whether this service acknowledged its compensation.
     pub compensation_acknowledged: bool,
+    /// The abort this service compensates for, once one arrived: what a restart resumes
+    /// unfinished compensations from.
+    pub abort: Option<Envelope>,
 }
 
 impl SagaRecord {
@@ -110,6 +112,7 @@ impl SagaRecord {
             steps: Vec::new(),
             abort_published: false,
             compensation_acknowledged: false,
+            abort: None,
         }
     }
 
@@ -118,65 +121,20 @@ impl SagaRecord {
         matches!(self.status, SagaStatus::Aborted { .. })
     }
 
-    /// The step that handled event `input`, if this service already ran it.
-    pub fn step_for(&self, input: EventId) -> Option<&StepRecord> {
-        self.steps.iter().find(|step| step.input == Some(input))
-    }
-}
-
-/// A journal store failure.
-#[derive(Debug, thiserror::Error)]
-#[error("store failed: {0}")]
-pub struct StoreError(#[source] pub BoxError);
-
-/// Per-service saga state. The runtime serialises access per saga, so implementations need
-/// only make each call atomic.
-#[async_trait]
-pub trait Journal: Send + Sync + 'static {
-    /// The record of `saga`, if any.
-    async fn load(&self, saga: SagaId) -> Result<Option<SagaRecord>, StoreError>;
-    /// Stores `record`, replacing the previous one.
-    async fn save(&self, record: &SagaRecord) -> Result<(), StoreError>;
-}
-
-/// A journal in process memory: lost on restart; the default.
-#[derive(Debug, Default)]
-pub struct MemoryJournal {
-    records: Mutex<HashMap<SagaId, SagaRecord>>,
-}
-
-impl MemoryJournal {
-    /// An empty journal.
-    pub fn new() -> Self {
-        Self::default()
+    /// Whether the saga is finished here: completed, or aborted and acknowledged.
+    pub fn is_finished(&self) -> bool {
+        match self.status {
+            SagaStatus::Active => false,
+            SagaStatus::Completed => true,
+            SagaStatus::Aborted { .. } => self.compensation_acknowledged,
+        }
     }
 
-    /// A copy of every record, for tests and inspection.
-    pub fn records(&self) -> Vec<SagaRecord> {
-        let records = self.lock();
-        records.values().cloned().collect()
-    }
-
-    /// A copy of the record of `saga`, for tests and inspection.
-    pub fn record(&self, saga: SagaId) -> Option<SagaRecord> {
-        self.lock().get(&saga).cloned()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SagaId, SagaRecord>> {
-        self.records
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-#[async_trait]
-impl Journal for MemoryJournal {
-    async fn load(&self, saga: SagaId) -> Result<Option<SagaRecord>, StoreError> {
-        Ok(self.record(saga))
-    }
-
-    async fn save(&self, record: &SagaRecord) -> Result<(), StoreError> {
-        self.lock().insert(record.saga_id, record.clone());
-        Ok(())
+    /// The trace context of the latest event this service recorded for the saga.
+    pub fn latest_trace(&self) -> crate::TraceContext {
+        self.steps
+            .last()
+            .map(|step| step.output.trace.clone())
+            .unwrap_or_default()
     }
 }

@@ -13,12 +13,12 @@ mod error;
 mod event;
 mod handler;
 mod ids;
-mod inbox;
 pub mod journal;
 mod retry;
 mod saga;
 mod saga_log;
 mod service;
+pub mod store;
 pub mod telemetry;
 mod trace;
 pub mod transport;
@@ -33,13 +33,17 @@ pub use crate::error::{BoxError, ErrorKind, HandlerError};
 pub use crate::event::{Emit, Event};
 pub use crate::handler::{Rejection, Step, StepHandler, StepResult};
 pub use crate::ids::{EventId, SagaId};
-pub use crate::inbox::{Inbox, MemoryInbox};
-pub use crate::journal::{AbortReason, Journal, MemoryJournal, SagaRecord, SagaStatus};
+pub use crate::journal::{AbortReason, SagaRecord, SagaStatus};
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::{Saga, SagaAborted, SagaCompensated};
 pub use crate::saga_log::{SagaLog, SagaOutcome};
 pub use crate::service::{
-    BuildError, RunningService, Service, ServiceBuilder, ServiceOptions, StartError,
+    BuildError, RunError, RunningService, SagaTransaction, Service, ServiceBuilder, ServiceOptions,
+    StartError,
+};
+pub use crate::store::{
+    MemoryStore, OpenStoreError, Store, StoreError, StoreTransaction, StoreUrl, StoreUrlError,
+    TransactionGuard,
 };
 pub use crate::trace::{InvalidTraceparent, TraceContext};
 pub use crate::transport::{Delivery, PublishError, Subscription, Transport, TransportError};

@@ -222,7 +222,7 @@ impl fmt::Debug for TransportUrl {
     }
 }
 
-fn decode(text: &str) -> String {
+pub(crate) fn decode(text: &str) -> String {
     percent_encoding::percent_decode_str(text)
         .decode_utf8_lossy()
         .into_owned()
@@ -239,7 +239,7 @@ fn is_secret(key: &str) -> bool {
 }
 
 /// Redacts the password of `input`, and secret query values, without needing it to parse.
-fn redact(input: &str) -> String {
+pub(crate) fn redact(input: &str) -> String {
     let mut out = String::with_capacity(input.len());
     let (head, query) = match input.split_once('?') {
         Some((head, query)) => (head, Some(query)),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::rules::Runtime;
+use super::runtime::Runtime;
 use crate::envelope::Envelope;
 use crate::ids::SagaId;
 use crate::transport::Delivery;
@@ -26,6 +26,8 @@ pub(super) enum Work {
     },
     /// The saga's deadline timer fell due.
     DeadlinePassed,
+    /// After a restart: the saga's compensation was left unfinished.
+    Resume,
 }
 
 /// The queue of work waiting behind the work being done, per saga, and the sagas ready for

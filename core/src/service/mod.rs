@@ -1,9 +1,18 @@
 //! A saga participant: its steps and compensations, and the runtime that applies the saga
-//! rules of DESIGN §4 to every event it receives.
+//! rules (docs/concepts.md) to every event it receives, one module per rule.
 
+mod abort;
+mod complete;
+mod deadline;
 mod dispatch;
+mod handling;
 mod options;
-mod rules;
+mod outbox;
+mod recovery;
+mod runtime;
+mod start;
+mod step;
+mod transaction;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -12,21 +21,20 @@ use std::sync::Arc;
 use opentelemetry::metrics::Meter;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::options::ServiceOptions;
-use self::rules::Runtime;
+use self::runtime::{Runtime, Tokens};
+pub use self::transaction::SagaTransaction;
 use crate::clock::{Clock, SystemClock};
 use crate::compensation::{erase_compensation, Compensation, ErasedCompensation};
 use crate::deadline::Deadline;
 use crate::event::Event;
 use crate::handler::{erase_step, ErasedStep, StepHandler};
 use crate::ids::SagaId;
-use crate::inbox::{Inbox, MemoryInbox};
-use crate::journal::{Journal, MemoryJournal, StoreError};
 use crate::saga::Saga;
-use crate::transport::{PublishError, Transport, TransportError};
+use crate::store::{MemoryStore, Store, StoreError};
+use crate::transport::{Transport, TransportError};
 
 /// A participant of one saga, built with [`Service::builder`] and started with
 /// [`Service::run`].
@@ -74,8 +82,7 @@ pub(crate) struct Definition {
     pub(crate) steps: HashMap<&'static str, Arc<dyn ErasedStep>>,
     pub(crate) compensations: HashMap<&'static str, Arc<dyn ErasedCompensation>>,
     pub(crate) initiates: HashSet<&'static str>,
-    pub(crate) journal: Arc<dyn Journal>,
-    pub(crate) inbox: Arc<dyn Inbox>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) options: ServiceOptions,
     pub(crate) meter: Option<Meter>,
@@ -108,8 +115,7 @@ impl Service {
                 steps: HashMap::new(),
                 compensations: HashMap::new(),
                 initiates: HashSet::new(),
-                journal: Arc::new(MemoryJournal::new()),
-                inbox: Arc::new(MemoryInbox::new()),
+                store: Arc::new(MemoryStore::new()),
                 clock: Arc::new(SystemClock),
                 options: ServiceOptions::default(),
                 meter: None,
@@ -124,35 +130,40 @@ impl Service {
         &self.definition.name
     }
 
-    /// Joins the saga's topic as consumer group `name` on `transport` and starts handling
-    /// events, and firing deadlines, in the background.
-    pub async fn run(
-        self,
-        transport: Arc<dyn Transport>,
-    ) -> Result<RunningService, TransportError> {
-        let topics = [self.definition.saga.topic().to_owned()];
-        let subscription = transport.subscribe(&self.definition.name, &topics).await?;
-        let stop = CancellationToken::new();
-        let kill = CancellationToken::new();
+    /// Picks up what the service's store kept (see [`ServiceBuilder::store`]), joins the
+    /// saga's topic as consumer group `name` on `transport`, and starts handling events,
+    /// firing deadlines and sending what the store holds unsent, in the background.
+    pub async fn run(self, transport: Arc<dyn Transport>) -> Result<RunningService, RunError> {
+        let definition = self.definition;
+        let recovery = definition.store.recover(&definition.name).await?;
+        if !definition.store.is_durable() && transport.name() != "memory" {
+            tracing::warn!(
+                service = %definition.name, store = definition.store.name(), transport = transport.name(),
+                "saga state is kept in process memory: it dies with the process, and another instance of this service cannot compensate this one's steps; open a durable store (sqlite://, postgres://) for these guarantees"
+            );
+        }
+        let topics = [definition.saga.topic().to_owned()];
+        let subscription = transport.subscribe(&definition.name, &topics).await?;
+        let tokens = Tokens::default();
         let tracker = TaskTracker::new();
-        let permits = Arc::new(Semaphore::new(self.definition.options.concurrency));
-        let runtime = Arc::new(Runtime::new(
-            self.definition,
-            transport,
-            stop.clone(),
-            kill.clone(),
-        ));
+        let permits = Arc::new(Semaphore::new(definition.options.concurrency));
+        let runtime = Arc::new(Runtime::new(definition, transport, tokens.clone()));
         for _ in 0..runtime.options().concurrency {
             tracker.spawn(Arc::clone(&runtime).work());
         }
-        let consumer = tokio::spawn(Arc::clone(&runtime).consume(subscription, permits));
-        let timers = tokio::spawn(Arc::clone(&runtime).fire_deadlines());
+        runtime.recover(recovery);
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&runtime).consume(subscription, permits)),
+            tokio::spawn(Arc::clone(&runtime).fire_deadlines()),
+            tokio::spawn(Arc::clone(&runtime).relay()),
+            tokio::spawn(Arc::clone(&runtime).mark_sent()),
+            tokio::spawn(Arc::clone(&runtime).purge()),
+        ];
         Ok(RunningService {
             runtime,
-            stop,
-            kill,
+            tokens,
             tracker,
-            tasks: vec![consumer, timers],
+            tasks,
         })
     }
 }
@@ -197,15 +208,11 @@ impl ServiceBuilder {
         self
     }
 
-    /// Where the service keeps its saga records; default: in memory.
-    pub fn journal(mut self, journal: Arc<dyn Journal>) -> Self {
-        self.definition.journal = journal;
-        self
-    }
-
-    /// Where the service keeps handled event ids; default: in memory.
-    pub fn inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
-        self.definition.inbox = inbox;
+    /// Where the service keeps its saga state (journal, inbox, outbox); default: a
+    /// [`MemoryStore`] of its own, lost with the process. Open one from a URL with
+    /// `choreo::open_store`.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.definition.store = store;
         self
     }
 
@@ -270,10 +277,21 @@ impl ServiceBuilder {
 /// [`shutdown`](Self::shutdown) to stop gracefully.
 pub struct RunningService {
     runtime: Arc<Runtime>,
-    stop: CancellationToken,
-    kill: CancellationToken,
+    tokens: Tokens,
     tracker: TaskTracker,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Its store could not give back what it kept.
+    #[error("cannot recover the service's saga state: {0}")]
+    Store(#[from] StoreError),
+    /// It could not join its consumer group.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
 }
 
 /// Why a saga could not be started.
@@ -297,13 +315,9 @@ pub enum StartError {
         #[source]
         source: serde_json::Error,
     },
-    /// The journal failed.
+    /// The store failed; the saga did not start.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The initiating event was not published. The saga is recorded here and will be
-    /// aborted, and its start compensated, at its deadline.
-    #[error(transparent)]
-    Publish(#[from] PublishError),
 }
 
 impl RunningService {
@@ -312,11 +326,13 @@ impl RunningService {
         self.runtime.name()
     }
 
-    /// Starts a saga with `event` and the saga's default timeout.
+    /// Starts a saga with `event` and the saga's default timeout: records it in the store,
+    /// then publishes it. Once this returns the saga is started; if the broker cannot take
+    /// the event now, it is published when it can (also after a restart).
     pub async fn start_saga<E: Event>(&self, event: E) -> Result<SagaId, StartError> {
         let now = self.runtime.now();
         let deadline = Deadline::after(now, self.runtime.saga().default_timeout());
-        self.runtime.start(event, now, deadline).await
+        self.start(event, now, deadline).await
     }
 
     /// Starts a saga with `event` that must finish by `deadline`.
@@ -325,19 +341,32 @@ impl RunningService {
         event: E,
         deadline: Deadline,
     ) -> Result<SagaId, StartError> {
-        self.runtime
-            .start(event, self.runtime.now(), deadline)
-            .await
+        self.start(event, self.runtime.now(), deadline).await
+    }
+
+    async fn start<E: Event>(
+        &self,
+        event: E,
+        now: std::time::SystemTime,
+        deadline: Deadline,
+    ) -> Result<SagaId, StartError> {
+        let (saga, handling) = self.runtime.start(event, now, deadline)?;
+        self.runtime.commit_start(handling).await?;
+        Ok(saga)
+    }
+
+    /// A transaction on the service's store in which the caller writes its own data and
+    /// starts sagas: they are recorded with its writes and published if, and only if, it
+    /// commits (see [`SagaTransaction`]).
+    pub fn begin(&self) -> SagaTransaction {
+        SagaTransaction::new(Arc::clone(&self.runtime))
     }
 
     /// Stops gracefully: takes no new events, finishes the ones being handled (up to
     /// [`ServiceOptions::shutdown_timeout`]) and leaves every unfinished event unacknowledged,
     /// for redelivery.
     pub async fn shutdown(mut self) {
-        self.stop.cancel();
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
-        }
+        self.tokens.stop.cancel();
         self.tracker.close();
         let timeout = self.runtime.options().shutdown_timeout;
         if tokio::time::timeout(timeout, self.tracker.wait())
@@ -345,7 +374,12 @@ impl RunningService {
             .is_err()
         {
             tracing::warn!(service = %self.name(), ?timeout, "shutdown timed out; abandoning in-flight work unacknowledged");
-            self.kill.cancel();
+            self.tokens.kill.cancel();
+        }
+        // The workers are done: what they sent last is marked sent before the tasks end.
+        self.tokens.drained.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
         }
     }
 
@@ -357,8 +391,8 @@ impl RunningService {
 
 impl Drop for RunningService {
     fn drop(&mut self) {
-        self.stop.cancel();
-        self.kill.cancel();
+        self.tokens.stop.cancel();
+        self.tokens.kill.cancel();
         for task in &self.tasks {
             task.abort();
         }

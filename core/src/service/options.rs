@@ -23,6 +23,11 @@ pub struct ServiceOptions {
     pub redelivery_delay: Duration,
     /// How long [`shutdown`](crate::RunningService::shutdown) waits for in-flight work.
     pub shutdown_timeout: Duration,
+    /// How long after its deadline a finished saga's records and inbox ids are kept. An
+    /// event of a saga past its deadline by more than this is ignored (docs/stores.md).
+    pub retention: Duration,
+    /// How often records past the retention are purged.
+    pub purge_interval: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -34,6 +39,8 @@ impl Default for ServiceOptions {
             deadline_grace: Duration::from_secs(1),
             redelivery_delay: Duration::from_millis(200),
             shutdown_timeout: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3_600),
+            purge_interval: Duration::from_secs(60),
         }
     }
 }
@@ -72,6 +79,18 @@ impl ServiceOptions {
     /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Sets [`retention`](Self::retention).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sets [`purge_interval`](Self::purge_interval) (at least a millisecond).
+    pub fn purge_interval(mut self, interval: Duration) -> Self {
+        self.purge_interval = interval.max(Duration::from_millis(1));
         self
     }
 }

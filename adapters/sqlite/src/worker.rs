@@ -1,0 +1,419 @@
+//! The store's one connection and the work queued for it.
+//!
+//! Writes are queued; a blocking task drains the queue while it is not empty, so that the
+//! writes of every request that arrived meanwhile commit as one SQLite transaction (a group
+//! commit), each in a savepoint of its own so that one that fails fails alone. A handler's
+//! transaction holds the writing connection for itself: while it is open, other requests'
+//! writes wait. Draining on tokio's blocking pool also keeps paused-time tests honest: tokio
+//! does not auto-advance a paused clock while a blocking task runs.
+//!
+//! Reads (a saga's record before its handling, recovery) take microseconds and run at once
+//! on a second connection, on the thread that asks: the write-ahead log lets it read what
+//! was committed while the writer writes. The one slow operation of all, checkpointing the
+//! log into the database file, runs on a thread of the store's own.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use choreo_core::store::{Commit, Purged, Sent};
+use choreo_core::StoreError;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::schema;
+
+/// A piece of user work on the connection, inside a handler's transaction; given `None`
+/// when that transaction is no longer open. It answers its caller itself.
+pub(crate) type Job = Box<dyn FnOnce(Option<&Connection>) + Send>;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// What can be asked of the connection.
+pub(crate) enum Request {
+    /// Applies `commits`; they are handed back once committed.
+    Commit {
+        commits: Vec<Commit>,
+        reply: Reply<Vec<Commit>>,
+    },
+    MarkSent {
+        service: String,
+        sent: Vec<Sent>,
+        reply: Reply<()>,
+    },
+    Purge {
+        service: String,
+        before: SystemTime,
+        reply: Reply<Purged>,
+    },
+    /// Opens handler transaction `id`, once the connection is free of others.
+    Begin { id: u64, reply: Reply<()> },
+    /// Runs user work inside transaction `id`; the job replies itself.
+    Run { id: u64, job: Job },
+    /// Applies `commits` inside transaction `id` and commits it.
+    CommitIn {
+        id: u64,
+        commits: Vec<Commit>,
+        reply: Reply<Vec<Commit>>,
+    },
+    /// Rolls transaction `id` back.
+    Rollback { id: u64, reply: Option<Reply<()>> },
+}
+
+impl Request {
+    /// Whether it writes outside a handler's transaction, and so waits while one is open.
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Self::Commit { .. } | Self::MarkSent { .. } | Self::Purge { .. } | Self::Begin { .. }
+        )
+    }
+}
+
+/// The connection and what only the draining task touches.
+struct Database {
+    conn: Connection,
+    /// The handler transaction holding the connection, if any.
+    exclusive: Option<u64>,
+    /// Writes waiting for it to end.
+    deferred: VecDeque<Request>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Request>,
+    draining: bool,
+}
+
+/// The connections of one store and its queue; shared by the store and its transactions.
+pub(crate) struct Worker {
+    database: Mutex<Database>,
+    reader: Mutex<Connection>,
+    queue: Mutex<Queue>,
+}
+
+impl Worker {
+    pub(crate) fn new(writer: Connection, reader: Connection) -> Arc<Self> {
+        Arc::new(Self {
+            database: Mutex::new(Database {
+                conn: writer,
+                exclusive: None,
+                deferred: VecDeque::new(),
+            }),
+            reader: Mutex::new(reader),
+            queue: Mutex::default(),
+        })
+    }
+
+    /// Runs `read` on the reading connection, now, on this thread.
+    pub(crate) fn read<T>(&self, read: impl FnOnce(&Connection) -> T) -> T {
+        read(&lock(&self.reader))
+    }
+
+    /// Queues `request`, and starts draining if nobody is.
+    pub(crate) fn submit(self: &Arc<Self>, request: Request) {
+        let mut queue = lock(&self.queue);
+        queue.pending.push_back(request);
+        if queue.draining {
+            return;
+        }
+        queue.draining = true;
+        drop(queue);
+        let worker = Arc::clone(self);
+        let drain = move || worker.drain();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(drain)),
+            // E.g. a transaction dropped outside any runtime: its rollback still happens.
+            Err(_) => drop(std::thread::spawn(drain)),
+        }
+    }
+
+    /// Asks `make`'s request and waits for its answer.
+    pub(crate) async fn ask<T>(
+        self: &Arc<Self>,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(make(reply));
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::new("the SQLite store's worker stopped")))
+    }
+
+    fn drain(&self) {
+        loop {
+            let batch: VecDeque<Request> = {
+                let mut queue = lock(&self.queue);
+                if queue.pending.is_empty() {
+                    queue.draining = false;
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+
+            let mut database = lock(&self.database);
+            // A panic must not leave the queue without a drainer, nor the connection inside a
+            // transaction nobody will end.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| database.process(batch)));
+            if result.is_err() {
+                tracing::error!(
+                    "the SQLite store's worker caught a panic; the requests of that batch failed"
+                );
+                if !database.conn.is_autocommit() {
+                    let _ = database.conn.execute_batch("ROLLBACK");
+                }
+                database.exclusive = None;
+                let waiting = std::mem::take(&mut database.deferred);
+                let mut queue = lock(&self.queue);
+                for request in waiting.into_iter().rev() {
+                    queue.pending.push_front(request);
+                }
+            }
+        }
+    }
+}
+
+impl Database {
+    /// Works through `batch`; writes outside a handler's transaction commit as one group.
+    fn process(&mut self, mut batch: VecDeque<Request>) {
+        let mut group = Group::default();
+        while let Some(request) = batch.pop_front() {
+            if let Some(owner) = self.exclusive {
+                if request.writes() {
+                    self.deferred.push_back(request);
+                    continue;
+                }
+                if let Some(ended) = self.in_transaction(owner, request) {
+                    debug_assert_eq!(ended, owner);
+                    self.exclusive = None;
+                    // What waited goes first now.
+                    while let Some(waiting) = self.deferred.pop_back() {
+                        batch.push_front(waiting);
+                    }
+                }
+                continue;
+            }
+            match request {
+                Request::Commit { commits, reply } => {
+                    group.writes.push(Write::Commit { commits, reply })
+                }
+                Request::MarkSent {
+                    service,
+                    sent,
+                    reply,
+                } => group.writes.push(Write::MarkSent {
+                    service,
+                    sent,
+                    reply,
+                }),
+                Request::Purge {
+                    service,
+                    before,
+                    reply,
+                } => group.writes.push(Write::Purge {
+                    service,
+                    before,
+                    reply,
+                }),
+                Request::Begin { id, reply } => {
+                    group.finish(&self.conn);
+                    let begun = self
+                        .conn
+                        .execute_batch("BEGIN IMMEDIATE")
+                        .map_err(store_error);
+                    if begun.is_ok() {
+                        self.exclusive = Some(id);
+                    }
+                    let _ = reply.send(begun);
+                }
+                // Its transaction is no longer open: never run user work outside one.
+                Request::Run { job, .. } => job(None),
+                Request::CommitIn { reply, .. } => {
+                    let _ = reply.send(Err(StoreError::new(
+                        "the handler's transaction is no longer open",
+                    )));
+                }
+                Request::Rollback { reply, .. } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+        }
+        group.finish(&self.conn);
+    }
+
+    /// Serves `request` while handler transaction `owner` holds the connection; returns
+    /// the transaction's id once it ended.
+    fn in_transaction(&mut self, owner: u64, request: Request) -> Option<u64> {
+        match request {
+            Request::Run { id, job } if id == owner => {
+                job(Some(&self.conn));
+                None
+            }
+            Request::CommitIn { id, commits, reply } if id == owner => {
+                let applied = commits
+                    .iter()
+                    .try_for_each(|commit| schema::apply(&self.conn, commit))
+                    .and_then(|()| self.conn.execute_batch("COMMIT"));
+                if applied.is_err() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                let _ = reply.send(applied.map(|()| commits).map_err(store_error));
+                Some(owner)
+            }
+            Request::Rollback { id, reply } if id == owner => {
+                let rolled_back = self.conn.execute_batch("ROLLBACK").map_err(store_error);
+                if let Some(reply) = reply {
+                    let _ = reply.send(rolled_back);
+                }
+                Some(owner)
+            }
+            // Another transaction's work, which cannot be open: answered as such.
+            Request::Run { job, .. } => {
+                job(None);
+                None
+            }
+            Request::CommitIn { reply, .. } => {
+                let _ = reply.send(Err(StoreError::new(
+                    "the handler's transaction is no longer open",
+                )));
+                None
+            }
+            Request::Rollback { reply, .. } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+                None
+            }
+            writes => {
+                self.deferred.push_back(writes);
+                None
+            }
+        }
+    }
+}
+
+/// One request's writes, applied with the others of its drain.
+enum Write {
+    Commit {
+        commits: Vec<Commit>,
+        reply: Reply<Vec<Commit>>,
+    },
+    MarkSent {
+        service: String,
+        sent: Vec<Sent>,
+        reply: Reply<()>,
+    },
+    Purge {
+        service: String,
+        before: SystemTime,
+        reply: Reply<Purged>,
+    },
+}
+
+impl Write {
+    /// Applies the write inside the caller's transaction; a purge says what it deleted.
+    fn apply(&self, conn: &Connection) -> rusqlite::Result<Option<Purged>> {
+        match self {
+            Self::Commit { commits, .. } => commits
+                .iter()
+                .try_for_each(|commit| schema::apply(conn, commit))
+                .map(|()| None),
+            Self::MarkSent { service, sent, .. } => {
+                schema::mark_sent(conn, service, sent).map(|()| None)
+            }
+            Self::Purge {
+                service, before, ..
+            } => schema::purge(conn, service, *before).map(Some),
+        }
+    }
+
+    /// Answers the request: `applied` once its transaction committed, or why not.
+    fn answer(self, applied: Result<Option<Purged>, StoreError>) {
+        let _ = match self {
+            Self::Commit { commits, reply } => reply.send(applied.map(|_| commits)).is_ok(),
+            Self::MarkSent { reply, .. } => reply.send(applied.map(|_| ())).is_ok(),
+            Self::Purge { reply, .. } => reply.send(applied.map(Option::unwrap_or_default)).is_ok(),
+        };
+    }
+}
+
+/// The writes of one drain: committed as one transaction. Should one of them fail, the
+/// group is rolled back and each write applied again in a transaction of its own, so that
+/// only the failing one fails.
+#[derive(Default)]
+struct Group {
+    writes: Vec<Write>,
+}
+
+impl Group {
+    /// Commits the group and answers its requests.
+    fn finish(&mut self, conn: &Connection) {
+        let writes = std::mem::take(&mut self.writes);
+        if writes.is_empty() {
+            return;
+        }
+        if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let error = error.to_string();
+            for write in writes {
+                write.answer(Err(StoreError::new(format!(
+                    "cannot begin a transaction: {error}"
+                ))));
+            }
+            return;
+        }
+        let mut values = Vec::with_capacity(writes.len());
+        for write in &writes {
+            match write.apply(conn) {
+                Ok(value) => values.push(value),
+                Err(_) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    for write in writes {
+                        alone(conn, write);
+                    }
+                    return;
+                }
+            }
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for (write, value) in writes.into_iter().zip(values) {
+                    write.answer(Ok(value));
+                }
+            }
+            Err(error) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                let error = error.to_string();
+                for write in writes {
+                    write.answer(Err(StoreError::new(format!("commit failed: {error}"))));
+                }
+            }
+        }
+    }
+}
+
+/// Applies `write` in a transaction of its own, and answers it.
+fn alone(conn: &Connection, write: Write) {
+    let applied = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        let applied = write.apply(conn);
+        match &applied {
+            Ok(_) => conn.execute_batch("COMMIT")?,
+            Err(_) => conn.execute_batch("ROLLBACK")?,
+        }
+        applied
+    });
+    if applied.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    write.answer(applied.map_err(store_error));
+}
+
+fn store_error(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::new(error)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,98 @@
+//! Rule 1: a saga starts with a new id and deadline, recorded as the initiator's first step
+//! (so its compensation runs if the saga aborts) and published once recorded.
+
+use std::time::SystemTime;
+
+use tracing::info;
+
+use super::handling::Handling;
+use super::runtime::Runtime;
+use super::StartError;
+use crate::deadline::Deadline;
+use crate::envelope::SagaKind;
+use crate::event::Event;
+use crate::ids::SagaId;
+use crate::journal::{CompensationState, SagaRecord, StepRecord};
+use crate::store::{Outgoing, OutgoingKind};
+use crate::telemetry;
+use crate::trace::TraceContext;
+
+impl Runtime {
+    /// The handling that starts a saga with `event`, not yet committed.
+    pub(super) fn start<E: Event>(
+        &self,
+        event: E,
+        now: SystemTime,
+        deadline: Deadline,
+    ) -> Result<(SagaId, Handling), StartError> {
+        if !self.definition().initiates.contains(E::TYPE) {
+            return Err(StartError::NotInitiator {
+                service: self.name().to_owned(),
+                event_type: E::TYPE,
+            });
+        }
+        let data =
+            serde_json::value::to_raw_value(&event).map_err(|source| StartError::Serialize {
+                event_type: E::TYPE,
+                source,
+            })?;
+        let saga_id = SagaId::new();
+        let mut start = self.envelope(
+            saga_id,
+            deadline,
+            None,
+            TraceContext::new_root(),
+            E::TYPE,
+            SagaKind::Start,
+            data,
+        );
+        start.time = now;
+        let span = telemetry::start_span(
+            self.name(),
+            &**self.transport(),
+            self.saga().topic(),
+            &start,
+        );
+        telemetry::stamp(&span, &mut start);
+        let mut record = SagaRecord::new(saga_id, deadline);
+        record.initiated_here = true;
+        record.steps.push(StepRecord {
+            input: None,
+            output: start.clone(),
+            withheld: false,
+            published: false,
+            compensation: CompensationState::Pending,
+        });
+        info!(parent: &span, service = %self.name(), %saga_id, event_type = E::TYPE, %deadline, "saga started");
+        let mut handling = Handling::start(record);
+        handling.send(
+            Outgoing {
+                envelope: start,
+                kind: OutgoingKind::Step { position: 0 },
+            },
+            span,
+        );
+        Ok((saga_id, handling))
+    }
+
+    /// Commits a start and publishes it: the saga is started from here on, even if the
+    /// broker takes the event only later.
+    pub(super) async fn commit_start(&self, mut handling: Handling) -> Result<(), StartError> {
+        self.commit(&mut handling)
+            .await
+            .map_err(|error| match error {
+                super::runtime::Infrastructure::Store(error) => StartError::Store(error),
+                other => StartError::Store(crate::store::StoreError::new(other)),
+            })?;
+        self.started(&handling);
+        Ok(())
+    }
+
+    /// What follows a committed start: its timer and its count.
+    pub(super) fn started(&self, handling: &Handling) {
+        if let Some(record) = handling.record() {
+            self.arm_timer(record);
+        }
+        self.metrics.saga_started();
+    }
+}

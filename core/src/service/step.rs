@@ -1,0 +1,139 @@
+//! Rules 3, 4, 6 and 8 for a step event: run the step unless the saga is aborted or out of
+//! time, record it with the event it emits, and abort the saga on a rejection or a failure.
+
+use std::sync::Arc;
+
+use tracing::{error, info, warn, Span};
+
+use super::handling::Handling;
+use super::runtime::{Failure, Infrastructure, Runtime, Settle};
+use crate::envelope::{Envelope, SagaKind};
+use crate::handler::{ErasedStep, Rejection, StepOutcome};
+use crate::journal::{AbortReason, CompensationState, SagaStatus, StepRecord};
+use crate::store::{Outgoing, OutgoingKind};
+use crate::telemetry::{DeadLetterReason, HandlerLabel, StepResultLabel};
+
+impl Runtime {
+    pub(super) async fn on_step(
+        &self,
+        envelope: &Envelope,
+        step: &Arc<dyn ErasedStep>,
+        handling: &mut Handling,
+    ) -> Result<Settle, Infrastructure> {
+        let record = handling.record_for(envelope);
+        if record.is_aborted() {
+            info!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, "step skipped: the saga was aborted");
+            return Ok(Settle::Ack);
+        }
+        if envelope.deadline.has_passed(self.now()) {
+            info!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, "step not started: the saga's deadline passed");
+            self.arm_timer(record);
+            handling.mark_handled(envelope);
+            return Ok(Settle::Ack);
+        }
+
+        let transaction = self.transaction_slot();
+        let cx = self.context(envelope, &transaction);
+        let began = self.now();
+        let outcome = self
+            .retry(
+                HandlerLabel::Step,
+                &self.options().step_retry,
+                Some(envelope.deadline),
+                &transaction,
+                |attempt| step.call(&envelope.data, cx.with_attempt(attempt)),
+            )
+            .await;
+        let result = match &outcome {
+            Ok(StepOutcome::Done(_)) => StepResultLabel::Done,
+            Ok(StepOutcome::Reject(_)) => StepResultLabel::Rejected,
+            Err(Failure::GaveUp(_)) => StepResultLabel::Failed,
+            Err(Failure::OutOfTime(_)) => StepResultLabel::TimedOut,
+        };
+        self.metrics.step_finished(
+            &envelope.event_type,
+            result,
+            self.now().duration_since(began).unwrap_or_default(),
+        );
+        handling.mark_handled(envelope);
+        // A step that did its work, or refused it, commits what it wrote with the handling.
+        if outcome.is_ok() {
+            handling.join(transaction.take().await);
+        }
+        match outcome {
+            Ok(StepOutcome::Done(None)) => {}
+            Ok(StepOutcome::Done(Some(data))) => {
+                let output_type = step.output_type().unwrap_or_default();
+                let kind = if self.saga().is_terminal(output_type) {
+                    SagaKind::Complete
+                } else {
+                    SagaKind::Step
+                };
+                let mut output = self.caused_by(envelope, output_type, kind, data);
+                let withheld = envelope.deadline.has_passed(self.now());
+                let span = if withheld {
+                    Span::none()
+                } else {
+                    self.stamped_send_span(&mut output)
+                };
+                let Some(record) = handling.record_mut() else {
+                    unreachable!("made above")
+                };
+                let position = record.steps.len();
+                record.steps.push(StepRecord {
+                    input: Some(envelope.id),
+                    output: output.clone(),
+                    withheld,
+                    published: false,
+                    compensation: CompensationState::Pending,
+                });
+                if withheld {
+                    warn!(service = %self.name(), saga_id = %envelope.saga_id, event_type = output_type, "step finished past the deadline; its event is withheld and it will be compensated");
+                    self.arm_timer(record);
+                    return Ok(Settle::Ack);
+                }
+                if record.status == SagaStatus::Active
+                    && self.definition().compensations.contains_key(output_type)
+                {
+                    self.arm_timer(record);
+                }
+                handling.send(
+                    Outgoing {
+                        envelope: output,
+                        kind: OutgoingKind::Step { position },
+                    },
+                    span,
+                );
+            }
+            Ok(StepOutcome::Reject(Rejection { reason })) => {
+                info!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "step rejected; aborting the saga");
+                self.record_abort(handling, Some(envelope), AbortReason::Rejected, reason)?;
+            }
+            Err(Failure::GaveUp(error)) => {
+                let reason = format!("step for `{}` failed: {error}", envelope.event_type);
+                error!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "dead-lettering the event and aborting the saga");
+                self.metrics.dead_lettered(DeadLetterReason::StepFailed);
+                self.record_abort(
+                    handling,
+                    Some(envelope),
+                    AbortReason::DeadLettered,
+                    reason.clone(),
+                )?;
+                handling.send(
+                    Outgoing {
+                        envelope: envelope.clone(),
+                        kind: OutgoingKind::DeadLetter { reason },
+                    },
+                    Span::none(),
+                );
+            }
+            Err(Failure::OutOfTime(error)) => {
+                warn!(service = %self.name(), saga_id = %envelope.saga_id, %error, "deadline passed while retrying; the saga times out");
+                if let Some(record) = handling.record() {
+                    self.arm_timer(record);
+                }
+            }
+        }
+        Ok(Settle::Ack)
+    }
+}

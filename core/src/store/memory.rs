@@ -1,0 +1,231 @@
+//! The in-memory store: the default, lost when the process ends.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use super::{
+    ActiveSaga, Commit, JournalChange, Loaded, Outgoing, OutgoingKind, Purged, Recovery, Sent,
+    SentKind, Store, StoreError, StoreTransaction,
+};
+use crate::deadline::Deadline;
+use crate::ids::{EventId, SagaId};
+use crate::journal::{SagaRecord, SagaStatus};
+
+/// Saga state in process memory, per service: what `memory://` opens.
+///
+/// Nothing survives the process, and a second instance of a service cannot see the first
+/// one's sagas; it has no database transaction for handlers to write in. For tests and for
+/// services whose sagas may be lost with them.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    services: Mutex<HashMap<String, ServiceState>>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceState {
+    records: HashMap<SagaId, SagaRecord>,
+    inbox: HashMap<EventId, Deadline>,
+    /// Runtime events and dead letters not yet sent, in the order they were recorded.
+    outbox: Vec<Outgoing>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A copy of `service`'s record of `saga`, for tests and inspection.
+    pub fn record(&self, service: &str, saga: SagaId) -> Option<SagaRecord> {
+        self.lock()
+            .get(service)
+            .and_then(|state| state.records.get(&saga))
+            .cloned()
+    }
+
+    /// A copy of every record `service` keeps, for tests and inspection.
+    pub fn records(&self, service: &str) -> Vec<SagaRecord> {
+        self.lock()
+            .get(service)
+            .map(|state| state.records.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many handled event ids `service`'s inbox holds.
+    pub fn inbox_len(&self, service: &str) -> usize {
+        self.lock()
+            .get(service)
+            .map_or(0, |state| state.inbox.len())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, ServiceState>> {
+        self.services.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn is_durable(&self) -> bool {
+        false
+    }
+
+    async fn load(
+        &self,
+        service: &str,
+        saga: SagaId,
+        event: Option<EventId>,
+    ) -> Result<Loaded, StoreError> {
+        let services = self.lock();
+        let state = services.get(service);
+        Ok(Loaded {
+            record: state.and_then(|state| state.records.get(&saga)).cloned(),
+            handled: event
+                .is_some_and(|event| state.is_some_and(|state| state.inbox.contains_key(&event))),
+        })
+    }
+
+    async fn begin(&self) -> Result<Box<dyn StoreTransaction>, StoreError> {
+        Err(StoreError::unsupported(
+            "the memory store has no database transaction; open the service's store from a \
+             `sqlite://` or `postgres://` URL to write business data in the handling's transaction",
+        ))
+    }
+
+    async fn commit(
+        &self,
+        commits: Vec<Commit>,
+        transaction: Option<Box<dyn StoreTransaction>>,
+    ) -> Result<(), StoreError> {
+        if transaction.is_some() {
+            return Err(StoreError::unsupported(
+                "the memory store cannot commit a transaction it did not begin",
+            ));
+        }
+        let mut services = self.lock();
+        // Checked first, so that a commit that cannot apply in full applies not at all.
+        let mut creating = std::collections::HashSet::new();
+        for commit in &commits {
+            let created = commit
+                .changes
+                .iter()
+                .any(|change| matches!(change, JournalChange::Created(_)));
+            let exists = services
+                .get(&commit.service)
+                .is_some_and(|state| state.records.contains_key(&commit.saga_id));
+            if created && (exists || !creating.insert((&commit.service, commit.saga_id))) {
+                return Err(StoreError::new(format!(
+                    "service `{}` already has a record of saga {}",
+                    commit.service, commit.saga_id
+                )));
+            }
+        }
+        for commit in commits {
+            apply(services.entry(commit.service.clone()).or_default(), commit);
+        }
+        Ok(())
+    }
+
+    async fn mark_sent(&self, service: &str, sent: &[Sent]) -> Result<(), StoreError> {
+        let mut services = self.lock();
+        let Some(state) = services.get_mut(service) else {
+            return Ok(());
+        };
+        for sent in sent {
+            match sent.kind {
+                SentKind::Step { position } => {
+                    if let Some(step) = state
+                        .records
+                        .get_mut(&sent.saga_id)
+                        .and_then(|record| record.steps.get_mut(position))
+                    {
+                        step.published = true;
+                    }
+                }
+                SentKind::Event | SentKind::DeadLetter => {
+                    state.outbox.retain(|outgoing| outgoing.sent() != *sent);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover(&self, service: &str) -> Result<Recovery, StoreError> {
+        let services = self.lock();
+        let Some(state) = services.get(service) else {
+            return Ok(Recovery::default());
+        };
+        let mut recovery = Recovery::default();
+        for record in state.records.values() {
+            match record.status {
+                SagaStatus::Active if !record.abort_published => {
+                    recovery.timers.push(ActiveSaga {
+                        saga_id: record.saga_id,
+                        deadline: record.deadline,
+                        initiated_here: record.initiated_here,
+                    });
+                }
+                SagaStatus::Aborted { .. } if !record.compensation_acknowledged => {
+                    recovery.unfinished.push(record.saga_id);
+                }
+                _ => {}
+            }
+            for (position, step) in record.steps.iter().enumerate() {
+                if !step.published && !step.withheld {
+                    recovery.unsent.push(Outgoing {
+                        envelope: step.output.clone(),
+                        kind: OutgoingKind::Step { position },
+                    });
+                }
+            }
+        }
+        recovery.unsent.extend(state.outbox.iter().cloned());
+        Ok(recovery)
+    }
+
+    async fn purge(&self, service: &str, before: SystemTime) -> Result<Purged, StoreError> {
+        let mut services = self.lock();
+        let Some(state) = services.get_mut(service) else {
+            return Ok(Purged::default());
+        };
+        let (sagas, handled) = (state.records.len(), state.inbox.len());
+        state
+            .records
+            .retain(|_, record| !(record.is_finished() && record.deadline.instant() < before));
+        state
+            .inbox
+            .retain(|_, deadline| deadline.instant() >= before);
+        Ok(Purged {
+            sagas: (sagas - state.records.len()) as u64,
+            handled: (handled - state.inbox.len()) as u64,
+        })
+    }
+}
+
+/// Applies one handling's changes to what `state` holds.
+fn apply(state: &mut ServiceState, commit: Commit) {
+    for change in &commit.changes {
+        match change {
+            JournalChange::Created(header) => {
+                state
+                    .records
+                    .insert(commit.saga_id, SagaRecord::from_header(header.clone()));
+            }
+            change => {
+                if let Some(record) = state.records.get_mut(&commit.saga_id) {
+                    record.apply(change);
+                }
+            }
+        }
+    }
+    if let Some(handled) = commit.handled {
+        state.inbox.insert(handled.event_id, handled.deadline);
+    }
+    state.outbox.extend(commit.outbox);
+}

@@ -1,0 +1,661 @@
+//! The store conformance suite: what every choreo store must do, written once and run
+//! against each (memory, SQLite, PostgreSQL), like the transport suite.
+//!
+//! Implement [`StoreSubject`] for the store under test and expand
+//! [`store_conformance_tests!`](crate::store_conformance_tests) in a test file; every check
+//! becomes one test:
+//!
+//! ```text
+//! async fn memory() -> MemorySubject { MemorySubject::default() }
+//! choreo_testkit::store_conformance_tests!(memory);
+//! ```
+//!
+//! Every check works under service names of its own, so checks may share one database.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use choreo_core::journal::{AbortReason, CompensationState, SagaRecord, SagaStatus, StepRecord};
+use choreo_core::store::{
+    ActiveSaga, Commit, Handled, JournalChange, Outgoing, OutgoingKind, Purged, Recovery, Snapshot,
+};
+use choreo_core::{
+    Deadline, Envelope, EventId, SagaId, SagaKind, Store, StoreTransaction, TraceContext,
+};
+use serde_json::value::RawValue;
+
+/// The store under test, and what the checks need around it.
+#[async_trait]
+pub trait StoreSubject: Send + Sync {
+    /// The store. Every call reaches the same data: a store opened again holds what an
+    /// earlier one committed, if the store is durable.
+    async fn open(&self) -> Arc<dyn Store>;
+
+    /// Writes a business row named `key` in `transaction`, which the store began. Not
+    /// called for stores without transactions.
+    async fn write(&self, transaction: &mut Box<dyn StoreTransaction>, key: &str);
+
+    /// Whether a committed business row named `key` exists.
+    async fn written(&self, store: &Arc<dyn Store>, key: &str) -> bool;
+}
+
+/// Expands to one `#[tokio::test]` per store conformance check, each against the subject
+/// the async fn `$subject` returns.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($subject:path) => {
+        $crate::store_conformance_tests!(@each $subject;
+            a_committed_record_loads_back_with_every_field,
+            changes_touch_only_what_they_name,
+            the_inbox_remembers_handled_events_per_service,
+            services_sharing_a_store_keep_their_own_records,
+            a_failed_commit_applies_nothing,
+            a_transaction_commits_business_writes_with_the_handling_or_not_at_all,
+            recovery_finds_timers_unfinished_compensations_and_unsent_events,
+            events_marked_sent_are_not_recovered,
+            purge_deletes_finished_sagas_and_old_inbox_ids_only,
+            committed_state_survives_reopening,
+            concurrent_commits_of_many_sagas_all_land,
+        );
+    };
+    (@each $subject:path; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let subject = $subject().await;
+                $crate::store_conformance::$check(&subject).await;
+            }
+        )*
+    };
+}
+
+fn fresh_service() -> String {
+    format!("conformance-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A whole second, so that every store keeps it exactly; plus nanoseconds to check they
+/// round-trip too.
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(1_800_000_000, 123_456_789)
+}
+
+fn envelope(saga: SagaId, event_type: &str, kind: SagaKind) -> Envelope {
+    Envelope {
+        id: EventId::new(),
+        source: "conformance".into(),
+        event_type: event_type.into(),
+        time: now(),
+        saga_id: saga,
+        causation_id: Some(EventId::new()),
+        deadline: Deadline::after(now(), Duration::from_secs(30)),
+        kind,
+        trace: TraceContext::new_root(),
+        data: RawValue::from_string(r#"{"order_id":7,"note":"ünïcode \"quoted\""}"#.to_owned())
+            .unwrap_or_else(|_| unreachable!("valid JSON")),
+    }
+}
+
+fn step(saga: SagaId, event_type: &str) -> StepRecord {
+    StepRecord {
+        input: Some(EventId::new()),
+        output: envelope(saga, event_type, SagaKind::Step),
+        withheld: false,
+        published: false,
+        compensation: CompensationState::Pending,
+    }
+}
+
+/// A record with a start and a step, as an initiator that did two steps holds it.
+fn record(saga: SagaId) -> SagaRecord {
+    let mut record = SagaRecord::new(saga, Deadline::after(now(), Duration::from_secs(30)));
+    record.initiated_here = true;
+    record.steps.push(StepRecord {
+        input: None,
+        ..step(saga, "orders.OrderPlaced.v1")
+    });
+    record.steps.push(step(saga, "orders.OrderConfirmed.v1"));
+    record
+}
+
+/// The commit that records `record` for the first time, after handling `handled`.
+fn creating(service: &str, record: &SagaRecord, handled: Option<&Envelope>) -> Commit {
+    Commit {
+        service: service.to_owned(),
+        saga_id: record.saga_id,
+        changes: Snapshot::changes(None, record),
+        handled: handled.map(|event| Handled {
+            event_id: event.id,
+            deadline: event.deadline,
+        }),
+        outbox: Vec::new(),
+    }
+}
+
+/// The commit of what changed in `record` since `stored`.
+fn changing(service: &str, stored: &SagaRecord, record: &SagaRecord) -> Commit {
+    Commit {
+        service: service.to_owned(),
+        saga_id: record.saga_id,
+        changes: Snapshot::changes(Some(&Snapshot::of(stored)), record),
+        handled: None,
+        outbox: Vec::new(),
+    }
+}
+
+async fn commit(store: &Arc<dyn Store>, commits: Vec<Commit>) {
+    store
+        .commit(commits, None)
+        .await
+        .unwrap_or_else(|error| panic!("commit: {error}"));
+}
+
+async fn load(store: &Arc<dyn Store>, service: &str, saga: SagaId) -> Option<SagaRecord> {
+    store
+        .load(service, saga, None)
+        .await
+        .unwrap_or_else(|error| panic!("load: {error}"))
+        .record
+}
+
+async fn recover(store: &Arc<dyn Store>, service: &str) -> Recovery {
+    store
+        .recover(service)
+        .await
+        .unwrap_or_else(|error| panic!("recover: {error}"))
+}
+
+/// Every field of a record, its steps and their envelopes round-trips.
+pub async fn a_committed_record_loads_back_with_every_field(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    let saga = SagaId::new();
+    assert_eq!(load(&store, &service, saga).await, None);
+
+    let mut record = record(saga);
+    record.steps[1].withheld = true;
+    record.steps[1].compensation = CompensationState::Failed {
+        reason: "ledger unavailable: `x` ünïcode".into(),
+    };
+    record.status = SagaStatus::Aborted {
+        reason: AbortReason::DeadLettered,
+    };
+    record.abort_published = true;
+    record.abort = Some(envelope(saga, "choreo.SagaAborted.v1", SagaKind::Abort));
+    commit(&store, vec![creating(&service, &record, None)]).await;
+    assert_eq!(load(&store, &service, saga).await, Some(record));
+}
+
+/// Updates change the saga's own fields, append steps and change one step's compensation,
+/// and leave the rest as it was.
+pub async fn changes_touch_only_what_they_name(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    let saga = SagaId::new();
+    let first = record(saga);
+    commit(&store, vec![creating(&service, &first, None)]).await;
+
+    let mut second = first.clone();
+    second.steps.push(step(saga, "payments.PaymentCaptured.v1"));
+    second.status = SagaStatus::Completed;
+    commit(&store, vec![changing(&service, &first, &second)]).await;
+    assert_eq!(load(&store, &service, saga).await.as_ref(), Some(&second));
+
+    let mut third = second.clone();
+    third.steps[1].compensation = CompensationState::Compensated;
+    third.steps[0].compensation = CompensationState::NotRequired;
+    third.compensation_acknowledged = true;
+    let changes = changing(&service, &second, &third);
+    assert!(
+        !changes
+            .changes
+            .iter()
+            .any(|change| matches!(change, JournalChange::StepAdded { .. })),
+        "no step is written again"
+    );
+    commit(&store, vec![changes]).await;
+    assert_eq!(load(&store, &service, saga).await, Some(third));
+}
+
+/// An event recorded as handled is reported so, for its service only.
+pub async fn the_inbox_remembers_handled_events_per_service(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    let (service, other) = (fresh_service(), fresh_service());
+    let saga = SagaId::new();
+    let event = envelope(saga, "payments.CreditReserved.v1", SagaKind::Step);
+    let handled = |service: &str, event: &Envelope| {
+        let store = Arc::clone(&store);
+        let (service, id, saga) = (service.to_owned(), event.id, event.saga_id);
+        async move {
+            store
+                .load(&service, saga, Some(id))
+                .await
+                .unwrap_or_else(|error| panic!("load: {error}"))
+                .handled
+        }
+    };
+    assert!(!handled(&service, &event).await);
+
+    // A handling that changed no record: only the inbox.
+    let only_inbox = Commit {
+        service: service.clone(),
+        saga_id: saga,
+        changes: Vec::new(),
+        handled: Some(Handled {
+            event_id: event.id,
+            deadline: event.deadline,
+        }),
+        outbox: Vec::new(),
+    };
+    commit(&store, vec![only_inbox]).await;
+    assert!(handled(&service, &event).await);
+    assert!(!handled(&other, &event).await);
+    let another = envelope(saga, "payments.CreditReserved.v1", SagaKind::Step);
+    assert!(!handled(&service, &another).await);
+    assert_eq!(load(&store, &service, saga).await, None);
+}
+
+/// Two services keep their own record of one saga.
+pub async fn services_sharing_a_store_keep_their_own_records(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    let (payments, inventory) = (fresh_service(), fresh_service());
+    let saga = SagaId::new();
+    let mine = record(saga);
+    let mut theirs = SagaRecord::new(saga, mine.deadline);
+    theirs.steps.push(step(saga, "inventory.StockReserved.v1"));
+    commit(
+        &store,
+        vec![
+            creating(&payments, &mine, None),
+            creating(&inventory, &theirs, None),
+        ],
+    )
+    .await;
+    assert_eq!(load(&store, &payments, saga).await, Some(mine));
+    assert_eq!(load(&store, &inventory, saga).await, Some(theirs));
+}
+
+/// A commit that cannot be applied in full is applied not at all: creating a record that
+/// exists is an error, and the commit before it in the same call is not applied either.
+pub async fn a_failed_commit_applies_nothing(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    let (existing, fresh) = (SagaId::new(), SagaId::new());
+    commit(&store, vec![creating(&service, &record(existing), None)]).await;
+
+    let event = envelope(fresh, "payments.CreditReserved.v1", SagaKind::Step);
+    let result = store
+        .commit(
+            vec![
+                creating(&service, &record(fresh), Some(&event)),
+                creating(&service, &record(existing), None),
+            ],
+            None,
+        )
+        .await;
+    assert!(result.is_err(), "creating an existing record must fail");
+    assert_eq!(load(&store, &service, fresh).await, None);
+    let loaded = store
+        .load(&service, fresh, Some(event.id))
+        .await
+        .unwrap_or_else(|error| panic!("load: {error}"));
+    assert!(!loaded.handled, "the inbox record was applied");
+}
+
+/// With a store that has transactions, a handler's writes commit with the handling's
+/// changes; rolled back, or dropped, nothing of either remains. A store without
+/// transactions says so as an unsupported request.
+pub async fn a_transaction_commits_business_writes_with_the_handling_or_not_at_all(
+    subject: &dyn StoreSubject,
+) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    let mut transaction = match store.begin().await {
+        Ok(transaction) => transaction,
+        Err(error) => {
+            assert!(
+                !store.is_durable(),
+                "a durable store has transactions: {error}"
+            );
+            assert!(error.is_unsupported(), "{error}");
+            return;
+        }
+    };
+    let key = |name: &str| format!("{service}-{name}");
+
+    let committed = SagaId::new();
+    subject.write(&mut transaction, &key("committed")).await;
+    store
+        .commit(
+            vec![creating(&service, &record(committed), None)],
+            Some(transaction),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("commit in a transaction: {error}"));
+    assert!(subject.written(&store, &key("committed")).await);
+    assert!(load(&store, &service, committed).await.is_some());
+
+    let mut transaction = store
+        .begin()
+        .await
+        .unwrap_or_else(|error| panic!("begin: {error}"));
+    subject.write(&mut transaction, &key("rolled back")).await;
+    transaction
+        .rollback()
+        .await
+        .unwrap_or_else(|error| panic!("rollback: {error}"));
+    assert!(!subject.written(&store, &key("rolled back")).await);
+
+    let mut transaction = store
+        .begin()
+        .await
+        .unwrap_or_else(|error| panic!("begin: {error}"));
+    subject.write(&mut transaction, &key("dropped")).await;
+    drop(transaction);
+    assert!(!subject.written(&store, &key("dropped")).await);
+
+    // A failed commit rolls the handler's writes back too.
+    let mut transaction = store
+        .begin()
+        .await
+        .unwrap_or_else(|error| panic!("begin: {error}"));
+    subject.write(&mut transaction, &key("failed")).await;
+    let result = store
+        .commit(
+            vec![creating(&service, &record(committed), None)],
+            Some(transaction),
+        )
+        .await;
+    assert!(result.is_err());
+    assert!(!subject.written(&store, &key("failed")).await);
+
+    // And the store goes on afterwards.
+    let after = SagaId::new();
+    commit(&store, vec![creating(&service, &record(after), None)]).await;
+    assert!(load(&store, &service, after).await.is_some());
+}
+
+/// What a restart needs: active sagas without an abort of their own (their timers),
+/// aborted ones not acknowledged, and every step output and outbox entry not marked sent,
+/// withheld outputs excepted.
+pub async fn recovery_finds_timers_unfinished_compensations_and_unsent_events(
+    subject: &dyn StoreSubject,
+) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    assert_eq!(recover(&store, &service).await, Recovery::default());
+
+    let active = record(SagaId::new());
+    let mut aborting = record(SagaId::new());
+    aborting.abort_published = true;
+    let mut unfinished = record(SagaId::new());
+    unfinished.status = SagaStatus::Aborted {
+        reason: AbortReason::TimedOut,
+    };
+    unfinished.steps[1].withheld = true;
+    let mut finished = record(SagaId::new());
+    finished.status = SagaStatus::Completed;
+    for record in [&mut aborting, &mut unfinished, &mut finished] {
+        for step in &mut record.steps {
+            step.published = true;
+        }
+    }
+    let abort = envelope(aborting.saga_id, "choreo.SagaAborted.v1", SagaKind::Abort);
+    let dead = envelope(
+        unfinished.saga_id,
+        "payments.CreditReserved.v1",
+        SagaKind::Step,
+    );
+    let mut commits: Vec<Commit> = [&active, &aborting, &unfinished, &finished]
+        .into_iter()
+        .map(|record| creating(&service, record, None))
+        .collect();
+    commits[1].outbox.push(Outgoing {
+        envelope: abort.clone(),
+        kind: OutgoingKind::Event,
+    });
+    commits[2].outbox.push(Outgoing {
+        envelope: dead.clone(),
+        kind: OutgoingKind::DeadLetter {
+            reason: "compensation of `payments.CreditReserved.v1` failed".into(),
+        },
+    });
+    commit(&store, commits).await;
+
+    let recovery = recover(&store, &service).await;
+    assert_eq!(
+        recovery.timers,
+        [ActiveSaga {
+            saga_id: active.saga_id,
+            deadline: active.deadline,
+            initiated_here: true,
+        }]
+    );
+    assert_eq!(recovery.unfinished, [unfinished.saga_id]);
+    let mut unsent = recovery.unsent;
+    unsent.sort_by_key(|outgoing| outgoing.envelope.id);
+    let mut expected = vec![
+        Outgoing {
+            envelope: active.steps[0].output.clone(),
+            kind: OutgoingKind::Step { position: 0 },
+        },
+        Outgoing {
+            envelope: active.steps[1].output.clone(),
+            kind: OutgoingKind::Step { position: 1 },
+        },
+        Outgoing {
+            envelope: abort,
+            kind: OutgoingKind::Event,
+        },
+        Outgoing {
+            envelope: dead,
+            kind: OutgoingKind::DeadLetter {
+                reason: "compensation of `payments.CreditReserved.v1` failed".into(),
+            },
+        },
+    ];
+    expected.sort_by_key(|outgoing| outgoing.envelope.id);
+    assert_eq!(unsent, expected);
+    assert_eq!(recover(&store, &fresh_service()).await, Recovery::default());
+}
+
+/// Marking events sent takes them out of what a restart sends again.
+pub async fn events_marked_sent_are_not_recovered(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    let record = record(SagaId::new());
+    let abort = Outgoing {
+        envelope: envelope(record.saga_id, "choreo.SagaAborted.v1", SagaKind::Abort),
+        kind: OutgoingKind::Event,
+    };
+    let dead = Outgoing {
+        envelope: envelope(record.saga_id, "x.Y.v1", SagaKind::Step),
+        kind: OutgoingKind::DeadLetter {
+            reason: "failed".into(),
+        },
+    };
+    let mut creation = creating(&service, &record, None);
+    creation.outbox = vec![abort.clone(), dead.clone()];
+    commit(&store, vec![creation]).await;
+    assert_eq!(recover(&store, &service).await.unsent.len(), 4);
+
+    let start = Outgoing {
+        envelope: record.steps[0].output.clone(),
+        kind: OutgoingKind::Step { position: 0 },
+    };
+    store
+        .mark_sent(&service, &[start.sent(), abort.sent(), dead.sent()])
+        .await
+        .unwrap_or_else(|error| panic!("mark_sent: {error}"));
+    let unsent = recover(&store, &service).await.unsent;
+    assert_eq!(
+        unsent,
+        [Outgoing {
+            envelope: record.steps[1].output.clone(),
+            kind: OutgoingKind::Step { position: 1 },
+        }]
+    );
+    let loaded = load(&store, &service, record.saga_id).await;
+    assert_eq!(
+        loaded.map(|record| record
+            .steps
+            .iter()
+            .map(|step| step.published)
+            .collect::<Vec<_>>()),
+        Some(vec![true, false])
+    );
+}
+
+/// Purging deletes finished sagas whose deadline is before the cutoff, and inbox ids of
+/// events whose deadline is; active sagas and unacknowledged aborts stay, whatever their age.
+pub async fn purge_deletes_finished_sagas_and_old_inbox_ids_only(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    let old = Deadline::after(now(), Duration::from_secs(10));
+    let recent = Deadline::after(now(), Duration::from_secs(1_000));
+    let cutoff = now() + Duration::from_secs(100);
+    let with = |deadline: Deadline, status: SagaStatus, acknowledged: bool| {
+        let mut record = record(SagaId::new());
+        record.deadline = deadline;
+        record.status = status;
+        record.compensation_acknowledged = acknowledged;
+        record
+    };
+    let aborted = SagaStatus::Aborted {
+        reason: AbortReason::Rejected,
+    };
+    let purged = [
+        with(old, SagaStatus::Completed, false),
+        with(old, aborted.clone(), true),
+    ];
+    let kept = [
+        with(old, SagaStatus::Active, false),
+        with(old, aborted, false),
+        with(recent, SagaStatus::Completed, false),
+    ];
+    let old_event = Envelope {
+        deadline: old,
+        ..envelope(purged[0].saga_id, "x.Old.v1", SagaKind::Step)
+    };
+    let recent_event = Envelope {
+        deadline: recent,
+        ..envelope(kept[2].saga_id, "x.Recent.v1", SagaKind::Step)
+    };
+    let mut commits: Vec<Commit> = purged
+        .iter()
+        .chain(&kept)
+        .map(|record| creating(&service, record, None))
+        .collect();
+    commits[0].handled = Some(Handled {
+        event_id: old_event.id,
+        deadline: old,
+    });
+    commits[4].handled = Some(Handled {
+        event_id: recent_event.id,
+        deadline: recent,
+    });
+    commit(&store, commits).await;
+
+    let result = store
+        .purge(&service, cutoff)
+        .await
+        .unwrap_or_else(|error| panic!("purge: {error}"));
+    assert_eq!(
+        result,
+        Purged {
+            sagas: 2,
+            handled: 1
+        }
+    );
+    for record in &purged {
+        assert_eq!(load(&store, &service, record.saga_id).await, None);
+    }
+    for record in &kept {
+        assert_eq!(
+            load(&store, &service, record.saga_id).await.as_ref(),
+            Some(record)
+        );
+    }
+    let handled = |event: &Envelope| {
+        let store = Arc::clone(&store);
+        let (service, saga, id) = (service.clone(), event.saga_id, event.id);
+        async move {
+            store
+                .load(&service, saga, Some(id))
+                .await
+                .unwrap_or_else(|error| panic!("load: {error}"))
+                .handled
+        }
+    };
+    assert!(!handled(&old_event).await);
+    assert!(handled(&recent_event).await);
+    let again = store
+        .purge(&service, cutoff)
+        .await
+        .unwrap_or_else(|error| panic!("purge: {error}"));
+    assert_eq!(again, Purged::default());
+}
+
+/// What a durable store committed is there when it is opened again; a store that is not
+/// durable says so.
+pub async fn committed_state_survives_reopening(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    if !store.is_durable() {
+        assert_eq!(store.name(), "memory");
+        return;
+    }
+    let service = fresh_service();
+    let record = record(SagaId::new());
+    let event = envelope(record.saga_id, "x.Y.v1", SagaKind::Step);
+    commit(&store, vec![creating(&service, &record, Some(&event))]).await;
+    drop(store);
+
+    let store = subject.open().await;
+    let loaded = store
+        .load(&service, record.saga_id, Some(event.id))
+        .await
+        .unwrap_or_else(|error| panic!("load: {error}"));
+    assert_eq!(loaded.record, Some(record));
+    assert!(loaded.handled);
+}
+
+/// Many handlings committing at once, as a service's workers do, all land.
+pub async fn concurrent_commits_of_many_sagas_all_land(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    let records: Vec<SagaRecord> = (0..200).map(|_| record(SagaId::new())).collect();
+    let commits = records.iter().map(|record| {
+        let store = Arc::clone(&store);
+        let commit = creating(&service, record, None);
+        async move { store.commit(vec![commit], None).await }
+    });
+    for result in futures_join_all(commits).await {
+        result.unwrap_or_else(|error| panic!("commit: {error}"));
+    }
+    for record in &records {
+        assert_eq!(
+            load(&store, &service, record.saga_id).await.as_ref(),
+            Some(record)
+        );
+    }
+    assert_eq!(recover(&store, &service).await.timers.len(), records.len());
+}
+
+/// Runs every future concurrently and returns their outputs in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(
+            handle
+                .await
+                .unwrap_or_else(|error| panic!("a commit panicked: {error}")),
+        );
+    }
+    outputs
+}
