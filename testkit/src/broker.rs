@@ -1,5 +1,5 @@
-//! Brokers for tests: started in a container through testcontainers, or found through an
-//! environment variable.
+//! Brokers and databases for tests: started in a container through testcontainers, or found
+//! through an environment variable.
 
 use std::fmt;
 use std::time::Duration;
@@ -32,6 +32,8 @@ struct Spec {
 enum Probe {
     Kafka,
     Amqp,
+    #[cfg(feature = "postgres")]
+    Postgres,
 }
 
 const KAFKA: Spec = Spec {
@@ -78,6 +80,28 @@ const RABBITMQ: Spec = Spec {
     probe: Probe::Amqp,
 };
 
+/// The PostgreSQL superuser's password in a container the kit starts.
+#[cfg(feature = "postgres")]
+const POSTGRES_PASSWORD: &str = "choreo";
+
+#[cfg(feature = "postgres")]
+const POSTGRES: Spec = Spec {
+    name: "PostgreSQL",
+    url_var: "CHOREO_POSTGRES_URL",
+    image_var: "CHOREO_POSTGRES_IMAGE",
+    command_var: "CHOREO_POSTGRES_COMMAND",
+    default_image: "postgres:15",
+    container_port: 5432,
+    url_example: "postgres://postgres:postgres@localhost:5432/postgres",
+    env: &[
+        ("POSTGRES_USER", "postgres"),
+        ("POSTGRES_PASSWORD", POSTGRES_PASSWORD),
+        ("POSTGRES_DB", "postgres"),
+    ],
+    url: |port| format!("postgres://postgres:{POSTGRES_PASSWORD}@localhost:{port}/postgres"),
+    probe: Probe::Postgres,
+};
+
 /// How long a broker may take to answer after its container started
 /// (`CHOREO_BROKER_START_TIMEOUT`, seconds).
 fn start_timeout() -> Duration {
@@ -87,19 +111,19 @@ fn start_timeout() -> Duration {
         .map_or(Duration::from_secs(120), Duration::from_secs)
 }
 
-/// Why a test broker is not available.
-#[derive(Debug, thiserror::Error)]
+/// Why a test broker (or database server) is not available.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum BrokerError {
     /// The container could not be started.
     #[error(
         "cannot start a {broker} container from image `{image}`: {detail}\n\
          Is Docker running and reachable (DOCKER_HOST)? Is the image present or pullable? \
-         Choose another image with {image_var}=name:tag, or test against a running broker \
+         Choose another image with {image_var}=name:tag, or test against a running server \
          with {url_var}={example}"
     )]
     Start {
-        /// Kafka or RabbitMQ.
+        /// Kafka, RabbitMQ or PostgreSQL.
         broker: &'static str,
         /// The image.
         image: String,
@@ -114,7 +138,7 @@ pub enum BrokerError {
     },
     /// The broker did not answer its protocol in time.
     #[error(
-        "the {broker} broker at {address} did not answer within {waited:?}; \
+        "{broker} at {address} did not answer within {waited:?}; \
          raise CHOREO_BROKER_START_TIMEOUT if the machine is slow{logs}"
     )]
     NotReady {
@@ -128,7 +152,7 @@ pub enum BrokerError {
         logs: String,
     },
     /// The broker was given by URL: the kit does not own it.
-    #[error("the {broker} broker was given by {url_var}; the kit cannot {action} it")]
+    #[error("{broker} was given by {url_var}; the kit cannot {action} it")]
     External {
         /// Kafka or RabbitMQ.
         broker: &'static str,
@@ -147,6 +171,30 @@ pub enum BrokerError {
         /// What Docker said.
         detail: String,
     },
+    /// The server is shared by every test of the process: no test may stop it.
+    #[error(
+        "the {broker} server is shared by every test of this process; the kit cannot \
+         {action} it: start one of the test's own for that"
+    )]
+    Shared {
+        /// PostgreSQL.
+        broker: &'static str,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The server answered, but would not do what the kit asked of it (e.g. create a
+    /// database).
+    #[error("{broker} at {address} refused to {action}: {detail}")]
+    Refused {
+        /// PostgreSQL.
+        broker: &'static str,
+        /// Where it runs.
+        address: String,
+        /// What was asked.
+        action: &'static str,
+        /// What it said.
+        detail: String,
+    },
 }
 
 /// A running broker for tests: a container the kit started (removed when dropped), or a
@@ -156,6 +204,8 @@ pub struct Broker {
     url: String,
     address: String,
     container: Option<ContainerAsync<GenericImage>>,
+    /// The id of a container the kit started but this handle does not own (a shared one).
+    shared: Option<String>,
 }
 
 impl Broker {
@@ -167,6 +217,7 @@ impl Broker {
                 url,
                 address,
                 container: None,
+                shared: None,
             });
         }
         let image = std::env::var(spec.image_var).unwrap_or_else(|_| spec.default_image.to_owned());
@@ -206,6 +257,7 @@ impl Broker {
             url: (spec.url)(port),
             address: format!("127.0.0.1:{port}"),
             container: Some(container),
+            shared: None,
         };
         broker.wait_until_ready().await?;
         tracing::info!(broker = spec.name, url = %broker.url, %image, "test broker ready");
@@ -273,6 +325,8 @@ impl Broker {
             let answers = match self.spec.probe {
                 Probe::Kafka => probe::kafka_answers(&self.address).await,
                 Probe::Amqp => probe::amqp_answers(&self.address).await,
+                #[cfg(feature = "postgres")]
+                Probe::Postgres => probe::postgres_answers(&self.address, "postgres").await,
             };
             if answers {
                 return Ok(());
@@ -308,6 +362,12 @@ impl Broker {
     }
 
     fn owned(&self, action: &'static str) -> Result<&ContainerAsync<GenericImage>, BrokerError> {
+        if self.shared.is_some() {
+            return Err(BrokerError::Shared {
+                broker: self.spec.name,
+                action,
+            });
+        }
         self.container.as_ref().ok_or(BrokerError::External {
             broker: self.spec.name,
             url_var: self.spec.url_var,
@@ -329,7 +389,15 @@ impl fmt::Debug for Broker {
         f.debug_struct("Broker")
             .field("broker", &self.spec.name)
             .field("address", &self.address)
-            .field("container", &self.container.as_ref().map(|c| c.id()))
+            .field(
+                "container",
+                &self
+                    .container
+                    .as_ref()
+                    .map(|c| c.id())
+                    .or(self.shared.as_deref()),
+            )
+            .field("shared", &self.shared.is_some())
             .finish()
     }
 }
@@ -386,6 +454,221 @@ impl std::ops::Deref for RabbitMqBroker {
     }
 }
 
+/// A PostgreSQL server for store tests.
+///
+/// Starts `postgres:15` unless `CHOREO_POSTGRES_IMAGE` names another image (one that honours
+/// `POSTGRES_USER`, `POSTGRES_PASSWORD` and `POSTGRES_DB` like the official one);
+/// `CHOREO_POSTGRES_COMMAND` replaces the image's command (e.g. `-c fsync=off`). With
+/// `CHOREO_POSTGRES_URL` set (a superuser's URL, or one of a role that may create
+/// databases), no container starts and that server is used. The kit logs in as the
+/// superuser `postgres`.
+///
+/// Tests usually share one server per test binary ([`shared`](Self::shared)) and each take
+/// a database of their own ([`database`](Self::database)); a test that stops or pauses the
+/// server [`start`](Self::start)s its own.
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+pub struct PostgresServer(Broker);
+
+#[cfg(feature = "postgres")]
+impl PostgresServer {
+    /// Starts a server of the test's own and waits until it answers PostgreSQL's protocol
+    /// (its authentication request, not "the database system is starting up"). The
+    /// container is removed when the handle is dropped; [`Broker::stop`],
+    /// [`Broker::start_again`], [`Broker::pause`] and [`Broker::unpause`] control it.
+    pub async fn start() -> Result<Self, BrokerError> {
+        Broker::start(&POSTGRES).await.map(Self)
+    }
+
+    /// The server every test of this process shares, started on first use, or the one
+    /// `CHOREO_POSTGRES_URL` names.
+    ///
+    /// Every `#[tokio::test]` has a runtime of its own, which ends with the test; the
+    /// container is therefore started and kept on a thread of its own, with its own runtime,
+    /// and tests only ever reach it over the network. It cannot be stopped or paused
+    /// ([`BrokerError::Shared`]). Rust never drops statics, so the container is removed
+    /// when the process exits by a watchdog process (`sh`, polling the test process, then
+    /// `docker rm -f -v`): without a `docker` CLI on the `PATH` the container outlives the
+    /// process and must be removed by hand (it is labelled by testcontainers).
+    pub async fn shared() -> Result<&'static Self, BrokerError> {
+        let mut ready = STARTING
+            .get_or_init(|| {
+                let (ready, wait) = tokio::sync::watch::channel(false);
+                let spawned = std::thread::Builder::new()
+                    .name("choreo-shared-postgres".to_owned())
+                    .spawn(move || keep_shared_server(ready));
+                if let Err(error) = spawned {
+                    let _ = SHARED.set(Err(shared_start_error(format!(
+                        "cannot spawn the thread that keeps the shared server: {error}"
+                    ))));
+                }
+                wait
+            })
+            .clone();
+        // An error means the thread is gone; what it left in SHARED says why.
+        let _ = ready.wait_for(|ready| *ready).await;
+        match SHARED.get() {
+            Some(Ok(server)) => Ok(server),
+            Some(Err(error)) => Err(error.clone()),
+            None => Err(shared_start_error(
+                "the thread that starts the shared server ended without starting it".to_owned(),
+            )),
+        }
+    }
+
+    /// Creates a fresh, uniquely named database on the server and returns its URL, for the
+    /// test's own use. Databases are not dropped: they go with the container (on a server
+    /// named by `CHOREO_POSTGRES_URL` they stay, named `choreo_test_<uuid>`).
+    pub async fn database(&self) -> Result<String, BrokerError> {
+        use sqlx::Connection;
+
+        let name = format!("choreo_test_{}", uuid::Uuid::now_v7().simple());
+        let refused = |action: &'static str, error: sqlx::Error| BrokerError::Refused {
+            broker: self.0.spec.name,
+            address: self.0.address.clone(),
+            action,
+            detail: error.to_string(),
+        };
+        let mut connection = sqlx::PgConnection::connect(self.url())
+            .await
+            .map_err(|error| refused("accept the kit's connection", error))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut connection)
+            .await
+            .map_err(|error| refused("create a database", error))?;
+        let _ = connection.close().await;
+        Ok(with_database(self.url(), &name))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl std::ops::Deref for PostgresServer {
+    type Target = Broker;
+
+    fn deref(&self) -> &Broker {
+        &self.0
+    }
+}
+
+/// The shared server, once its thread started it (or failed to).
+#[cfg(feature = "postgres")]
+static SHARED: std::sync::OnceLock<Result<PostgresServer, BrokerError>> =
+    std::sync::OnceLock::new();
+
+/// Turns `true` once [`SHARED`] is set.
+#[cfg(feature = "postgres")]
+static STARTING: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+#[cfg(feature = "postgres")]
+fn shared_start_error(detail: String) -> BrokerError {
+    BrokerError::Start {
+        broker: POSTGRES.name,
+        image: std::env::var(POSTGRES.image_var)
+            .unwrap_or_else(|_| POSTGRES.default_image.to_owned()),
+        detail,
+        image_var: POSTGRES.image_var,
+        url_var: POSTGRES.url_var,
+        example: POSTGRES.url_example,
+    }
+}
+
+/// The shared server's thread: starts the server, publishes it in [`SHARED`], then keeps the
+/// container (and the runtime its client lives on) for as long as the process lives.
+#[cfg(feature = "postgres")]
+fn keep_shared_server(ready: tokio::sync::watch::Sender<bool>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = SHARED.set(Err(shared_start_error(format!(
+                "cannot build the shared server's runtime: {error}"
+            ))));
+            let _ = ready.send(true);
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match Broker::start(&POSTGRES).await {
+            Ok(mut broker) => {
+                let container = broker.container.take();
+                if let Some(container) = &container {
+                    broker.shared = Some(container.id().to_owned());
+                    remove_when_the_process_exits(container.id());
+                }
+                tracing::info!(url = %broker.url, "shared PostgreSQL server ready");
+                let _ = SHARED.set(Ok(PostgresServer(broker)));
+                let _ = ready.send(true);
+                let _kept = container;
+                std::future::pending::<()>().await;
+            }
+            Err(error) => {
+                let _ = SHARED.set(Err(error));
+                let _ = ready.send(true);
+            }
+        }
+    });
+}
+
+/// Spawns a detached watchdog that removes container `id` once this process has exited.
+#[cfg(feature = "postgres")]
+fn remove_when_the_process_exits(id: &str) {
+    let has_docker = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("docker").is_file()));
+    if !has_docker {
+        tracing::warn!(
+            container = id,
+            "no `docker` CLI on the PATH: the shared PostgreSQL container will outlive this \
+             process; remove it with `docker rm -f -v {id}`"
+        );
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; docker rm -f -v {id}",
+            pid = std::process::id()
+        );
+        let spawned = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C to the tests does not kill it with them.
+            .process_group(0)
+            .spawn();
+        if let Err(error) = spawned {
+            tracing::warn!(
+                container = id,
+                %error,
+                "cannot spawn the watchdog: the shared PostgreSQL container will outlive \
+                 this process"
+            );
+        }
+    }
+}
+
+/// `url` with its path (the database) replaced by `database`, its query kept.
+#[cfg(feature = "postgres")]
+fn with_database(url: &str, database: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
+    };
+    let (scheme, rest) = head.split_once("://").unwrap_or(("postgres", head));
+    let authority = rest.split('/').next().unwrap_or_default();
+    match query {
+        Some(query) => format!("{scheme}://{authority}/{database}?{query}"),
+        None => format!("{scheme}://{authority}/{database}"),
+    }
+}
+
 fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
@@ -428,6 +711,16 @@ mod tests {
             split_image("registry:5000/kafka:1"),
             ("registry:5000/kafka", "1")
         );
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_database_url_keeps_everything_but_the_path() {
+        assert_eq!(
+            with_database("postgres://u:p@db:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u:p@db:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgresql://db", "t2"), "postgresql://db/t2");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Readiness probes that speak just enough of each protocol to know a broker answers: a
+//! Readiness probes that speak just enough of each protocol to know a server answers: a
 //! port that accepts connections is not enough, as a container's port proxy accepts before
 //! the broker inside listens.
 
@@ -31,6 +31,26 @@ pub(crate) async fn amqp_answers(address: &str) -> bool {
         .await
         // A method frame (type 1) on channel 0 carrying class 10 (connection), method 10 (start).
         .is_some_and(|reply| reply[0] == 1 && reply[7..11] == [0, 10, 0, 10])
+}
+
+/// Whether a PostgreSQL server at `address` answers a StartupMessage (protocol 3.0, as
+/// `user`) with an authentication request (`R`), rather than an error (`E`, e.g. "the
+/// database system is starting up"). The probe never logs in.
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_answers(address: &str, user: &str) -> bool {
+    let mut body = 196_608_i32.to_be_bytes().to_vec(); // protocol 3.0
+    for (key, value) in [("user", user), ("database", "postgres")] {
+        body.extend_from_slice(key.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    message.extend_from_slice(&body);
+    exchange(address, &message, 1)
+        .await
+        .is_some_and(|reply| reply[0] == b'R')
 }
 
 async fn exchange(address: &str, request: &[u8], reply_len: usize) -> Option<Vec<u8>> {
