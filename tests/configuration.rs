@@ -71,7 +71,7 @@ async fn a_string_that_is_not_a_url_says_what_was_expected() {
 
 #[test]
 fn a_definition_that_cannot_work_is_refused_with_every_problem() {
-    let error = Service::builder("payments", &saga(Backend::Memory.timeout()))
+    let error = Service::builder("payments", &saga(Backend::MEMORY.timeout()))
         .step(|_: OrderPlaced, _: Context| async {
             Ok(choreo::Step::done(CreditReserved {
                 order_id: 1,
@@ -99,9 +99,10 @@ fn a_definition_that_cannot_work_is_refused_with_every_problem() {
 
 #[tokio::test(start_paused = true)]
 async fn only_a_declared_initiator_starts_sagas() {
-    let h = Harness::start(Backend::Memory).await;
+    let h = Harness::start(Backend::MEMORY).await;
     let payments = h
         .service("payments", h.options())
+        .await
         .run(Arc::new(MemoryTransport::new()))
         .await
         .unwrap();

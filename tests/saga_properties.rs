@@ -93,7 +93,7 @@ async fn run(seed: u64, duplicate_percent: u8, reorder: bool, max_delay_ms: u64,
     h.settle().await;
 
     let outcome = h.log.outcome(saga, &SERVICES);
-    let effects = h.world.effects(order);
+    let effects = h.effects(order).await;
     let count = |service: &str, action: &str| {
         effects
             .iter()
@@ -123,7 +123,7 @@ async fn run(seed: u64, duplicate_percent: u8, reorder: bool, max_delay_ms: u64,
                 assert_eq!(count(service, undo), 0, "{}", context());
             }
             for service in SERVICES {
-                let record = h.record(service, saga).unwrap();
+                let record = h.record(service, saga).await.unwrap();
                 assert_eq!(
                     record.status,
                     SagaStatus::Completed,
@@ -144,7 +144,7 @@ async fn run(seed: u64, duplicate_percent: u8, reorder: bool, max_delay_ms: u64,
                 );
             }
             for service in SERVICES {
-                let record = h.record(service, saga).unwrap();
+                let record = h.record(service, saga).await.unwrap();
                 assert!(record.is_aborted(), "{service}: {}", context());
                 assert!(record.compensation_acknowledged, "{service}: {}", context());
                 // A step that ran after this service handled the abort would be recorded

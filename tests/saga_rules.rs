@@ -1,30 +1,54 @@
-//! Each rule of DESIGN §4 on its own, on every transport: the in-memory one on paused time,
-//! and each broker (through the test kit) on real time with short deadlines.
+//! Each saga rule of docs/concepts.md on its own, on every transport and every store: the
+//! in-memory transport on paused time, brokers (through the test kit) and PostgreSQL on real
+//! time with short deadlines.
 
 mod common;
 
-on_every_transport!(
-    a_completed_saga_propagates_ids_over_every_hop,
-    a_rejection_compensates_exactly_the_completed_steps_once_each_newest_first,
-    a_rejection_midway_leaves_later_services_nothing_to_undo,
-    a_transient_error_is_retried_with_backoff_and_then_succeeds,
-    a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga,
-    a_permanent_error_or_a_panic_is_dead_lettered_without_retry,
-    a_failing_compensation_is_retried_then_dead_lettered_and_reported,
-    a_compensation_that_fails_transiently_runs_to_success_once,
-    a_duplicate_delivery_has_one_effect,
-    an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_skipped,
-    no_step_starts_past_the_deadline,
-    a_step_that_outruns_the_deadline_is_withheld_and_compensated,
-    the_deadline_fires_even_when_the_initiating_service_is_stopped,
-    a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_on,
-    shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery,
-    sagas_run_concurrently_up_to_the_limit,
-    duplicate_aborts_are_harmless,
-    an_abort_after_completion_still_compensates_so_participants_agree_in_any_order,
-    a_step_redelivered_after_a_crash_republishes_its_event_instead_of_running_again,
-    a_service_killed_after_handling_but_before_acking_has_one_effect_per_step,
-);
+/// Every rule, on the given backends.
+macro_rules! every_rule_on {
+    ($($backend:ident),*) => {
+        scenarios! {
+            $(
+                $backend: [
+                    a_completed_saga_propagates_ids_over_every_hop,
+                    a_rejection_compensates_exactly_the_completed_steps_once_each_newest_first,
+                    a_rejection_midway_leaves_later_services_nothing_to_undo,
+                    a_transient_error_is_retried_with_backoff_and_then_succeeds,
+                    a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga,
+                    a_permanent_error_or_a_panic_is_dead_lettered_without_retry,
+                    a_failing_compensation_is_retried_then_dead_lettered_and_reported,
+                    a_compensation_that_fails_transiently_runs_to_success_once,
+                    a_duplicate_delivery_has_one_effect,
+                    an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_skipped,
+                    no_step_starts_past_the_deadline,
+                    a_step_that_outruns_the_deadline_is_withheld_and_compensated,
+                    the_deadline_fires_even_when_the_initiating_service_is_stopped,
+                    a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_on,
+                    shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery,
+                    sagas_run_concurrently_up_to_the_limit,
+                    duplicate_aborts_are_harmless,
+                    an_abort_after_completion_still_compensates_so_participants_agree_in_any_order,
+                ];
+            )*
+        }
+    };
+}
+
+// The whole set on the in-memory transport with each store, and on each broker with the
+// memory store; the rejection and timeout rules also on RabbitMQ with each SQL store.
+every_rule_on!(memory, memory_sqlite, memory_postgres, kafka, rabbitmq);
+scenarios! {
+    rabbitmq_sqlite: [
+        a_rejection_compensates_exactly_the_completed_steps_once_each_newest_first,
+        a_step_that_outruns_the_deadline_is_withheld_and_compensated,
+        the_deadline_fires_even_when_the_initiating_service_is_stopped,
+    ];
+    rabbitmq_postgres: [
+        a_rejection_compensates_exactly_the_completed_steps_once_each_newest_first,
+        a_step_that_outruns_the_deadline_is_withheld_and_compensated,
+        the_deadline_fires_even_when_the_initiating_service_is_stopped,
+    ];
+}
 
 use std::time::Duration;
 
@@ -64,27 +88,27 @@ async fn a_completed_saga_propagates_ids_over_every_hop(backend: Backend) {
     assert!(start.trace.trace_id().is_some());
     assert_eq!(events.last().unwrap().kind, SagaKind::Complete);
 
-    assert_eq!(h.world.effects(order), every_forward_step_once(order));
+    assert_eq!(h.effects(order).await, every_forward_step_once(order));
 
     // §4.7: completion disarmed every timer: nothing happens after the deadline.
     h.settle().await;
     assert_eq!(h.flow(saga).len(), 5);
 
     // §4.3, §4.7: every participant recorded its steps and marked the saga completed.
-    let orders = h.record("orders", saga).unwrap();
+    let orders = h.record("orders", saga).await.unwrap();
     assert_eq!(orders.status, SagaStatus::Completed);
     assert!(orders.initiated_here);
     assert_eq!(
         step_types(&orders),
         [OrderPlaced::TYPE, OrderConfirmed::TYPE]
     );
-    let payments = h.record("payments", saga).unwrap();
+    let payments = h.record("payments", saga).await.unwrap();
     assert_eq!(payments.status, SagaStatus::Completed);
     assert_eq!(
         step_types(&payments),
         [CreditReserved::TYPE, PaymentCaptured::TYPE]
     );
-    let inventory = h.record("inventory", saga).unwrap();
+    let inventory = h.record("inventory", saga).await.unwrap();
     assert_eq!(inventory.status, SagaStatus::Completed);
     assert_eq!(step_types(&inventory), [StockReserved::TYPE]);
 }
@@ -134,7 +158,7 @@ async fn a_rejection_compensates_exactly_the_completed_steps_once_each_newest_fi
     assert_eq!(abort.detail, "the customer cancelled the order");
 
     // Each service undid its own steps, newest first, each once.
-    let effects = h.world.effects(order);
+    let effects = h.effects(order).await;
     let of = |service: &str| -> Vec<&str> {
         effects
             .iter()
@@ -163,7 +187,7 @@ async fn a_rejection_compensates_exactly_the_completed_steps_once_each_newest_fi
     assert_eq!(acks["orders"].compensated, [OrderPlaced::TYPE]);
 
     for service in SERVICES {
-        let record = h.record(service, saga).unwrap();
+        let record = h.record(service, saga).await.unwrap();
         assert_eq!(
             record.status,
             SagaStatus::Aborted {
@@ -209,7 +233,7 @@ async fn a_rejection_midway_leaves_later_services_nothing_to_undo(backend: Backe
     );
     assert_eq!(flow.len(), 6);
     assert_eq!(
-        sorted_effects(h.world.effects(order)),
+        sorted_effects(h.effects(order).await),
         sorted_effects(vec![
             effect("orders", "create_order", order),
             effect("payments", "reserve_credit", order),
@@ -219,7 +243,7 @@ async fn a_rejection_midway_leaves_later_services_nothing_to_undo(backend: Backe
     );
     let acks = acknowledgements(&h, saga);
     assert!(acks["inventory"].compensated.is_empty());
-    assert!(h.record("inventory", saga).unwrap().steps.is_empty());
+    assert!(h.record("inventory", saga).await.unwrap().steps.is_empty());
 }
 
 async fn a_transient_error_is_retried_with_backoff_and_then_succeeds(backend: Backend) {
@@ -275,7 +299,7 @@ async fn a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga(backend:
     );
     assert_eq!(flow.len(), 6);
     assert_eq!(
-        sorted_effects(h.world.effects(order)),
+        sorted_effects(h.effects(order).await),
         sorted_effects(vec![
             effect("orders", "create_order", order),
             effect("payments", "reserve_credit", order),
@@ -284,7 +308,7 @@ async fn a_step_that_keeps_failing_is_dead_lettered_and_aborts_the_saga(backend:
         ])
     );
     assert_eq!(
-        h.record("inventory", saga).unwrap().status,
+        h.record("inventory", saga).await.unwrap().status,
         SagaStatus::Aborted {
             reason: AbortReason::DeadLettered
         }
@@ -355,7 +379,7 @@ async fn a_failing_compensation_is_retried_then_dead_lettered_and_reported(backe
     let acks = acknowledgements(&h, saga);
     assert_eq!(acks["payments"].compensated, [PaymentCaptured::TYPE]);
     assert_eq!(acks["payments"].failed, [CreditReserved::TYPE]);
-    let payments = h.record("payments", saga).unwrap();
+    let payments = h.record("payments", saga).await.unwrap();
     assert_eq!(
         payments.steps[1].compensation,
         CompensationState::Compensated
@@ -365,8 +389,8 @@ async fn a_failing_compensation_is_retried_then_dead_lettered_and_reported(backe
         CompensationState::Failed { reason } if reason.contains("ledger unavailable")
     ));
     assert!(!h
-        .world
         .effects(order)
+        .await
         .contains(&effect("payments", "release_credit", order)));
 }
 
@@ -387,8 +411,8 @@ async fn a_compensation_that_fails_transiently_runs_to_success_once(backend: Bac
     );
     assert_eq!(h.world.attempts("release_credit", order), 3);
     let releases = h
-        .world
         .effects(order)
+        .await
         .into_iter()
         .filter(|e| e.action == "release_credit")
         .count();
@@ -406,12 +430,12 @@ async fn a_duplicate_delivery_has_one_effect(backend: Backend) {
     }
     h.settle().await;
 
-    assert_eq!(h.world.effects(order), every_forward_step_once(order));
+    assert_eq!(h.effects(order).await, every_forward_step_once(order));
     // The observer saw the duplicates; no service emitted anything new.
     assert_eq!(h.flow(saga).len(), 10);
     for service in SERVICES {
         assert_eq!(
-            h.record(service, saga).unwrap().status,
+            h.record(service, saga).await.unwrap().status,
             SagaStatus::Completed
         );
     }
@@ -434,8 +458,8 @@ async fn an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_ski
         .await;
     h.settle().await;
 
-    assert!(h.world.effects(99).is_empty(), "inventory reserved stock");
-    let inventory = h.record("inventory", saga).unwrap();
+    assert!(h.effects(99).await.is_empty(), "inventory reserved stock");
+    let inventory = h.record("inventory", saga).await.unwrap();
     assert_eq!(
         inventory.status,
         SagaStatus::Aborted {
@@ -474,7 +498,7 @@ async fn no_step_starts_past_the_deadline(backend: Backend) {
         }
     );
     assert_eq!(h.world.attempts("reserve_stock", 7), 0);
-    assert!(h.world.effects(7).is_empty());
+    assert!(h.effects(7).await.is_empty());
     // Inventory, holding the late event, aborted the saga itself after its grace period.
     let flow = h.flow(saga);
     assert_eq!(
@@ -518,7 +542,7 @@ async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated(backend: B
     assert_eq!(abort.time, abort.deadline.instant().max(abort.time));
     assert!(started.elapsed() >= backend.units(15));
 
-    let inventory = h.record("inventory", saga).unwrap();
+    let inventory = h.record("inventory", saga).await.unwrap();
     assert_eq!(step_types(&inventory), [StockReserved::TYPE]);
     assert!(inventory.steps[0].withheld);
     assert_eq!(
@@ -526,7 +550,7 @@ async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated(backend: B
         CompensationState::Compensated
     );
     assert_eq!(
-        sorted_effects(h.world.effects(order)),
+        sorted_effects(h.effects(order).await),
         sorted_effects(vec![
             effect("orders", "create_order", order),
             effect("payments", "reserve_credit", order),
@@ -577,7 +601,7 @@ async fn the_deadline_fires_even_when_the_initiating_service_is_stopped(backend:
     );
     h.settle().await;
     assert_eq!(
-        sorted_effects(h.world.effects(order)),
+        sorted_effects(h.effects(order).await),
         sorted_effects(vec![
             effect("orders", "create_order", order),
             effect("payments", "reserve_credit", order),
@@ -588,7 +612,7 @@ async fn the_deadline_fires_even_when_the_initiating_service_is_stopped(backend:
         ])
     );
     for service in SERVICES {
-        let record = h.record(service, saga).unwrap();
+        let record = h.record(service, saga).await.unwrap();
         assert_eq!(
             record.status,
             SagaStatus::Aborted {
@@ -627,7 +651,7 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_o
 
     let (order, saga) = h.place_order(2_500, "book").await;
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
-    assert_eq!(h.world.effects(order).len(), 5);
+    assert_eq!(h.effects(order).await.len(), 5);
 
     // Each service's consumer group dead-lettered each bad message once, saying why.
     let dead = h.dead_letters(2 * SERVICES.len()).await;
@@ -676,6 +700,7 @@ async fn shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery(bac
     let reserved: Vec<u64> = h
         .world
         .all_effects()
+        .await
         .into_iter()
         .filter(|e| e.action == "reserve_stock")
         .map(|e| e.order_id)
@@ -689,8 +714,8 @@ async fn shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery(bac
     for (order, saga) in [a, b, c] {
         assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
         let reservations = h
-            .world
             .effects(order)
+            .await
             .into_iter()
             .filter(|e| e.action == "reserve_stock")
             .count();
@@ -736,7 +761,7 @@ async fn duplicate_aborts_are_harmless(backend: Backend) {
     h.wait_until(|| h.world.attempts("reserve_stock", order) == 1)
         .await;
     // From the initiator's journal: the observer may not have seen the start yet.
-    let deadline = h.record("orders", saga).unwrap().deadline;
+    let deadline = h.record("orders", saga).await.unwrap().deadline;
     let abort = h.abort_event(saga, deadline, AbortReason::Rejected);
     h.publish(abort.clone()).await;
     h.publish(abort).await; // redelivered: same id
@@ -751,13 +776,8 @@ async fn duplicate_aborts_are_harmless(backend: Backend) {
         }
     );
     h.settle().await;
-    let undo_count = |action| {
-        h.world
-            .effects(order)
-            .iter()
-            .filter(|e| e.action == action)
-            .count()
-    };
+    let effects = h.effects(order).await;
+    let undo_count = |action| effects.iter().filter(|e| e.action == action).count();
     assert_eq!(undo_count("release_credit"), 1);
     assert_eq!(undo_count("release_stock"), 1);
     assert_eq!(undo_count("cancel_order"), 1);
@@ -765,7 +785,7 @@ async fn duplicate_aborts_are_harmless(backend: Backend) {
     // The first abort decided the reason everywhere.
     for service in SERVICES {
         assert_eq!(
-            h.record(service, saga).unwrap().status,
+            h.record(service, saga).await.unwrap().status,
             SagaStatus::Aborted {
                 reason: AbortReason::Rejected
             }
@@ -792,8 +812,8 @@ async fn an_abort_after_completion_still_compensates_so_participants_agree_in_an
         })
     );
     let undone: Vec<_> = h
-        .world
         .effects(order)
+        .await
         .into_iter()
         .skip(5)
         .map(|e| (e.service, e.action))
@@ -807,125 +827,4 @@ async fn an_abort_after_completion_still_compensates_so_participants_agree_in_an
             ("inventory", "release_stock"),
         ])
     );
-}
-
-/// An inbox whose first write fails, as if the service crashed after its step and before it
-/// could mark the event handled and ack it.
-#[derive(Default)]
-struct CrashOnFirstMark {
-    inner: choreo::MemoryInbox,
-    crashed: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl choreo::Inbox for CrashOnFirstMark {
-    async fn contains(&self, event: choreo::EventId) -> Result<bool, choreo::journal::StoreError> {
-        self.inner.contains(event).await
-    }
-
-    async fn insert(&self, event: choreo::EventId) -> Result<(), choreo::journal::StoreError> {
-        if !self.crashed.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return Err(choreo::journal::StoreError("disk full".into()));
-        }
-        self.inner.insert(event).await
-    }
-}
-
-async fn a_step_redelivered_after_a_crash_republishes_its_event_instead_of_running_again(
-    backend: Backend,
-) {
-    let mut h = Harness::start(backend).await;
-    h.running.remove("inventory").unwrap().shutdown().await;
-    h.inboxes.insert(
-        "inventory",
-        std::sync::Arc::new(CrashOnFirstMark::default()),
-    );
-    h.start_service("inventory").await;
-    let (order, saga) = h.place_order(2_500, "book").await;
-
-    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
-    h.settle().await;
-    assert_eq!(h.world.effects(order), every_forward_step_once(order));
-    // The redelivered CreditReserved made inventory publish its recorded StockReserved
-    // again, under the same id, which payments dropped as a duplicate.
-    let events = h.log.events(saga);
-    let stock: Vec<_> = events
-        .iter()
-        .filter(|e| e.event_type == StockReserved::TYPE)
-        .collect();
-    assert_eq!(stock.len(), 2);
-    assert_eq!(stock[0], stock[1]);
-    assert_eq!(events.len(), 6);
-    assert_eq!(
-        step_types(&h.record("inventory", saga).unwrap()),
-        [StockReserved::TYPE]
-    );
-}
-
-/// An inbox whose first write never returns: the service is stuck after its step ran and
-/// published, before it acked, which is where a crash hurts most.
-#[derive(Default)]
-struct StallOnFirstMark {
-    inner: std::sync::Arc<choreo::MemoryInbox>,
-    stalled: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl choreo::Inbox for StallOnFirstMark {
-    async fn contains(&self, event: choreo::EventId) -> Result<bool, choreo::journal::StoreError> {
-        self.inner.contains(event).await
-    }
-
-    async fn insert(&self, event: choreo::EventId) -> Result<(), choreo::journal::StoreError> {
-        if !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        self.inner.insert(event).await
-    }
-}
-
-async fn a_service_killed_after_handling_but_before_acking_has_one_effect_per_step(
-    backend: Backend,
-) {
-    let mut h = Harness::start(backend).await;
-    h.running.remove("inventory").unwrap().shutdown().await;
-    let stalling = std::sync::Arc::new(StallOnFirstMark::default());
-    h.inboxes.insert("inventory", stalling.clone());
-    h.start_service("inventory").await;
-    // Room for a broker's consumer group to notice the crash and take the member back.
-    let (order, saga) = h.place_order_within(2_500, "book", backend.units(60)).await;
-
-    h.wait_until(|| stalling.stalled.load(std::sync::atomic::Ordering::SeqCst))
-        .await;
-    h.running.remove("inventory").unwrap().kill();
-    // It comes back with what a durable store would have kept: its journal and inbox.
-    h.inboxes.insert("inventory", stalling.inner.clone());
-    h.start_service("inventory").await;
-
-    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
-    h.settle().await;
-    assert_eq!(h.world.effects(order), every_forward_step_once(order));
-    // The unacknowledged CreditReserved came back; inventory found its step in the journal
-    // and published the recorded StockReserved again, same id, which payments dropped.
-    let stock: Vec<_> = h
-        .log
-        .events(saga)
-        .into_iter()
-        .filter(|e| e.event_type == StockReserved::TYPE)
-        .collect();
-    assert!(!stock.is_empty());
-    assert!(
-        stock.iter().all(|e| *e == stock[0]),
-        "one StockReserved event, maybe twice"
-    );
-    assert_eq!(
-        step_types(&h.record("inventory", saga).unwrap()),
-        [StockReserved::TYPE]
-    );
-    for service in SERVICES {
-        assert_eq!(
-            h.record(service, saga).unwrap().status,
-            SagaStatus::Completed
-        );
-    }
 }

@@ -266,7 +266,7 @@ async fn a_log_line_inside_a_handler_carries_the_saga_id_and_the_trace_id() {
     // On this thread only; a current-thread runtime runs every service task here.
     let _default = tracing::subscriber::set_default(logs);
 
-    let h = Harness::start(Backend::Memory).await;
+    let h = Harness::start(Backend::MEMORY).await;
     let (order, saga) = h.place_order(2_500, "book").await;
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
 

@@ -1,32 +1,41 @@
 //! The order saga used by the saga scenario tests: orders, payments and inventory, with
 //! business behaviour each test can bend, and a ledger of every effect they had.
 //!
-//! Flow (DESIGN §4): orders starts with `OrderPlaced` -> payments reserves credit
+//! Flow (docs/concepts.md): orders starts with `OrderPlaced` -> payments reserves credit
 //! (`CreditReserved`) -> inventory reserves stock (`StockReserved`) -> payments captures the
 //! payment (`PaymentCaptured`) -> orders confirms (`OrderConfirmed`, terminal).
+//!
+//! Each scenario runs on a transport (memory, Kafka, RabbitMQ) and a store (memory, SQLite,
+//! PostgreSQL). On a SQL store every effect is a row written in the handling's transaction
+//! and every service reopens its store when it restarts, so a test shows what survives.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::{HashMap, HashSet};
+pub mod faults;
+pub mod world;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use choreo::memory::MemoryTransport;
 use choreo::{
-    AbortReason, Clock, Context, Deadline, Envelope, Event, EventId, HandlerError, Inbox,
-    MemoryInbox, MemoryJournal, RetryPolicy, RunningService, Saga, SagaAborted, SagaCompensated,
-    SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, Service, ServiceOptions, Step, StepHandler,
-    StepResult, TokioClock, TraceContext, Transport,
+    AbortReason, Clock, Context, Deadline, Envelope, Event, EventId, HandlerError, MemoryStore,
+    RetryPolicy, RunningService, Saga, SagaAborted, SagaCompensated, SagaId, SagaKind, SagaLog,
+    SagaOutcome, SagaRecord, Service, ServiceOptions, Step, StepHandler, StepResult, Store,
+    TokioClock, TraceContext, Transport,
 };
 use opentelemetry::metrics::Meter;
 use serde::{Deserialize, Serialize};
 
+#[allow(unused_imports)]
+pub use self::world::{effect, Behaviour, CrashPoint, Effect, Ledger, World};
+
 pub const TOPIC: &str = "orders.saga";
 pub const SERVICES: [&str; 3] = ["orders", "payments", "inventory"];
 
-/// Where a scenario runs. On memory, time is paused tokio time and a unit is one second; on a
-/// broker, time is real and units are short, so deadlines stay small.
+/// The broker a scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum Via {
     Memory,
     #[cfg(feature = "kafka")]
     Kafka,
@@ -34,15 +43,62 @@ pub enum Backend {
     RabbitMq,
 }
 
+/// Where a scenario's services keep their saga state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    #[cfg(feature = "sqlite")]
+    Sqlite,
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+/// Where a scenario runs: a transport and a store. On memory, time is paused tokio time and
+/// a unit is one second (the SQLite store works on tokio's blocking pool, which holds a
+/// paused clock still); with a broker or PostgreSQL, time is real and units are short, so
+/// deadlines stay small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub via: Via,
+    pub store: StoreKind,
+}
+
 impl Backend {
+    pub const MEMORY: Self = Self {
+        via: Via::Memory,
+        store: StoreKind::Memory,
+    };
+    #[cfg(feature = "kafka")]
+    pub const KAFKA: Self = Self {
+        via: Via::Kafka,
+        store: StoreKind::Memory,
+    };
+    #[cfg(feature = "rabbitmq")]
+    pub const RABBITMQ: Self = Self {
+        via: Via::RabbitMq,
+        store: StoreKind::Memory,
+    };
+
+    /// The same transport with `store`.
+    pub const fn on(self, store: StoreKind) -> Self {
+        Self { store, ..self }
+    }
+
+    /// Whether the scenario runs on paused time.
+    pub fn paused(self) -> bool {
+        #[cfg(feature = "postgres")]
+        if self.store == StoreKind::Postgres {
+            return false;
+        }
+        self.via == Via::Memory
+    }
+
     /// `n` units of scenario time.
     pub fn units(self, n: u64) -> Duration {
-        match self {
-            Backend::Memory => Duration::from_secs(n),
-            #[cfg(feature = "kafka")]
-            Backend::Kafka => Duration::from_millis(300 * n),
-            #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq => Duration::from_millis(300 * n),
+        if self.paused() {
+            Duration::from_secs(n)
+        } else {
+            Duration::from_millis(300 * n)
         }
     }
 
@@ -52,36 +108,79 @@ impl Backend {
     }
 }
 
-/// Expands each named `async fn(Backend)` scenario into one test per transport: paused time
-/// on memory, real time against a broker started through the test kit.
+/// Expands named `async fn(Backend)` scenarios into one test per backend, in a module named
+/// after it: `memory`, `memory_sqlite`, `memory_postgres` (the stores on the in-memory
+/// transport), `kafka`, `rabbitmq` (the brokers with the memory store), `kafka_sqlite`,
+/// `rabbitmq_sqlite`, `rabbitmq_postgres`. Backends whose cargo features are off expand
+/// to nothing.
 #[macro_export]
-macro_rules! on_every_transport {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
+macro_rules! scenarios {
+    ($($backend:ident: [$($name:ident),* $(,)?];)*) => {
+        $( $crate::scenarios!(@on $backend; $($name),*); )*
+    };
+    (@on memory; $($name:ident),*) => {
+        $crate::scenarios!(@paused memory, $crate::common::Backend::MEMORY, all(); $($name),*);
+    };
+    (@on memory_sqlite; $($name:ident),*) => {
+        $crate::scenarios!(@paused memory_sqlite,
+            $crate::common::Backend::MEMORY.on($crate::common::StoreKind::Sqlite),
+            all(feature = "sqlite"); $($name),*);
+    };
+    (@on memory_postgres; $($name:ident),*) => {
+        $crate::scenarios!(@real memory_postgres,
+            $crate::common::Backend::MEMORY.on($crate::common::StoreKind::Postgres),
+            all(feature = "postgres"); $($name),*);
+    };
+    (@on kafka; $($name:ident),*) => {
+        $crate::scenarios!(@real kafka, $crate::common::Backend::KAFKA,
+            all(feature = "kafka"); $($name),*);
+    };
+    (@on rabbitmq; $($name:ident),*) => {
+        $crate::scenarios!(@real rabbitmq, $crate::common::Backend::RABBITMQ,
+            all(feature = "rabbitmq"); $($name),*);
+    };
+    (@on rabbitmq_sqlite; $($name:ident),*) => {
+        $crate::scenarios!(@real rabbitmq_sqlite,
+            $crate::common::Backend::RABBITMQ.on($crate::common::StoreKind::Sqlite),
+            all(feature = "rabbitmq", feature = "sqlite"); $($name),*);
+    };
+    (@on rabbitmq_postgres; $($name:ident),*) => {
+        $crate::scenarios!(@real rabbitmq_postgres,
+            $crate::common::Backend::RABBITMQ.on($crate::common::StoreKind::Postgres),
+            all(feature = "rabbitmq", feature = "postgres"); $($name),*);
+    };
+    (@paused $module:ident, $backend:expr, $cfg:meta; $($name:ident),*) => {
+        #[cfg($cfg)]
+        mod $module {
             $(
                 #[tokio::test(start_paused = true)]
                 async fn $name() {
-                    super::$name($crate::common::Backend::Memory).await
+                    super::$name($backend).await
                 }
             )*
         }
-        #[cfg(feature = "kafka")]
-        mod kafka {
+    };
+    (@real $module:ident, $backend:expr, $cfg:meta; $($name:ident),*) => {
+        #[cfg($cfg)]
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::common::Backend::Kafka).await
+                    super::$name($backend).await
                 }
             )*
         }
-        #[cfg(feature = "rabbitmq")]
-        mod rabbitmq {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::RabbitMq).await
-                }
-            )*
+    };
+}
+
+/// Every scenario on memory, Kafka and RabbitMQ, each with the memory store.
+#[macro_export]
+macro_rules! on_every_transport {
+    ($($name:ident),* $(,)?) => {
+        $crate::scenarios! {
+            memory: [$($name),*];
+            kafka: [$($name),*];
+            rabbitmq: [$($name),*];
         }
     };
 }
@@ -137,59 +236,6 @@ pub fn saga(timeout: Duration) -> Saga {
         .completes_on::<OrderConfirmed>()
 }
 
-/// How the services behave; tests change it before starting sagas.
-#[derive(Debug, Clone)]
-pub struct Behaviour {
-    pub credit_limit_cents: u64,
-    pub out_of_stock: HashSet<String>,
-    /// How long inventory takes to reserve a SKU.
-    pub slow_skus: HashMap<String, Duration>,
-    /// How long payments takes to reserve credit.
-    pub credit_delay: Duration,
-    /// How often inventory fails transiently before it succeeds.
-    pub inventory_transient_failures: u32,
-    /// Whether inventory fails permanently.
-    pub inventory_permanent_failure: bool,
-    /// Whether inventory panics.
-    pub inventory_panics: bool,
-    /// How often releasing credit fails transiently before it succeeds.
-    pub refund_failures: u32,
-    /// Orders refuses to confirm (the customer cancelled meanwhile).
-    pub reject_confirmation: bool,
-}
-
-impl Default for Behaviour {
-    fn default() -> Self {
-        Self {
-            credit_limit_cents: 10_000,
-            out_of_stock: HashSet::new(),
-            slow_skus: HashMap::new(),
-            credit_delay: Duration::ZERO,
-            inventory_transient_failures: 0,
-            inventory_permanent_failure: false,
-            inventory_panics: false,
-            refund_failures: 0,
-            reject_confirmation: false,
-        }
-    }
-}
-
-/// One effect a service had on its own state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Effect {
-    pub service: &'static str,
-    pub action: &'static str,
-    pub order_id: u64,
-}
-
-pub fn effect(service: &'static str, action: &'static str, order_id: u64) -> Effect {
-    Effect {
-        service,
-        action,
-        order_id,
-    }
-}
-
 /// The effects of a completed order saga, in order: every forward step once.
 pub fn every_forward_step_once(order_id: u64) -> Vec<Effect> {
     vec![
@@ -201,63 +247,6 @@ pub fn every_forward_step_once(order_id: u64) -> Vec<Effect> {
     ]
 }
 
-/// The business side of the three services: their behaviour and a ledger of effects.
-#[derive(Default)]
-pub struct World {
-    pub behaviour: Mutex<Behaviour>,
-    ledger: Mutex<Vec<Effect>>,
-    attempts: Mutex<HashMap<(&'static str, u64), u32>>,
-}
-
-impl World {
-    pub fn behaviour(&self) -> Behaviour {
-        self.behaviour.lock().unwrap().clone()
-    }
-
-    pub fn set(&self, change: impl FnOnce(&mut Behaviour)) {
-        change(&mut self.behaviour.lock().unwrap());
-    }
-
-    fn record(&self, service: &'static str, action: &'static str, order_id: u64) {
-        self.ledger
-            .lock()
-            .unwrap()
-            .push(effect(service, action, order_id));
-    }
-
-    /// Counts an attempt of `action` for `order_id` and returns its number, from 1.
-    fn attempt(&self, action: &'static str, order_id: u64) -> u32 {
-        let mut attempts = self.attempts.lock().unwrap();
-        let count = attempts.entry((action, order_id)).or_default();
-        *count += 1;
-        *count
-    }
-
-    pub fn attempts(&self, action: &'static str, order_id: u64) -> u32 {
-        self.attempts
-            .lock()
-            .unwrap()
-            .get(&(action, order_id))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Every effect on `order_id`, in the order they happened.
-    pub fn effects(&self, order_id: u64) -> Vec<Effect> {
-        self.ledger
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|effect| effect.order_id == order_id)
-            .cloned()
-            .collect()
-    }
-
-    pub fn all_effects(&self) -> Vec<Effect> {
-        self.ledger.lock().unwrap().clone()
-    }
-}
-
 /// Payments as a stateful handler, to exercise the `StepHandler` trait as users write it.
 #[derive(Clone)]
 struct Payments(Arc<World>);
@@ -265,7 +254,7 @@ struct Payments(Arc<World>);
 impl StepHandler<OrderPlaced> for Payments {
     type Output = CreditReserved;
 
-    async fn handle(&self, order: OrderPlaced, _cx: Context) -> StepResult<CreditReserved> {
+    async fn handle(&self, order: OrderPlaced, cx: Context) -> StepResult<CreditReserved> {
         let delay = self.0.behaviour().credit_delay;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -276,7 +265,9 @@ impl StepHandler<OrderPlaced> for Payments {
                 order.amount_cents
             )));
         }
-        self.0.record("payments", "reserve_credit", order.order_id);
+        self.0
+            .record(&cx, "payments", "reserve_credit", order.order_id)
+            .await?;
         tracing::info!(order_id = order.order_id, "credit reserved");
         Ok(Step::done(CreditReserved {
             order_id: order.order_id,
@@ -289,15 +280,29 @@ impl StepHandler<OrderPlaced> for Payments {
 impl StepHandler<StockReserved> for Payments {
     type Output = PaymentCaptured;
 
-    async fn handle(&self, stock: StockReserved, _cx: Context) -> StepResult<PaymentCaptured> {
-        self.0.record("payments", "capture_payment", stock.order_id);
+    async fn handle(&self, stock: StockReserved, cx: Context) -> StepResult<PaymentCaptured> {
+        self.0
+            .record(&cx, "payments", "capture_payment", stock.order_id)
+            .await?;
         Ok(Step::done(PaymentCaptured {
             order_id: stock.order_id,
         }))
     }
 }
 
-/// The services of one test, on one transport, sharing one paused-time clock.
+/// Where the services' stores are: one per service, reopened from here when it restarts.
+enum Stores {
+    /// One memory store per service, kept across restarts as a process would keep it.
+    Memory(HashMap<&'static str, Arc<MemoryStore>>),
+    /// `{directory}/{service}.db`.
+    #[cfg(feature = "sqlite")]
+    Sqlite(std::path::PathBuf),
+    /// One database, shared by the three services.
+    #[cfg(feature = "postgres")]
+    Postgres(String),
+}
+
+/// The services of one test, on one transport and one kind of store, sharing one clock.
 pub struct Harness {
     pub backend: Backend,
     pub transport: Arc<dyn Transport>,
@@ -306,17 +311,35 @@ pub struct Harness {
     pub clock: TokioClock,
     pub world: Arc<World>,
     pub log: SagaLog,
-    pub journals: HashMap<&'static str, Arc<MemoryJournal>>,
-    pub inboxes: HashMap<&'static str, Arc<dyn Inbox>>,
+    stores: Stores,
+    /// Each service's store as it last opened it.
+    opened: Mutex<HashMap<&'static str, Arc<dyn Store>>>,
     pub running: HashMap<&'static str, RunningService>,
     /// Where the services record metrics; default: the global meter provider.
     pub meter: Option<Meter>,
+    /// The options services start with; default: `test_options`.
+    options: Option<ServiceOptions>,
     next_order: Mutex<u64>,
+    /// The broker's URL, for services that get a connection of their own.
+    broker_url: Option<String>,
     /// Declared last, so the broker outlives every client dropped with the harness.
     #[cfg(feature = "kafka")]
     kafka: Option<choreo_testkit::KafkaBroker>,
     #[cfg(feature = "rabbitmq")]
     rabbitmq: Option<choreo_testkit::RabbitMqBroker>,
+    #[cfg(feature = "sqlite")]
+    _files: Option<TempDir>,
+}
+
+/// A directory removed when dropped.
+#[cfg(feature = "sqlite")]
+struct TempDir(std::path::PathBuf);
+
+#[cfg(feature = "sqlite")]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub fn test_options(backend: Backend) -> ServiceOptions {
@@ -343,84 +366,107 @@ impl Harness {
 
     /// All three services on `backend`, recording their metrics with `meter`.
     pub async fn start_metered(backend: Backend, meter: Option<Meter>) -> Self {
-        let mut harness = match backend {
-            Backend::Memory => Self::memory(MemoryTransport::new()).await,
-            #[cfg(feature = "kafka")]
-            Backend::Kafka => Self::kafka().await,
-            #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq => Self::rabbitmq().await,
-        };
+        let mut harness = Self::prepare(backend).await;
         harness.meter = meter;
         harness.start_all().await;
         harness
     }
 
-    /// A RabbitMQ broker started through the test kit; no service started yet.
-    #[cfg(feature = "rabbitmq")]
-    async fn rabbitmq() -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let broker = choreo_testkit::RabbitMqBroker::start()
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        let url = format!("{}?reconnect.max.ms=1000", broker.url());
-        let transport = choreo::connect(&url).await.unwrap();
-        let mut harness = Self::on(Backend::RabbitMq, transport).await;
-        harness.rabbitmq = Some(broker);
-        harness
-    }
-
-    /// All three services on `memory`.
+    /// All three services on `memory`, with memory stores.
     pub async fn memory_with(memory: MemoryTransport) -> Self {
-        let mut harness = Self::memory(memory).await;
+        let mut harness = Self::on_memory(memory, Backend::MEMORY).await;
         harness.start_all().await;
         harness
     }
 
-    /// No service started yet, on `memory`.
-    async fn memory(memory: MemoryTransport) -> Self {
-        let mut harness = Self::on(Backend::Memory, Arc::new(memory.clone())).await;
-        harness.memory = Some(memory);
-        harness
-    }
-
-    /// A Kafka broker started through the test kit; no service started yet.
-    #[cfg(feature = "kafka")]
-    async fn kafka() -> Self {
+    /// The transport and the stores of `backend`; no service started yet.
+    pub async fn prepare(backend: Backend) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let broker = choreo_testkit::KafkaBroker::start()
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        let url = format!(
-            "{}?session.timeout.ms=2000&commit.interval.ms=100&message.timeout.ms=10000&rdkafka.fetch.wait.max.ms=20",
-            broker.url()
-        );
-        let transport = choreo::connect(&url).await.unwrap();
-        let mut harness = Self::on(Backend::Kafka, transport).await;
-        harness.kafka = Some(broker);
+        match backend.via {
+            Via::Memory => Self::on_memory(MemoryTransport::new(), backend).await,
+            #[cfg(feature = "kafka")]
+            Via::Kafka => {
+                let broker = choreo_testkit::KafkaBroker::start()
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+                let url = format!(
+                    "{}?session.timeout.ms=2000&commit.interval.ms=100&message.timeout.ms=10000&rdkafka.fetch.wait.max.ms=20",
+                    broker.url()
+                );
+                let transport = choreo::connect(&url).await.unwrap();
+                let mut harness = Self::on(backend, transport).await;
+                harness.broker_url = Some(url);
+                harness.kafka = Some(broker);
+                harness
+            }
+            #[cfg(feature = "rabbitmq")]
+            Via::RabbitMq => {
+                let broker = choreo_testkit::RabbitMqBroker::start()
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+                let url = format!("{}?reconnect.max.ms=1000", broker.url());
+                let transport = choreo::connect(&url).await.unwrap();
+                let mut harness = Self::on(backend, transport).await;
+                harness.broker_url = Some(url);
+                harness.rabbitmq = Some(broker);
+                harness
+            }
+        }
+    }
+
+    async fn on_memory(memory: MemoryTransport, backend: Backend) -> Self {
+        let mut harness = Self::on(backend, Arc::new(memory.clone())).await;
+        harness.memory = Some(memory);
         harness
     }
 
-    /// No service started yet, on `transport`.
-    pub async fn on(backend: Backend, transport: Arc<dyn Transport>) -> Self {
+    /// No service started yet, on `transport`, with `backend`'s stores.
+    async fn on(backend: Backend, transport: Arc<dyn Transport>) -> Self {
         let definition = saga(backend.timeout());
         let (log, dead_letters) = tokio::join!(
             SagaLog::start(Arc::clone(&transport), &definition, "observer"),
             DeadLetterLog::start(Arc::clone(&transport), TOPIC),
         );
-        let journals = SERVICES
-            .iter()
-            .map(|name| (*name, Arc::new(MemoryJournal::new())))
-            .collect();
-        let inboxes = SERVICES
-            .iter()
-            .map(|name| (*name, Arc::new(MemoryInbox::new()) as Arc<dyn Inbox>))
-            .collect();
+        #[cfg(feature = "sqlite")]
+        let mut files = None;
+        let (stores, ledger) = match backend.store {
+            StoreKind::Memory => (
+                Stores::Memory(
+                    SERVICES
+                        .iter()
+                        .map(|name| (*name, Arc::new(MemoryStore::new())))
+                        .collect(),
+                ),
+                Ledger::Memory(Mutex::default()),
+            ),
+            #[cfg(feature = "sqlite")]
+            StoreKind::Sqlite => {
+                let directory =
+                    std::env::temp_dir().join(format!("choreo-saga-{}", uuid::Uuid::now_v7()));
+                std::fs::create_dir_all(&directory).unwrap();
+                for service in SERVICES {
+                    world::create_sqlite_ledger(&directory.join(format!("{service}.db")));
+                }
+                files = Some(TempDir(directory.clone()));
+                (Stores::Sqlite(directory.clone()), Ledger::Sqlite(directory))
+            }
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => {
+                let server = choreo_testkit::PostgresServer::shared()
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+                let url = server
+                    .database()
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+                let pool = choreo::postgres::sqlx::PgPool::connect(&url).await.unwrap();
+                world::create_postgres_ledger(&pool).await;
+                (Stores::Postgres(url), Ledger::Postgres(pool))
+            }
+        };
         Self {
             backend,
             transport,
@@ -429,15 +475,19 @@ impl Harness {
             kafka: None,
             #[cfg(feature = "rabbitmq")]
             rabbitmq: None,
+            #[cfg(feature = "sqlite")]
+            _files: files,
             dead_letters,
             clock: TokioClock::new(),
-            world: Arc::new(World::default()),
+            world: Arc::new(World::new(ledger)),
             log: log.unwrap(),
-            journals,
-            inboxes,
+            stores,
+            opened: Mutex::default(),
             running: HashMap::new(),
             meter: None,
+            options: None,
             next_order: Mutex::new(0),
+            broker_url: None,
         }
     }
 
@@ -448,7 +498,46 @@ impl Harness {
 
     /// The options every service of the harness runs with.
     pub fn options(&self) -> ServiceOptions {
-        test_options(self.backend)
+        self.options
+            .clone()
+            .unwrap_or_else(|| test_options(self.backend))
+    }
+
+    /// Changes the options services start with from here on.
+    pub fn tune(&mut self, change: impl FnOnce(ServiceOptions) -> ServiceOptions) {
+        self.options = Some(change(self.options()));
+    }
+
+    /// Waits for the first event of any saga, and returns that saga.
+    pub async fn wait_for_a_saga(&self) -> SagaId {
+        let deadline = tokio::time::Instant::now() + self.units(100);
+        loop {
+            if let Some(saga) = self.log.sagas().first() {
+                return *saga;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no saga started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Service `name`'s store: the same memory store across restarts, or its database
+    /// opened again, as a restarted process would.
+    pub async fn open_store(&self, name: &'static str) -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = match &self.stores {
+            Stores::Memory(stores) => Arc::clone(&stores[name]) as Arc<dyn Store>,
+            #[cfg(feature = "sqlite")]
+            Stores::Sqlite(directory) => {
+                let url = format!(
+                    "sqlite://{}",
+                    directory.join(format!("{name}.db")).display()
+                );
+                choreo::open_store(&url).await.unwrap()
+            }
+            #[cfg(feature = "postgres")]
+            Stores::Postgres(url) => choreo::open_store(url).await.unwrap(),
+        };
+        self.opened.lock().unwrap().insert(name, Arc::clone(&store));
+        store
     }
 
     /// Publishes bytes that need not be an event.
@@ -472,6 +561,15 @@ impl Harness {
             return rabbitmq.publish_raw(topic, &message).await.unwrap();
         }
         unreachable!("a harness has a transport");
+    }
+
+    /// A connection of its own to the harness's broker (the same in-process broker on
+    /// memory), for a service that is to crash with its connection.
+    pub async fn own_connection(&self) -> Arc<dyn Transport> {
+        match &self.broker_url {
+            Some(url) => choreo::connect(url).await.unwrap(),
+            None => Arc::clone(&self.transport),
+        }
     }
 
     /// Messages of `topic` that `group` has not acked, where the transport can tell.
@@ -499,31 +597,63 @@ impl Harness {
 
     /// Starts the three services at once (joining a broker's consumer groups takes a while).
     pub async fn start_all(&mut self) {
-        let started = futures_util::future::join_all(SERVICES.map(|name| {
-            let service = self.service(name, self.options());
-            let transport = Arc::clone(&self.transport);
-            async move { (name, service.run(transport).await.unwrap()) }
-        }))
-        .await;
+        let mut services = Vec::new();
+        for name in SERVICES {
+            services.push((name, self.service(name, self.options()).await));
+        }
+        let started =
+            futures_util::future::join_all(services.into_iter().map(|(name, service)| {
+                let transport = Arc::clone(&self.transport);
+                async move { (name, service.run(transport).await.unwrap()) }
+            }))
+            .await;
         self.running.extend(started);
     }
 
-    /// Starts (or restarts) service `name` with its journal and inbox kept across restarts.
+    /// Starts (or restarts) service `name`, from its store.
     pub async fn start_service(&mut self, name: &'static str) {
         self.start_with(name, self.options()).await;
     }
 
     /// Starts (or restarts) service `name` with `options`.
     pub async fn start_with(&mut self, name: &'static str, options: ServiceOptions) {
-        let service = self.service(name, options);
+        let service = self.service(name, options).await;
         let running = service.run(Arc::clone(&self.transport)).await.unwrap();
         self.running.insert(name, running);
     }
 
-    pub fn service(&self, name: &'static str, options: ServiceOptions) -> Service {
+    /// The id the next order placed gets.
+    pub fn next_order_id(&self) -> u64 {
+        *self.next_order.lock().unwrap() + 1
+    }
+
+    /// Restarts inventory on a connection of its own that stops it at `point` once, in the
+    /// handling of order `order_id`, as a crash would there.
+    pub async fn start_inventory_to_crash_at(&mut self, point: CrashPoint, order_id: u64) {
+        if let Some(running) = self.running.remove("inventory") {
+            running.shutdown().await;
+        }
+        self.world.stalls.arm(point, order_id);
+        let transport = Arc::new(faults::Faulty::new(
+            self.own_connection().await,
+            Arc::clone(&self.world),
+            StockReserved::TYPE,
+            CreditReserved::TYPE,
+        ));
+        let service = self.service("inventory", self.options()).await;
+        let running = service.run(transport).await.unwrap();
+        self.running.insert("inventory", running);
+    }
+
+    /// Kills service `name` as a crash would: its tasks are aborted and its connection
+    /// dropped, nothing is shut down gracefully.
+    pub fn kill(&mut self, name: &str) {
+        self.running.remove(name).unwrap().kill();
+    }
+
+    pub async fn service(&self, name: &'static str, options: ServiceOptions) -> Service {
         let builder = Service::builder(name, &saga(self.backend.timeout()))
-            .journal(self.journals[name].clone())
-            .inbox(self.inboxes[name].clone())
+            .store(self.open_store(name).await)
             .clock(Arc::new(self.clock.clone()))
             .options(options);
         let builder = match &self.meter {
@@ -536,20 +666,23 @@ impl Harness {
                 let cancel_world = Arc::clone(&world);
                 builder
                     .initiates::<OrderPlaced>()
-                    .compensate(move |order: OrderPlaced, _cx: Context| {
+                    .compensate(move |order: OrderPlaced, cx: Context| {
                         let world = Arc::clone(&cancel_world);
                         async move {
-                            world.record("orders", "cancel_order", order.order_id);
-                            Ok::<_, HandlerError>(())
+                            world
+                                .record(&cx, "orders", "cancel_order", order.order_id)
+                                .await
                         }
                     })
-                    .step(move |paid: PaymentCaptured, _cx: Context| {
+                    .step(move |paid: PaymentCaptured, cx: Context| {
                         let world = Arc::clone(&world);
                         async move {
                             if world.behaviour().reject_confirmation {
                                 return Ok(Step::reject("the customer cancelled the order"));
                             }
-                            world.record("orders", "confirm_order", paid.order_id);
+                            world
+                                .record(&cx, "orders", "confirm_order", paid.order_id)
+                                .await?;
                             Ok(Step::done(OrderConfirmed {
                                 order_id: paid.order_id,
                             }))
@@ -562,23 +695,25 @@ impl Harness {
                 let capture_world = Arc::clone(&world);
                 builder
                     .step::<OrderPlaced, _>(Payments(Arc::clone(&world)))
-                    .compensate(move |credit: CreditReserved, _cx: Context| {
+                    .compensate(move |credit: CreditReserved, cx: Context| {
                         let world = Arc::clone(&refund_world);
                         async move {
                             let attempt = world.attempt("release_credit", credit.order_id);
                             if attempt <= world.behaviour().refund_failures {
                                 return Err(HandlerError::transient("ledger unavailable"));
                             }
-                            world.record("payments", "release_credit", credit.order_id);
-                            Ok(())
+                            world
+                                .record(&cx, "payments", "release_credit", credit.order_id)
+                                .await
                         }
                     })
                     .step::<StockReserved, _>(Payments(world))
-                    .compensate(move |captured: PaymentCaptured, _cx: Context| {
+                    .compensate(move |captured: PaymentCaptured, cx: Context| {
                         let world = Arc::clone(&capture_world);
                         async move {
-                            world.record("payments", "refund_payment", captured.order_id);
-                            Ok(())
+                            world
+                                .record(&cx, "payments", "refund_payment", captured.order_id)
+                                .await
                         }
                     })
                     .build()
@@ -586,15 +721,16 @@ impl Harness {
             "inventory" => {
                 let release_world = Arc::clone(&world);
                 builder
-                    .step(move |credit: CreditReserved, _cx: Context| {
+                    .step(move |credit: CreditReserved, cx: Context| {
                         let world = Arc::clone(&world);
-                        async move { reserve_stock(&world, credit).await }
+                        async move { reserve_stock(&world, credit, cx).await }
                     })
-                    .compensate(move |stock: StockReserved, _cx: Context| {
+                    .compensate(move |stock: StockReserved, cx: Context| {
                         let world = Arc::clone(&release_world);
                         async move {
-                            world.record("inventory", "release_stock", stock.order_id);
-                            Ok(())
+                            world
+                                .record(&cx, "inventory", "release_stock", stock.order_id)
+                                .await
                         }
                     })
                     .build()
@@ -619,6 +755,8 @@ impl Harness {
         self.order(amount_cents, sku, Some(timeout)).await
     }
 
+    /// Orders creates the order and starts its saga: on a SQL store both in one
+    /// transaction, the order row and the saga's start committed together.
     async fn order(
         &self,
         amount_cents: u64,
@@ -630,22 +768,19 @@ impl Harness {
             *next += 1;
             *next
         };
-        self.world.record("orders", "create_order", order_id);
         let order = OrderPlaced {
             order_id,
             amount_cents,
             sku: sku.to_owned(),
         };
+        let deadline = Deadline::after(self.clock.now(), timeout.unwrap_or(self.backend.timeout()));
         let orders = &self.running["orders"];
-        let saga = match timeout {
-            None => orders.start_saga(order).await,
-            Some(timeout) => {
-                orders
-                    .start_saga_until(order, Deadline::after(self.clock.now(), timeout))
-                    .await
-            }
-        }
-        .unwrap();
+        let mut tx = orders.begin();
+        self.world
+            .record_in(&tx, "orders", "create_order", order_id)
+            .await;
+        let saga = tx.start_saga_until(order, deadline).unwrap();
+        tx.commit().await.unwrap();
         (order_id, saga)
     }
 
@@ -683,16 +818,36 @@ impl Harness {
 
     /// Lets every deadline, grace period and retry that can still fire run out.
     pub async fn settle(&self) {
-        tokio::time::sleep(match self.backend {
-            Backend::Memory => self.units(120),
-            #[cfg(any(feature = "kafka", feature = "rabbitmq"))]
-            _ => self.units(14),
+        tokio::time::sleep(if self.backend.paused() {
+            self.units(120)
+        } else {
+            self.units(14)
         })
         .await;
     }
 
-    pub fn record(&self, service: &'static str, saga: SagaId) -> Option<SagaRecord> {
-        self.journals[service].record(saga)
+    /// Service `name`'s record of `saga`, as its store holds it.
+    pub async fn record(&self, service: &'static str, saga: SagaId) -> Option<SagaRecord> {
+        let store = match self.opened.lock().unwrap().get(service) {
+            Some(store) => Arc::clone(store),
+            None => panic!("{service} never opened its store"),
+        };
+        store.load(service, saga, None).await.unwrap().record
+    }
+
+    /// Whether service `name` has `event` in its inbox.
+    pub async fn handled(&self, service: &'static str, event: &Envelope) -> bool {
+        let store = Arc::clone(&self.opened.lock().unwrap()[service]);
+        store
+            .load(service, event.saga_id, Some(event.id))
+            .await
+            .unwrap()
+            .handled
+    }
+
+    /// Every committed effect on `order_id`, in order.
+    pub async fn effects(&self, order_id: u64) -> Vec<Effect> {
+        self.world.effects(order_id).await
     }
 
     /// `(source, type)` of every event of the saga, in order.
@@ -701,7 +856,15 @@ impl Harness {
     }
 }
 
-async fn reserve_stock(world: &World, credit: CreditReserved) -> StepResult<StockReserved> {
+async fn reserve_stock(
+    world: &World,
+    credit: CreditReserved,
+    cx: Context,
+) -> StepResult<StockReserved> {
+    world
+        .stalls
+        .at(CrashPoint::BeforeStep, Some(credit.order_id))
+        .await;
     let behaviour = world.behaviour();
     let attempt = world.attempt("reserve_stock", credit.order_id);
     if behaviour.inventory_panics {
@@ -719,7 +882,13 @@ async fn reserve_stock(world: &World, credit: CreditReserved) -> StepResult<Stoc
     if behaviour.out_of_stock.contains(&credit.sku) {
         return Ok(Step::reject(format!("{} is out of stock", credit.sku)));
     }
-    world.record("inventory", "reserve_stock", credit.order_id);
+    world
+        .record(&cx, "inventory", "reserve_stock", credit.order_id)
+        .await?;
+    world
+        .stalls
+        .at(CrashPoint::AfterBusinessWrite, Some(credit.order_id))
+        .await;
     Ok(Step::done(StockReserved {
         order_id: credit.order_id,
         sku: credit.sku,

@@ -1,0 +1,178 @@
+//! A transport around the real one that stops a service at a crash point of the runtime's
+//! own: after a handling committed but before its event is published, or after the
+//! publish but before the event it handled is acknowledged. The test then kills the
+//! service there, as a crash would.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use choreo::transport::Acknowledge;
+use choreo::{
+    Delivery, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
+};
+
+use super::world::{CrashPoint, World};
+
+pub struct Faulty {
+    inner: Arc<dyn Transport>,
+    world: Arc<World>,
+    /// The event type whose publish stops at `AfterCommit`.
+    published: &'static str,
+    /// The event type whose acknowledgement stops at `AfterPublish`.
+    acknowledged: &'static str,
+    /// Publishes still to refuse, as a broker that is down would.
+    refusing: AtomicU32,
+    refused: AtomicU32,
+}
+
+impl Faulty {
+    pub fn new(
+        inner: Arc<dyn Transport>,
+        world: Arc<World>,
+        published: &'static str,
+        acknowledged: &'static str,
+    ) -> Self {
+        Self {
+            inner,
+            world,
+            published,
+            acknowledged,
+            refusing: AtomicU32::new(0),
+            refused: AtomicU32::new(0),
+        }
+    }
+
+    /// Refuses the next `count` publishes, as a broker that is down does.
+    pub fn refuse_publishes(&self, count: u32) {
+        self.refusing.store(count, Ordering::SeqCst);
+    }
+
+    /// How many publishes were refused.
+    pub fn refused(&self) -> u32 {
+        self.refused.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Transport for Faulty {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
+        if envelope.event_type == self.published {
+            let order = order_id(envelope.data.get());
+            self.world.stalls.at(CrashPoint::AfterCommit, order).await;
+        }
+        let refuse = self
+            .refusing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if refuse {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            let down =
+                TransportError::Connection("the broker is down (refused by the test)".into());
+            return Err(PublishError::new(envelope, topic, down));
+        }
+        self.inner.publish(topic, envelope).await
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        Ok(Box::new(FaultySubscription {
+            inner: self.inner.subscribe(group, topics).await?,
+            world: Arc::clone(&self.world),
+            acknowledged: self.acknowledged,
+        }))
+    }
+
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.inner.dead_letter(topic, message, reason).await
+    }
+}
+
+struct FaultySubscription {
+    inner: Box<dyn Subscription>,
+    world: Arc<World>,
+    acknowledged: &'static str,
+}
+
+#[async_trait]
+impl Subscription for FaultySubscription {
+    async fn next(&mut self) -> Result<Delivery, TransportError> {
+        let delivery = self.inner.next().await?;
+        let watched = Envelope::decode(&delivery.message)
+            .is_ok_and(|envelope| envelope.event_type == self.acknowledged);
+        if !watched {
+            return Ok(delivery);
+        }
+        let (topic, message, redelivered) = (
+            delivery.topic.clone(),
+            Arc::clone(&delivery.message),
+            delivery.redelivered,
+        );
+        Ok(Delivery::new(
+            topic,
+            message,
+            redelivered,
+            Box::new(StallingAck {
+                delivery,
+                world: Arc::clone(&self.world),
+            }),
+        ))
+    }
+}
+
+/// Acknowledges through the real delivery, unless `AfterPublish` is armed.
+struct StallingAck {
+    delivery: Delivery,
+    world: Arc<World>,
+}
+
+#[async_trait]
+impl Acknowledge for StallingAck {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.world
+            .stalls
+            .at(CrashPoint::AfterPublish, order_of(&self.delivery.message))
+            .await;
+        self.delivery.ack().await
+    }
+
+    async fn nack(self: Box<Self>) -> Result<(), TransportError> {
+        self.delivery.nack().await
+    }
+
+    async fn dead_letter(
+        self: Box<Self>,
+        _message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.delivery.dead_letter(reason).await
+    }
+}
+
+/// The `order_id` in an event's data, if any.
+fn order_id(data: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(data)
+        .ok()?
+        .get("order_id")?
+        .as_u64()
+}
+
+fn order_of(message: &RawMessage) -> Option<u64> {
+    Envelope::decode(message)
+        .ok()
+        .and_then(|envelope| order_id(envelope.data.get()))
+}
