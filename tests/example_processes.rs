@@ -47,49 +47,164 @@ async fn on_rabbitmq_the_example_completes_its_three_sagas_with_each_service_in_
     play_across_processes(broker.url()).await;
 }
 
-async fn play_across_processes(url: &str) {
+/// The example binary, configured to run one service of the saga.
+fn command(url: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Command {
     let binary = example();
     assert!(binary.exists(), "{} was not built", binary.display());
-    let receiver = OtlpReceiver::start().await;
-    let command = |args: &[&str]| {
-        let mut command = tokio::process::Command::new(&binary);
-        command
-            .args(args)
-            .env("CHOREO_URL", url)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-            .env_remove("OTEL_SERVICE_NAME")
-            .env_remove("OTEL_SDK_DISABLED")
-            .kill_on_drop(true);
-        command
-    };
+    let mut command = tokio::process::Command::new(&binary);
+    command
+        .args(args)
+        .env("CHOREO_URL", url)
+        .env_remove("CHOREO_STORE")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_SDK_DISABLED")
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
 
+/// Starts service `name` and waits until it runs (has joined its consumer group); every
+/// line it writes to stderr goes to `lines`, so it never writes to a closed pipe.
+async fn start_service(
+    mut command: tokio::process::Command,
+    name: &str,
+    lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> tokio::process::Child {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let running = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("is running") {
+                return;
+            }
+        }
+        let status = child.wait().await;
+        panic!("{name} exited before it ran: {status:?}");
+    });
+    running
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not start"));
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if let Some(lines) = &lines {
+                let _ = lines.send(line);
+            }
+        }
+    });
+    child
+}
+
+/// Every service keeps its sagas and its business state in a SQLite file of its own.
+/// Payments is killed (SIGKILL) while the slow-supplier saga waits on inventory, and
+/// started again on its file: the saga times out and payments, back, compensates the
+/// credit it reserved before it died, and says so.
+#[cfg(all(feature = "rabbitmq", feature = "sqlite"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_with_sqlite_stores_payments_killed_mid_saga_comes_back_and_releases_the_credit(
+) {
+    let broker = choreo_testkit::RabbitMqBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let url = broker.url();
+    let directory = std::env::temp_dir().join(format!("choreo-example-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let store = format!("sqlite://{}/{{service}}.db", directory.display());
+    let env = [("CHOREO_STORE", store.as_str()), ("RUST_LOG", "info")];
+
+    let payments_command = || command(url, &env, &["--service", "payments"]);
+    let mut payments = start_service(payments_command(), "payments", None).await;
+    let (lines, mut inventory_says) = tokio::sync::mpsc::unbounded_channel();
+    let inventory = start_service(
+        command(url, &env, &["--service", "inventory"]),
+        "inventory",
+        Some(lines),
+    )
+    .await;
+    let play = command(url, &env, &["--service", "orders", "--play"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Payments has reserved the espresso machine's credit; inventory is at the supplier.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = inventory_says.recv().await {
+            if line.contains("asking the supplier") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("inventory asked the supplier");
+    payments.start_kill().unwrap(); // SIGKILL: no shutdown at all
+    payments.wait().await.unwrap();
+    let payments = start_service(payments_command(), "payments", None).await;
+
+    let output = tokio::time::timeout(Duration::from_secs(120), play.wait_with_output())
+        .await
+        .expect("the play finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("order 1 (should complete): COMPLETED"),
+        "{stdout}"
+    );
+    let slow = stdout
+        .split("order 3 (should time out (slow supplier) and be compensated): ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no third saga: {stdout}"));
+    assert!(slow.starts_with("COMPENSATED (timed out)"), "{stdout}");
+    assert!(
+        slow.lines().any(|line| line.contains("payments")
+            && line.contains("choreo.SagaCompensated.v1")
+            && line.contains("(undid payments.CreditReserved.v1)")),
+        "payments did not undo its credit: {stdout}"
+    );
+
+    // The credit is back: 10,000 cents less the completed order's 4,000.
+    let payments_db =
+        choreo::sqlite::rusqlite::Connection::open(directory.join("payments.db")).unwrap();
+    let available: i64 = payments_db
+        .query_row(
+            "SELECT available_cents FROM credit WHERE account = 'main'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(available, 6_000);
+    for mut service in [payments, inventory] {
+        let pid = nix::unistd::Pid::from_raw(service.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), service.wait())
+            .await
+            .expect("the service stopped on Ctrl-C")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+async fn play_across_processes(url: &str) {
+    let receiver = OtlpReceiver::start().await;
+    let otlp = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
     let mut services = Vec::new();
     for name in ["payments", "inventory"] {
-        let mut child = command(&["--service", name])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Running means subscribed: the service has joined its consumer group.
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let running = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("is running") {
-                    return;
-                }
-            }
-            let status = child.wait().await;
-            panic!("{name} exited before it ran: {status:?}");
-        });
-        running
-            .await
-            .unwrap_or_else(|_| panic!("{name} did not start"));
-        // Keep reading, so the service never writes to a closed pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        services.push(child);
+        let started = start_service(command(url, &otlp, &["--service", name]), name, None);
+        services.push(started.await);
     }
 
-    let play = command(&["--service", "orders", "--play"])
+    let play = command(url, &otlp, &["--service", "orders", "--play"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

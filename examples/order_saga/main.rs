@@ -14,20 +14,28 @@
 //! CHOREO_URL=kafka://localhost:9092 cargo run --example order_saga -- --service inventory
 //! CHOREO_URL=kafka://localhost:9092 cargo run --example order_saga -- --service orders --play
 //! ```
-//! The transport comes from `CHOREO_URL` (default `memory://`); the code does not change.
-//! With `OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318` each saga is one trace in any
-//! OTLP backend (Jaeger, Grafana Tempo, ...), across processes; see docs/observability.md.
+//! The transport comes from `CHOREO_URL` (default `memory://`) and each service's store
+//! from `CHOREO_STORE` (default `memory://`), where `{service}` stands for the service's
+//! name: `CHOREO_STORE=sqlite://data/{service}.db` gives each service a SQLite file that
+//! keeps its sagas and its business state (statuses, credit, stock) across restarts. The
+//! code does not change. With `OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318` each saga
+//! is one trace in any OTLP backend (Jaeger, Grafana Tempo, ...), across processes; see
+//! docs/observability.md.
+
+mod state;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use choreo::{
-    AbortReason, Context, Event, HandlerError, RunningService, Saga, SagaLog, SagaOutcome, Service,
-    Step, StepResult, Transport,
+    AbortReason, Context, Event, RunningService, Saga, SagaLog, SagaOutcome, Service, Step,
+    StepResult, Store, Transport,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::state::State;
 
 const SERVICES: [&str; 3] = ["orders", "payments", "inventory"];
 
@@ -77,57 +85,40 @@ fn order_saga() -> Saga {
 
 // ----- orders -------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct Orders {
-    status: Mutex<HashMap<u64, &'static str>>,
-}
-
-impl Orders {
-    fn set(&self, order_id: u64, status: &'static str) {
-        self.status.lock().unwrap().insert(order_id, status);
-    }
-}
-
-fn orders_service(orders: Arc<Orders>) -> anyhow::Result<Service> {
-    let confirming = Arc::clone(&orders);
-    Ok(Service::builder("orders", &order_saga())
+fn orders_service(state: State, store: Arc<dyn Store>) -> Service {
+    let confirming = state.clone();
+    Service::builder("orders", &order_saga())
+        .store(store)
         .initiates::<OrderPlaced>()
-        .compensate(move |order: OrderPlaced, _cx: Context| {
-            let orders = Arc::clone(&orders);
-            async move {
-                orders.set(order.order_id, "cancelled");
-                Ok::<_, HandlerError>(())
-            }
+        .compensate(move |order: OrderPlaced, cx: Context| {
+            let state = state.clone();
+            async move { state.set_status(&cx, order.order_id, "cancelled").await }
         })
-        .step(move |stock: StockReserved, _cx: Context| {
-            let orders = Arc::clone(&confirming);
+        .step(move |stock: StockReserved, cx: Context| {
+            let state = confirming.clone();
             async move {
-                orders.set(stock.order_id, "confirmed");
+                state.set_status(&cx, stock.order_id, "confirmed").await?;
                 Ok(Step::done(OrderConfirmed {
                     order_id: stock.order_id,
                 }))
             }
         })
-        .build()?)
+        .build()
+        .expect("the orders service is well defined")
 }
 
 // ----- payments -----------------------------------------------------------------------------
 
-struct Payments {
-    available_cents: Mutex<u64>,
-}
-
-fn payments_service(payments: Arc<Payments>) -> anyhow::Result<Service> {
-    let releasing = Arc::clone(&payments);
-    Ok(Service::builder("payments", &order_saga())
-        .step(move |order: OrderPlaced, _cx: Context| {
-            let payments = Arc::clone(&payments);
+fn payments_service(state: State, store: Arc<dyn Store>) -> Service {
+    let releasing = state.clone();
+    Service::builder("payments", &order_saga())
+        .store(store)
+        .step(move |order: OrderPlaced, cx: Context| {
+            let state = state.clone();
             async move {
-                let mut available = payments.available_cents.lock().unwrap();
-                if order.amount_cents > *available {
+                if !state.reserve_credit(&cx, order.amount_cents).await? {
                     return Ok(Step::reject("insufficient credit"));
                 }
-                *available -= order.amount_cents;
                 Ok(Step::done(CreditReserved {
                     order_id: order.order_id,
                     sku: order.sku,
@@ -135,27 +126,21 @@ fn payments_service(payments: Arc<Payments>) -> anyhow::Result<Service> {
                 }))
             }
         })
-        .compensate(move |credit: CreditReserved, _cx: Context| {
-            let payments = Arc::clone(&releasing);
-            async move {
-                *payments.available_cents.lock().unwrap() += credit.amount_cents;
-                Ok(())
-            }
+        .compensate(move |credit: CreditReserved, cx: Context| {
+            let state = releasing.clone();
+            async move { state.release_credit(&cx, credit.amount_cents).await }
         })
-        .build()?)
+        .build()
+        .expect("the payments service is well defined")
 }
 
 // ----- inventory ----------------------------------------------------------------------------
-
-struct Inventory {
-    stock: Mutex<HashMap<String, u32>>,
-}
 
 /// Items whose supplier check is slow: longer than the saga's deadline.
 const SLOW_SUPPLIER: &str = "espresso-machine";
 
 async fn reserve_stock(
-    inventory: Arc<Inventory>,
+    state: State,
     credit: CreditReserved,
     cx: Context,
 ) -> StepResult<StockReserved> {
@@ -163,79 +148,57 @@ async fn reserve_stock(
         tracing::info!(remaining = ?cx.remaining(), "asking the supplier");
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let mut stock = inventory.stock.lock().unwrap();
-    let left = stock.entry(credit.sku.clone()).or_default();
-    if *left == 0 {
+    if !state.reserve_stock(&cx, &credit.sku).await? {
         return Ok(Step::reject(format!("{} is out of stock", credit.sku)));
     }
-    *left -= 1;
     Ok(Step::done(StockReserved {
         order_id: credit.order_id,
         sku: credit.sku,
     }))
 }
 
-fn inventory_service(inventory: Arc<Inventory>) -> anyhow::Result<Service> {
-    let releasing = Arc::clone(&inventory);
-    Ok(Service::builder("inventory", &order_saga())
-        .step(move |credit: CreditReserved, cx: Context| {
-            reserve_stock(Arc::clone(&inventory), credit, cx)
+fn inventory_service(state: State, store: Arc<dyn Store>) -> Service {
+    let releasing = state.clone();
+    Service::builder("inventory", &order_saga())
+        .store(store)
+        .step(move |credit: CreditReserved, cx: Context| reserve_stock(state.clone(), credit, cx))
+        .compensate(move |stock: StockReserved, cx: Context| {
+            let state = releasing.clone();
+            async move { state.release_stock(&cx, &stock.sku).await }
         })
-        .compensate(move |stock: StockReserved, _cx: Context| {
-            let inventory = Arc::clone(&releasing);
-            async move {
-                *inventory
-                    .stock
-                    .lock()
-                    .unwrap()
-                    .entry(stock.sku)
-                    .or_default() += 1;
-                Ok(())
-            }
-        })
-        .build()?)
+        .build()
+        .expect("the inventory service is well defined")
 }
 
 // ----- the run ------------------------------------------------------------------------------
 
-struct World {
-    orders: Arc<Orders>,
-    payments: Arc<Payments>,
-    inventory: Arc<Inventory>,
+/// Service `name`, with its store and its business state from `CHOREO_STORE`.
+async fn service(name: &str, memory: &Arc<state::Memory>) -> anyhow::Result<(Service, State)> {
+    if !SERVICES.contains(&name) {
+        bail!("unknown service `{name}`; expected one of {SERVICES:?}");
+    }
+    let template = std::env::var("CHOREO_STORE").unwrap_or_else(|_| "memory://".to_owned());
+    let url = template.replace("{service}", name);
+    // The business tables first, then the store, which adds its own to the same database.
+    let state = State::open(&url, memory).await?;
+    let store = choreo::open_store(&url).await?;
+    let service = match name {
+        "orders" => orders_service(state.clone(), store),
+        "payments" => payments_service(state.clone(), store),
+        "inventory" => inventory_service(state.clone(), store),
+        _ => unreachable!("checked above"),
+    };
+    Ok((service, state))
 }
 
-impl World {
-    fn new() -> Self {
-        Self {
-            orders: Arc::default(),
-            payments: Arc::new(Payments {
-                available_cents: Mutex::new(10_000),
-            }),
-            inventory: Arc::new(Inventory {
-                stock: Mutex::new(HashMap::from([
-                    ("book".to_owned(), 3),
-                    ("vinyl".to_owned(), 0),
-                    (SLOW_SUPPLIER.to_owned(), 1),
-                ])),
-            }),
-        }
-    }
-
-    fn service(&self, name: &str) -> anyhow::Result<Service> {
-        match name {
-            "orders" => orders_service(Arc::clone(&self.orders)),
-            "payments" => payments_service(Arc::clone(&self.payments)),
-            "inventory" => inventory_service(Arc::clone(&self.inventory)),
-            other => bail!("unknown service `{other}`; expected one of {SERVICES:?}"),
-        }
-    }
-}
-
-/// Starts the three sagas from `orders` and prints how each went.
+/// Starts the three sagas from `orders`, each in one transaction with its order's
+/// "pending" status, and prints how each went; with every service in this process
+/// (`states`), also what their business state says.
 async fn play(
     orders: &RunningService,
+    orders_state: &State,
     transport: Arc<dyn Transport>,
-    world: Option<&World>,
+    states: Option<&HashMap<&str, State>>,
 ) -> anyhow::Result<()> {
     let log = SagaLog::start(transport, &order_saga(), "order-saga-timeline").await?;
     let plays = [
@@ -256,16 +219,14 @@ async fn play(
     let mut sagas = Vec::new();
     for (index, (sku, amount_cents, expectation, expected)) in plays.into_iter().enumerate() {
         let order_id = index as u64 + 1;
-        if let Some(world) = world {
-            world.orders.set(order_id, "pending");
-        }
-        let saga = orders
-            .start_saga(OrderPlaced {
-                order_id,
-                sku: sku.to_owned(),
-                amount_cents,
-            })
-            .await?;
+        let mut tx = orders.begin();
+        orders_state.order_placed(&tx, order_id).await?;
+        let saga = tx.start_saga(OrderPlaced {
+            order_id,
+            sku: sku.to_owned(),
+            amount_cents,
+        })?;
+        tx.commit().await?;
         sagas.push((order_id, saga, expectation, expected));
     }
 
@@ -297,29 +258,28 @@ async fn play(
         };
         println!("order {order_id} (should {expectation}): {verdict}\n  saga {saga}");
         print!("{}", log.timeline(saga));
-        if let Some(world) = world {
-            let status = world.orders.status.lock().unwrap().get(&order_id).copied();
-            println!("  order status: {}", status.unwrap_or("unknown"));
+        if states.is_some() {
+            let statuses = orders_state.summary().await?.statuses;
+            let status = statuses.get(&order_id).map_or("unknown", String::as_str);
+            println!("  order status: {status}");
         }
         println!();
     }
-    if let Some(world) = world {
-        println!(
-            "credit available: {} cents; stock: {:?}",
-            world.payments.available_cents.lock().unwrap(),
-            sorted(&world.inventory.stock.lock().unwrap())
-        );
+    if let Some(states) = states {
+        let credit = states["payments"].summary().await?.credit_cents;
+        let stock = states["inventory"].summary().await?.stock;
+        println!("credit available: {credit} cents; stock: {stock:?}");
     }
     if !surprises.is_empty() {
-        bail!("unexpected outcomes: {}", surprises.join("; "));
+        let mut message = format!("unexpected outcomes: {}", surprises.join("; "));
+        if std::env::var("CHOREO_STORE").is_ok_and(|store| !store.starts_with("memory")) {
+            message.push_str(
+                " (a durable store keeps the credit and stock of earlier plays: remove its files or tables to play from the start)",
+            );
+        }
+        bail!(message);
     }
     Ok(())
-}
-
-fn sorted(stock: &HashMap<String, u32>) -> Vec<(String, u32)> {
-    let mut stock: Vec<_> = stock.iter().map(|(sku, n)| (sku.clone(), *n)).collect();
-    stock.sort();
-    stock
 }
 
 #[derive(Debug, Default)]
@@ -366,21 +326,26 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let url = std::env::var("CHOREO_URL").unwrap_or_else(|_| "memory://".to_owned());
     let transport = choreo::connect(&url).await?;
-    let world = World::new();
+    let memory = Arc::default();
 
     let Some(name) = args.service else {
         println!(
             "choreo order saga on {}\n",
             choreo::TransportUrl::parse(&url)?
         );
-        let mut running = HashMap::new();
+        let (mut running, mut states) = (HashMap::new(), HashMap::new());
         for name in SERVICES {
-            running.insert(
-                name,
-                world.service(name)?.run(Arc::clone(&transport)).await?,
-            );
+            let (service, state) = service(name, &memory).await?;
+            running.insert(name, service.run(Arc::clone(&transport)).await?);
+            states.insert(name, state);
         }
-        play(&running["orders"], transport, Some(&world)).await?;
+        play(
+            &running["orders"],
+            &states["orders"],
+            transport,
+            Some(&states),
+        )
+        .await?;
         for (_, service) in running {
             service.shutdown().await;
         }
@@ -390,9 +355,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if transport.name() == "memory" {
         eprintln!("note: memory:// reaches only this process; set CHOREO_URL to a broker to run services apart");
     }
-    let service = world.service(&name)?.run(Arc::clone(&transport)).await?;
+    let (service, state) = service(&name, &memory).await?;
+    let service = service.run(Arc::clone(&transport)).await?;
     if args.play {
-        play(&service, transport, None).await?;
+        play(&service, &state, transport, None).await?;
     } else {
         eprintln!(
             "{name} is running on {}; Ctrl-C stops it",
