@@ -153,7 +153,7 @@ pub mod postgres {
 /// missing) with the `sqlite` feature, or `postgres://user:pass@host:port/db` with the
 /// `postgres` feature. The schema is created or migrated on open.
 ///
-/// A bad URL, or one whose feature this build lacks, is a [`StoreUrlError`]; a database
+/// A bad URL, or one whose feature this build lacks, is a [`UrlError`]; a database
 /// that cannot be opened or reached in time is an [`OpenStoreError::Open`] saying what was
 /// expected. Passwords never appear in errors.
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, OpenStoreError> {

@@ -208,3 +208,75 @@ async fn refused_in_time(url: &str, seconds: u64) -> String {
     assert!(matches!(error, ConnectError::Transport { .. }), "{error:?}");
     format!("{error} {error:?}")
 }
+
+/// Logs written while `run` runs, on this thread.
+#[cfg(all(feature = "rabbitmq", feature = "sqlite"))]
+async fn logged<F: std::future::Future>(run: F) -> (F::Output, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    let output = {
+        let _default = tracing::subscriber::set_default(subscriber);
+        run.await
+    };
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (output, text)
+}
+
+/// A service on a broker with its saga state in process memory warns that it dies with the
+/// process and cannot be shared with another instance; with a durable store it does not.
+#[cfg(all(feature = "rabbitmq", feature = "sqlite"))]
+#[tokio::test]
+async fn the_memory_store_on_a_broker_warns_that_sagas_die_with_the_process() {
+    let broker = choreo_testkit::RabbitMqBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let transport = choreo::connect(broker.url()).await.unwrap();
+    let payments = |store: Arc<dyn choreo::Store>| {
+        Service::builder("payments", &saga(Backend::MEMORY.timeout()))
+            .store(store)
+            .step(|_: OrderPlaced, _: Context| async { Ok(choreo::Step::done(())) })
+            .build()
+            .unwrap()
+    };
+
+    let (running, logs) =
+        logged(payments(Arc::new(choreo::MemoryStore::new())).run(Arc::clone(&transport))).await;
+    running.unwrap().shutdown().await;
+    assert!(
+        logs.contains("saga state is kept in process memory")
+            && logs.contains("another instance of this service cannot compensate")
+            && logs.contains("sqlite://, postgres://"),
+        "{logs}"
+    );
+
+    let directory = std::env::temp_dir().join(format!("choreo-warning-{}", uuid::Uuid::now_v7()));
+    let store = choreo::open_store(&format!("sqlite://{}/payments.db", directory.display()))
+        .await
+        .unwrap();
+    let (running, logs) = logged(payments(store).run(transport)).await;
+    running.unwrap().shutdown().await;
+    assert!(!logs.contains("process memory"), "{logs}");
+    let _ = std::fs::remove_dir_all(directory);
+
+    // On the in-memory transport the whole system lives in one process: no warning.
+    let memory: Arc<dyn choreo::Transport> = Arc::new(MemoryTransport::new());
+    let (running, logs) = logged(payments(Arc::new(choreo::MemoryStore::new())).run(memory)).await;
+    running.unwrap().shutdown().await;
+    assert!(!logs.contains("process memory"), "{logs}");
+}

@@ -81,10 +81,7 @@ async fn crash_and_restart_inventory(backend: Backend, point: CrashPoint) {
     let (rejected, rejected_saga) = crash_once(&mut h, point, patient).await;
     assert_eq!(
         h.outcome(rejected_saga).await,
-        SagaOutcome::Compensated {
-            reason: AbortReason::Rejected,
-            failed: vec![]
-        }
+        compensated(AbortReason::Rejected)
     );
     h.settle().await;
 
@@ -232,10 +229,7 @@ async fn a_deadline_fires_from_a_recovered_timer(backend: Backend) {
     h.start_service("payments").await;
     assert_eq!(
         h.outcome_among(saga, &["payments"]).await,
-        SagaOutcome::Compensated {
-            reason: AbortReason::TimedOut,
-            failed: vec![]
-        }
+        compensated(AbortReason::TimedOut)
     );
     let events = h.log.events(saga);
     let aborts: Vec<_> = events
@@ -276,13 +270,7 @@ async fn a_deadline_fires_from_a_recovered_timer(backend: Backend) {
     // finished its step: it has nothing to undo, and does not start it past the deadline).
     h.start_service("inventory").await;
     h.start_service("orders").await;
-    assert_eq!(
-        h.outcome(saga).await,
-        SagaOutcome::Compensated {
-            reason: AbortReason::TimedOut,
-            failed: vec![]
-        }
-    );
+    assert_eq!(h.outcome(saga).await, compensated(AbortReason::TimedOut));
     h.settle().await;
     assert_eq!(
         sorted_effects(h.effects(order).await),

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use choreo::postgres::sqlx::{self, Connection};
 use choreo::postgres::{PostgresExt, PostgresStore, PostgresTransaction};
-use choreo::{
-    Event, OpenStoreError, Saga, Service, Store, StoreTransaction, StoreUrl, StoreUrlError,
-};
+use choreo::{Event, OpenStoreError, Saga, Service, Store, StoreTransaction, StoreUrl, UrlError};
 use choreo_testkit::store_conformance::StoreSubject;
 use choreo_testkit::PostgresServer;
 use serde::{Deserialize, Serialize};
@@ -146,7 +144,7 @@ async fn an_unknown_option_or_a_bad_value_is_named_without_the_password() {
         let error = open_error(url).await;
         assert_hides(&error, "hunter2");
         match &error {
-            OpenStoreError::Url(StoreUrlError::InvalidOption {
+            OpenStoreError::Url(UrlError::InvalidOption {
                 option: named, url, ..
             }) => {
                 assert_eq!(named, option);

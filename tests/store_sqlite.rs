@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use choreo::sqlite::{rusqlite, SqliteStore, SqliteTransaction};
-use choreo::{OpenStoreError, Store, StoreTransaction, StoreUrl, StoreUrlError};
+use choreo::{OpenStoreError, Store, StoreTransaction, StoreUrl, UrlError};
 use choreo_testkit::store_conformance::StoreSubject;
 
 /// A database file of its own, removed with the subject.
@@ -96,7 +96,7 @@ async fn open_store_creates_the_file_and_its_directory() {
 async fn a_bad_sqlite_url_or_file_says_what_was_expected() {
     let error = choreo::open_store("sqlite://").await.err().unwrap();
     assert!(
-        matches!(error, OpenStoreError::Url(StoreUrlError::Invalid { .. })),
+        matches!(error, OpenStoreError::Url(UrlError::Invalid { .. })),
         "{error}"
     );
     let error = choreo::open_store("sqlite://x.db?cache=huge")
@@ -104,10 +104,7 @@ async fn a_bad_sqlite_url_or_file_says_what_was_expected() {
         .err()
         .unwrap();
     assert!(
-        matches!(
-            error,
-            OpenStoreError::Url(StoreUrlError::InvalidOption { .. })
-        ),
+        matches!(error, OpenStoreError::Url(UrlError::InvalidOption { .. })),
         "{error}"
     );
 

@@ -42,9 +42,8 @@ pub use crate::service::{
     StartError,
 };
 pub use crate::store::{
-    MemoryStore, OpenStoreError, Store, StoreError, StoreTransaction, StoreUrl, StoreUrlError,
-    TransactionGuard,
+    MemoryStore, OpenStoreError, Store, StoreError, StoreTransaction, StoreUrl, TransactionGuard,
 };
 pub use crate::trace::{InvalidTraceparent, TraceContext};
 pub use crate::transport::{Delivery, PublishError, Subscription, Transport, TransportError};
-pub use crate::url::{ConnectError, TransportUrl, UrlError};
+pub use crate::url::{ConnectError, TransportUrl, UrlError, UrlOf};

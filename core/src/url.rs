@@ -24,27 +24,64 @@ pub struct TransportUrl {
     hosts: Vec<String>,
 }
 
-/// Why a transport URL cannot be used.
+/// What a URL names: a transport or a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UrlOf {
+    /// A transport (`choreo::connect`).
+    Transport,
+    /// A store (`choreo::open_store`).
+    Store,
+}
+
+impl UrlOf {
+    /// URLs a reader would recognise, for error messages.
+    fn examples(self) -> &'static str {
+        match self {
+            Self::Transport => {
+                "`memory://`, `kafka://host:9092` or `amqp://user:pass@host:5672/%2f`"
+            }
+            Self::Store => {
+                "`memory://`, `sqlite://data/orders.db` or `postgres://user:pass@host:5432/db`"
+            }
+        }
+    }
+}
+
+impl fmt::Display for UrlOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Transport => "transport",
+            Self::Store => "store",
+        })
+    }
+}
+
+/// Why a transport or store URL cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum UrlError {
     /// Not a URL.
-    #[error("invalid transport URL `{url}`: {reason}; expected e.g. `memory://`, `kafka://host:9092` or `amqp://user:pass@host:5672/%2f`")]
+    #[error("invalid {of} URL `{url}`: {reason}; expected e.g. {}", of.examples())]
     Invalid {
+        /// A transport's or a store's.
+        of: UrlOf,
         /// The input, password redacted.
         url: String,
         /// What is wrong.
         reason: String,
     },
-    /// A scheme no transport answers to.
-    #[error("unsupported transport scheme `{scheme}://`; this build supports: {supported}")]
+    /// A scheme nothing answers to.
+    #[error("unsupported {of} scheme `{scheme}://`; this build supports: {supported}")]
     UnsupportedScheme {
+        /// A transport's or a store's.
+        of: UrlOf,
         /// The scheme given.
         scheme: String,
         /// The schemes compiled in, e.g. `memory://, kafka://`.
         supported: String,
     },
-    /// A scheme whose transport was not compiled in.
+    /// A scheme whose transport or store was not compiled in.
     #[error("`{scheme}://` needs choreo's `{feature}` cargo feature, which this build lacks; this build supports: {supported}")]
     FeatureDisabled {
         /// The scheme given.
@@ -54,7 +91,7 @@ pub enum UrlError {
         /// The schemes compiled in.
         supported: String,
     },
-    /// A query option the transport does not know or a value it cannot use.
+    /// A query option the transport or store does not know, or a value it cannot use.
     #[error("invalid option `{option}` in `{url}`: {reason}")]
     InvalidOption {
         /// The URL, password redacted.
@@ -89,6 +126,7 @@ impl TransportUrl {
     pub fn parse(input: &str) -> Result<Self, UrlError> {
         if !input.contains("://") {
             return Err(UrlError::Invalid {
+                of: UrlOf::Transport,
                 url: redact(input),
                 reason: "it has no `scheme://`".to_owned(),
             });
@@ -113,11 +151,13 @@ impl TransportUrl {
             None => format!("{scheme}://{first}{tail}"),
         };
         let url = url::Url::parse(&single).map_err(|error| UrlError::Invalid {
+            of: UrlOf::Transport,
             url: redact(input),
             reason: error.to_string(),
         })?;
         for host in hosts.iter().skip(1) {
             url::Url::parse(&format!("{scheme}://{host}")).map_err(|error| UrlError::Invalid {
+                of: UrlOf::Transport,
                 url: redact(input),
                 reason: format!("host `{host}`: {error}"),
             })?;
@@ -176,20 +216,7 @@ impl TransportUrl {
 
     /// The error for a scheme this build does not support.
     pub fn unsupported(&self, compiled_in: &[&str]) -> UrlError {
-        let scheme = self.scheme().to_owned();
-        let supported = compiled_in
-            .iter()
-            .map(|scheme| format!("{scheme}://"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        match KNOWN_SCHEMES.iter().find(|(known, _)| *known == scheme) {
-            Some((_, feature)) => UrlError::FeatureDisabled {
-                scheme,
-                feature: (*feature).to_owned(),
-                supported,
-            },
-            None => UrlError::UnsupportedScheme { scheme, supported },
-        }
+        unsupported(UrlOf::Transport, self.scheme(), compiled_in, &KNOWN_SCHEMES)
     }
 
     /// The error for an option the transport cannot use.
@@ -219,6 +246,34 @@ impl fmt::Display for TransportUrl {
 impl fmt::Debug for TransportUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TransportUrl({})", self.redacted())
+    }
+}
+
+/// The error for `scheme`, which this build does not support: naming its cargo feature if
+/// `known` lists it, and the schemes `compiled_in` either way.
+pub(crate) fn unsupported(
+    of: UrlOf,
+    scheme: &str,
+    compiled_in: &[&str],
+    known: &[(&str, &str)],
+) -> UrlError {
+    let scheme = scheme.to_owned();
+    let supported = compiled_in
+        .iter()
+        .map(|scheme| format!("{scheme}://"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match known.iter().find(|(name, _)| *name == scheme) {
+        Some((_, feature)) => UrlError::FeatureDisabled {
+            scheme,
+            feature: (*feature).to_owned(),
+            supported,
+        },
+        None => UrlError::UnsupportedScheme {
+            of,
+            scheme,
+            supported,
+        },
     }
 }
 

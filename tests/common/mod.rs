@@ -895,6 +895,14 @@ async fn reserve_stock(
     }))
 }
 
+/// The outcome of a saga aborted for `reason` and compensated in full.
+pub fn compensated(reason: AbortReason) -> SagaOutcome {
+    SagaOutcome::Compensated {
+        reason,
+        failed: vec![],
+    }
+}
+
 /// Shorthand for an expected `(source, type)` pair.
 pub fn ev(source: &str, event_type: &str) -> (String, String) {
     (source.to_owned(), event_type.to_owned())

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use choreo_core::{StoreUrl, StoreUrlError};
+use choreo_core::{StoreUrl, UrlError};
 use sqlx::postgres::PgConnectOptions;
 
 /// choreo's own URL options, as documented on [`PostgresConfig`].
@@ -81,7 +81,7 @@ impl fmt::Debug for PostgresConfig {
 impl PostgresConfig {
     /// Reads a `postgres://` or `postgresql://` URL. Unknown choreo options and values that
     /// cannot be used are an error that names them.
-    pub fn from_url(url: &StoreUrl) -> Result<Self, StoreUrlError> {
+    pub fn from_url(url: &StoreUrl) -> Result<Self, UrlError> {
         let scheme = url.scheme();
         if scheme != "postgres" && scheme != "postgresql" {
             return Err(url.unsupported(&["postgres", "postgresql"]));
@@ -195,7 +195,7 @@ fn is_sqlx_option(key: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(url: &str) -> Result<PostgresConfig, StoreUrlError> {
+    fn parse(url: &str) -> Result<PostgresConfig, UrlError> {
         PostgresConfig::from_url(&StoreUrl::parse(url).unwrap())
     }
 
@@ -272,7 +272,7 @@ mod tests {
             ),
         ] {
             match parse(url) {
-                Err(StoreUrlError::InvalidOption {
+                Err(UrlError::InvalidOption {
                     option: named,
                     reason: why,
                     ..

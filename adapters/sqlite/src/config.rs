@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use choreo_core::{StoreUrl, StoreUrlError};
+use choreo_core::{StoreUrl, UrlError};
 
 /// How a [`SqliteStore`](crate::SqliteStore) opens its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl SqliteConfig {
 
     /// Reads a `sqlite://PATH?busy_timeout.ms=5000&synchronous=normal` URL. The path is
     /// relative to the working directory unless it starts with `/` (`sqlite:///var/x.db`).
-    pub fn from_url(url: &StoreUrl) -> Result<Self, StoreUrlError> {
+    pub fn from_url(url: &StoreUrl) -> Result<Self, UrlError> {
         let (path, query) = match url.rest().split_once('?') {
             Some((path, query)) => (path, Some(query)),
             None => (url.rest(), None),
@@ -125,7 +125,7 @@ fn decode(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn config(url: &str) -> Result<SqliteConfig, StoreUrlError> {
+    fn config(url: &str) -> Result<SqliteConfig, UrlError> {
         SqliteConfig::from_url(&StoreUrl::parse(url).unwrap())
     }
 

@@ -37,14 +37,14 @@ use async_trait::async_trait;
 use choreo_core::store::{Commit, Loaded, Purged, Recovery, Sent};
 use choreo_core::{
     Context, EventId, HandlerError, OpenStoreError, SagaId, SagaTransaction, Store, StoreError,
-    StoreTransaction, StoreUrl,
+    StoreTransaction, StoreUrl, TransactionGuard,
 };
 pub use rusqlite;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use crate::config::{SqliteConfig, Synchronous};
-use crate::worker::{Job, Request, Worker};
+use crate::worker::{Job, Request, Worker, Write};
 
 /// A service's saga state in a SQLite file. Clones share the connection.
 #[derive(Clone)]
@@ -223,7 +223,7 @@ impl Store for SqliteStore {
         let Some(transaction) = transaction else {
             let commits = self
                 .worker
-                .ask(|reply| Request::Commit { commits, reply })
+                .ask(|reply| Request::Write(Write::Commit { commits, reply }))
                 .await?;
             self.cache.committed(&commits);
             return Ok(());
@@ -252,10 +252,12 @@ impl Store for SqliteStore {
     async fn mark_sent(&self, service: &str, sent: &[Sent]) -> Result<(), StoreError> {
         let (owned, marked) = (service.to_owned(), sent.to_vec());
         self.worker
-            .ask(|reply| Request::MarkSent {
-                service: owned,
-                sent: marked,
-                reply,
+            .ask(|reply| {
+                Request::Write(Write::MarkSent {
+                    service: owned,
+                    sent: marked,
+                    reply,
+                })
             })
             .await?;
         self.cache.sent(service, sent);
@@ -272,10 +274,12 @@ impl Store for SqliteStore {
         let owned = service.to_owned();
         let purged = self
             .worker
-            .ask(|reply| Request::Purge {
-                service: owned,
-                before,
-                reply,
+            .ask(|reply| {
+                Request::Write(Write::Purge {
+                    service: owned,
+                    before,
+                    reply,
+                })
             })
             .await?;
         self.cache.purged(service, before);
@@ -444,12 +448,8 @@ impl SqliteExt for Context {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let mut guard = self.transaction().await?;
-        let store = guard.store();
-        let transaction = guard
-            .downcast_mut::<SqliteTransaction>()
-            .ok_or_else(|| handler_error(SqliteError::NotSqlite(store)))?;
-        transaction.run(work).await.map_err(handler_error)
+        let guard = self.transaction().await?;
+        run_in(guard, work).await.map_err(handler_error)
     }
 }
 
@@ -462,11 +462,19 @@ impl SqliteExt for SagaTransaction {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let mut guard = self.transaction().await?;
-        let store = guard.store();
-        let transaction = guard
-            .downcast_mut::<SqliteTransaction>()
-            .ok_or(SqliteError::NotSqlite(store))?;
-        transaction.run(work).await
+        run_in(self.transaction().await?, work).await
     }
+}
+
+/// Runs `work` in the SQLite transaction `guard` holds.
+async fn run_in<T, F>(mut guard: TransactionGuard, work: F) -> Result<T, SqliteError>
+where
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let store = guard.store();
+    let transaction = guard
+        .downcast_mut::<SqliteTransaction>()
+        .ok_or(SqliteError::NotSqlite(store))?;
+    transaction.run(work).await
 }

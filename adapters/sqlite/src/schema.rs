@@ -194,45 +194,27 @@ pub(crate) fn apply(conn: &Connection, commit: &Commit) -> rusqlite::Result<()> 
     let (service, saga) = (commit.service.as_str(), commit.saga_id.to_string());
     for change in &commit.changes {
         match change {
-            JournalChange::Created(header) => {
-                let (status, reason) = status(&header.status);
-                conn.prepare_cached(
-                    "INSERT INTO choreo_sagas (service, saga_id, deadline, status, abort_reason,
-                         initiated_here, abort_published, compensation_acknowledged, abort_event)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?
-                .execute(params![
-                    service,
-                    saga,
-                    nanos(header.deadline.instant()),
-                    status,
-                    reason,
-                    header.initiated_here,
-                    header.abort_published,
-                    header.compensation_acknowledged,
-                    header.abort.as_ref().map(Envelope::to_json),
-                ])?;
-            }
-            JournalChange::Updated(header) => {
-                let (status, reason) = status(&header.status);
-                conn.prepare_cached(
-                    "UPDATE choreo_sagas SET deadline = ?3, status = ?4, abort_reason = ?5,
-                         initiated_here = ?6, abort_published = ?7,
-                         compensation_acknowledged = ?8, abort_event = ?9
-                     WHERE service = ?1 AND saga_id = ?2",
-                )?
-                .execute(params![
-                    service,
-                    saga,
-                    nanos(header.deadline.instant()),
-                    status,
-                    reason,
-                    header.initiated_here,
-                    header.abort_published,
-                    header.compensation_acknowledged,
-                    header.abort.as_ref().map(Envelope::to_json),
-                ])?;
-            }
+            JournalChange::Created(header) => write_header(
+                conn,
+                "INSERT INTO choreo_sagas (service, saga_id, deadline, status, abort_reason,
+                     initiated_here, abort_published, compensation_acknowledged, abort_event)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                service,
+                &saga,
+                header,
+            )
+            .map(drop)?,
+            JournalChange::Updated(header) => write_header(
+                conn,
+                "UPDATE choreo_sagas SET deadline = ?3, status = ?4, abort_reason = ?5,
+                     initiated_here = ?6, abort_published = ?7,
+                     compensation_acknowledged = ?8, abort_event = ?9
+                 WHERE service = ?1 AND saga_id = ?2",
+                service,
+                &saga,
+                header,
+            )
+            .map(drop)?,
             JournalChange::StepAdded { position, step } => {
                 let (compensation, error) = compensation(&step.compensation);
                 conn.prepare_cached(
@@ -304,6 +286,28 @@ pub(crate) fn apply(conn: &Connection, commit: &Commit) -> rusqlite::Result<()> 
         ])?;
     }
     Ok(())
+}
+
+/// Runs `sql`, which takes a saga's row as `?1` to `?9`, for `header`.
+fn write_header(
+    conn: &Connection,
+    sql: &str,
+    service: &str,
+    saga: &str,
+    header: &SagaHeader,
+) -> rusqlite::Result<usize> {
+    let (status, reason) = status(&header.status);
+    conn.prepare_cached(sql)?.execute(params![
+        service,
+        saga,
+        nanos(header.deadline.instant()),
+        status,
+        reason,
+        header.initiated_here,
+        header.abort_published,
+        header.compensation_acknowledged,
+        header.abort.as_ref().map(Envelope::to_json),
+    ])
 }
 
 pub(crate) fn mark_sent(conn: &Connection, service: &str, sent: &[Sent]) -> rusqlite::Result<()> {

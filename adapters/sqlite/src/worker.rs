@@ -32,21 +32,8 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// What can be asked of the connection.
 pub(crate) enum Request {
-    /// Applies `commits`; they are handed back once committed.
-    Commit {
-        commits: Vec<Commit>,
-        reply: Reply<Vec<Commit>>,
-    },
-    MarkSent {
-        service: String,
-        sent: Vec<Sent>,
-        reply: Reply<()>,
-    },
-    Purge {
-        service: String,
-        before: SystemTime,
-        reply: Reply<Purged>,
-    },
+    /// Writes outside any handler's transaction, committed with the others of their drain.
+    Write(Write),
     /// Opens handler transaction `id`, once the connection is free of others.
     Begin { id: u64, reply: Reply<()> },
     /// Runs user work inside transaction `id`; the job replies itself.
@@ -64,10 +51,7 @@ pub(crate) enum Request {
 impl Request {
     /// Whether it writes outside a handler's transaction, and so waits while one is open.
     fn writes(&self) -> bool {
-        matches!(
-            self,
-            Self::Commit { .. } | Self::MarkSent { .. } | Self::Purge { .. } | Self::Begin { .. }
-        )
+        matches!(self, Self::Write(_) | Self::Begin { .. })
     }
 }
 
@@ -195,27 +179,7 @@ impl Database {
                 continue;
             }
             match request {
-                Request::Commit { commits, reply } => {
-                    group.writes.push(Write::Commit { commits, reply })
-                }
-                Request::MarkSent {
-                    service,
-                    sent,
-                    reply,
-                } => group.writes.push(Write::MarkSent {
-                    service,
-                    sent,
-                    reply,
-                }),
-                Request::Purge {
-                    service,
-                    before,
-                    reply,
-                } => group.writes.push(Write::Purge {
-                    service,
-                    before,
-                    reply,
-                }),
+                Request::Write(write) => group.writes.push(write),
                 Request::Begin { id, reply } => {
                     group.finish(&self.conn);
                     let begun = self
@@ -296,7 +260,8 @@ impl Database {
 }
 
 /// One request's writes, applied with the others of its drain.
-enum Write {
+pub(crate) enum Write {
+    /// Applies `commits`; they are handed back once committed.
     Commit {
         commits: Vec<Commit>,
         reply: Reply<Vec<Commit>>,

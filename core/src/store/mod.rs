@@ -25,7 +25,7 @@ pub use self::changes::{SagaHeader, Snapshot};
 pub use self::memory::MemoryStore;
 pub(crate) use self::transaction::TransactionSlot;
 pub use self::transaction::{StoreTransaction, TransactionGuard};
-pub use self::url::{OpenStoreError, StoreUrl, StoreUrlError};
+pub use self::url::{OpenStoreError, StoreUrl};
 
 use crate::deadline::Deadline;
 use crate::envelope::Envelope;

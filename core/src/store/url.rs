@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::BoxError;
-use crate::url::redact;
+use crate::url::{redact, unsupported, UrlError, UrlOf};
 
 /// Store schemes choreo knows, with the cargo feature that compiles each in.
 const KNOWN_SCHEMES: [(&str, &str); 4] = [
@@ -17,56 +17,11 @@ const KNOWN_SCHEMES: [(&str, &str); 4] = [
     ("postgresql", "postgres"),
 ];
 
-const EXPECTED: &str =
-    "expected e.g. `memory://`, `sqlite://data/orders.db` or `postgres://user:pass@host:5432/db`";
-
 /// A store URL. Its password is redacted wherever it is printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreUrl {
     input: String,
     scheme_end: usize,
-}
-
-/// Why a store URL cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreUrlError {
-    /// Not a store URL.
-    #[error("invalid store URL `{url}`: {reason}; {EXPECTED}")]
-    Invalid {
-        /// The input, password redacted.
-        url: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A scheme no store answers to.
-    #[error("unsupported store scheme `{scheme}://`; this build supports: {supported}")]
-    UnsupportedScheme {
-        /// The scheme given.
-        scheme: String,
-        /// The schemes compiled in, e.g. `memory://, sqlite://`.
-        supported: String,
-    },
-    /// A scheme whose store was not compiled in.
-    #[error("`{scheme}://` needs choreo's `{feature}` cargo feature, which this build lacks; this build supports: {supported}")]
-    FeatureDisabled {
-        /// The scheme given.
-        scheme: String,
-        /// The cargo feature to enable.
-        feature: String,
-        /// The schemes compiled in.
-        supported: String,
-    },
-    /// A query option the store does not know, or a value it cannot use.
-    #[error("invalid option `{option}` in `{url}`: {reason}")]
-    InvalidOption {
-        /// The URL, password redacted.
-        url: String,
-        /// The option.
-        option: String,
-        /// What is wrong.
-        reason: String,
-    },
 }
 
 /// Why opening a store failed.
@@ -75,7 +30,7 @@ pub enum StoreUrlError {
 pub enum OpenStoreError {
     /// The URL cannot be used.
     #[error(transparent)]
-    Url(#[from] StoreUrlError),
+    Url(#[from] UrlError),
     /// The database could not be opened, reached or migrated.
     #[error("cannot open the store at `{url}`: {source}")]
     Open {
@@ -89,10 +44,11 @@ pub enum OpenStoreError {
 
 impl StoreUrl {
     /// Parses `input`: a scheme, `://`, and what that store makes of the rest.
-    pub fn parse(input: &str) -> Result<Self, StoreUrlError> {
+    pub fn parse(input: &str) -> Result<Self, UrlError> {
         let input = input.trim();
         let Some(scheme_end) = input.find("://") else {
-            return Err(StoreUrlError::Invalid {
+            return Err(UrlError::Invalid {
+                of: UrlOf::Store,
                 url: redact(input),
                 reason: "it has no `scheme://`".to_owned(),
             });
@@ -106,7 +62,8 @@ impl StoreUrl {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
         if !valid_scheme {
-            return Err(StoreUrlError::Invalid {
+            return Err(UrlError::Invalid {
+                of: UrlOf::Store,
                 url: redact(input),
                 reason: format!("`{scheme}` is not a scheme"),
             });
@@ -138,34 +95,22 @@ impl StoreUrl {
     }
 
     /// The error for a scheme this build does not support.
-    pub fn unsupported(&self, compiled_in: &[&str]) -> StoreUrlError {
-        let scheme = self.scheme().to_owned();
-        let supported = compiled_in
-            .iter()
-            .map(|scheme| format!("{scheme}://"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        match KNOWN_SCHEMES.iter().find(|(known, _)| *known == scheme) {
-            Some((_, feature)) => StoreUrlError::FeatureDisabled {
-                scheme,
-                feature: (*feature).to_owned(),
-                supported,
-            },
-            None => StoreUrlError::UnsupportedScheme { scheme, supported },
-        }
+    pub fn unsupported(&self, compiled_in: &[&str]) -> UrlError {
+        unsupported(UrlOf::Store, self.scheme(), compiled_in, &KNOWN_SCHEMES)
     }
 
     /// The error for a URL the store cannot make sense of.
-    pub fn invalid(&self, reason: impl Into<String>) -> StoreUrlError {
-        StoreUrlError::Invalid {
+    pub fn invalid(&self, reason: impl Into<String>) -> UrlError {
+        UrlError::Invalid {
+            of: UrlOf::Store,
             url: self.redacted(),
             reason: reason.into(),
         }
     }
 
     /// The error for an option the store cannot use.
-    pub fn invalid_option(&self, option: &str, reason: impl Into<String>) -> StoreUrlError {
-        StoreUrlError::InvalidOption {
+    pub fn invalid_option(&self, option: &str, reason: impl Into<String>) -> UrlError {
+        UrlError::InvalidOption {
             url: self.redacted(),
             option: option.to_owned(),
             reason: reason.into(),
@@ -182,7 +127,7 @@ impl StoreUrl {
 }
 
 impl FromStr for StoreUrl {
-    type Err = StoreUrlError;
+    type Err = UrlError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
@@ -240,7 +185,7 @@ mod tests {
         let url = StoreUrl::parse("postgresql://x/y").unwrap();
         let error = url.unsupported(&["memory"]);
         assert!(
-            matches!(&error, StoreUrlError::FeatureDisabled { feature, .. } if feature == "postgres")
+            matches!(&error, UrlError::FeatureDisabled { feature, .. } if feature == "postgres")
         );
     }
 }
