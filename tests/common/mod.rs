@@ -773,13 +773,16 @@ impl Harness {
             amount_cents,
             sku: sku.to_owned(),
         };
-        let deadline = Deadline::after(self.clock.now(), timeout.unwrap_or(self.backend.timeout()));
         let orders = &self.running["orders"];
         let mut tx = orders.begin();
         self.world
             .record_in(&tx, "orders", "create_order", order_id)
             .await;
-        let saga = tx.start_saga_until(order, deadline).unwrap();
+        let saga = match timeout {
+            None => tx.start_saga(order),
+            Some(timeout) => tx.start_saga_until(order, Deadline::after(self.clock.now(), timeout)),
+        }
+        .unwrap();
         tx.commit().await.unwrap();
         (order_id, saga)
     }
