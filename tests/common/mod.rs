@@ -381,10 +381,14 @@ impl Harness {
 
     /// The transport and the stores of `backend`; no service started yet.
     pub async fn prepare(backend: Backend) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
+        if backend.via != Via::Memory {
+            // Logs of broker tests, under RUST_LOG. (A test of the spans sets the process's
+            // subscriber itself, before the first harness of the in-memory transport.)
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         match backend.via {
             Via::Memory => Self::on_memory(MemoryTransport::new(), backend).await,
             #[cfg(feature = "kafka")]
