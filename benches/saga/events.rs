@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use choreo::{Context, Event, HandlerError, Saga, Service, ServiceBuilder, Step, StepResult};
+use choreo::{
+    Context, Event, HandlerError, Saga, Service, ServiceBuilder, Step, StepResult, Store,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
@@ -139,12 +141,18 @@ async fn undo<E>(_done: E, _cx: Context) -> Result<(), HandlerError> {
     Ok(())
 }
 
-/// The three services of the saga, each with its compensation so that deadlines are armed.
-pub(crate) fn services(saga: &Saga, probe: &Arc<Probe>) -> [(&'static str, Service); 3] {
+/// The three services of the saga, each with its compensation so that deadlines are armed,
+/// each keeping its state in the store `stores` gives for its name.
+pub(crate) fn services(
+    saga: &Saga,
+    probe: &Arc<Probe>,
+    stores: impl Fn(&str) -> Arc<dyn Store>,
+) -> [(&'static str, Service); 3] {
     let build = |builder: ServiceBuilder| builder.build().expect("the benchmark saga is valid");
     let alpha = {
         let probe = Arc::clone(probe);
         Service::builder("alpha", saga)
+            .store(stores("alpha"))
             .initiates::<Placed>()
             .compensate(undo::<Placed>)
             .step(move |shipped: Shipped, _cx: Context| {
@@ -159,6 +167,7 @@ pub(crate) fn services(saga: &Saga, probe: &Arc<Probe>) -> [(&'static str, Servi
     let beta = {
         let probe = Arc::clone(probe);
         Service::builder("beta", saga)
+            .store(stores("beta"))
             .step(move |placed: Placed, _cx: Context| {
                 let probe = Arc::clone(&probe);
                 async move {
@@ -171,6 +180,7 @@ pub(crate) fn services(saga: &Saga, probe: &Arc<Probe>) -> [(&'static str, Servi
     let gamma = {
         let probe = Arc::clone(probe);
         Service::builder("gamma", saga)
+            .store(stores("gamma"))
             .step(move |reserved: Reserved, _cx: Context| {
                 let probe = Arc::clone(&probe);
                 async move { StepResult::Ok(Step::done(Shipped(probe.next(&reserved.0)))) }

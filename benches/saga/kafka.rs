@@ -36,7 +36,15 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
             .await
             .expect("Kafka is up"),
     );
-    let choreo = crate::runtime::play(transport, "bench.kafka.choreo", sagas, window, false).await;
+    let choreo = crate::runtime::play(
+        transport,
+        "bench.kafka.choreo",
+        "memory://bench.kafka.{service}",
+        sagas,
+        window,
+        false,
+    )
+    .await;
     let config = KafkaConfig::from_url(&TransportUrl::parse(&url).expect("a Kafka URL"))
         .expect("valid options");
     let raw = raw(&config, "bench.kafka.raw", sagas, window).await;

@@ -33,6 +33,7 @@ struct Flags {
     latency_sagas: usize,
     open_sagas: usize,
     broker_sagas: usize,
+    store_sagas: usize,
     window: usize,
     runs: usize,
     only: Vec<String>,
@@ -40,7 +41,8 @@ struct Flags {
 }
 
 const USAGE: &str = "usage: saga [--smoke] [--sagas N] [--latency-sagas N] [--open-sagas N] \
-[--broker-sagas N] [--window N] [--runs N] [--only memory,kafka,rabbitmq,tracing] [--json FILE]";
+[--broker-sagas N] [--store-sagas N] [--window N] [--runs N] \
+[--only memory,stores,kafka,rabbitmq,tracing] [--json FILE]";
 
 impl Flags {
     fn parse() -> Self {
@@ -49,9 +51,10 @@ impl Flags {
             latency_sagas: 2_000,
             open_sagas: 100_000,
             broker_sagas: 2_000,
+            store_sagas: 10_000,
             window: 256,
             runs: 3,
-            only: ["memory", "kafka", "rabbitmq", "tracing"]
+            only: ["memory", "stores", "kafka", "rabbitmq", "tracing"]
                 .map(String::from)
                 .to_vec(),
             json: None,
@@ -70,12 +73,14 @@ impl Flags {
                     flags.latency_sagas = 200;
                     flags.open_sagas = 2_000;
                     flags.broker_sagas = 100;
+                    flags.store_sagas = 200;
                     flags.runs = 1;
                 }
                 "--sagas" => flags.sagas = number("--sagas"),
                 "--latency-sagas" => flags.latency_sagas = number("--latency-sagas"),
                 "--open-sagas" => flags.open_sagas = number("--open-sagas"),
                 "--broker-sagas" => flags.broker_sagas = number("--broker-sagas"),
+                "--store-sagas" => flags.store_sagas = number("--store-sagas"),
                 "--window" => flags.window = number("--window"),
                 "--runs" => flags.runs = number("--runs"),
                 "--only" => {
@@ -107,6 +112,7 @@ impl Flags {
             "latency_sagas": self.latency_sagas,
             "open_sagas": self.open_sagas,
             "broker_sagas": self.broker_sagas,
+            "store_sagas": self.store_sagas,
             "window": self.window,
             "runs": self.runs,
             "events_per_saga": events::EVENTS_PER_SAGA,
@@ -132,6 +138,9 @@ fn main() {
     runtime.block_on(async {
         if flags.wants("memory") || flags.wants("tracing") {
             memory(&flags, &mut report).await;
+        }
+        if flags.wants("stores") {
+            stores(&flags, &mut report).await;
         }
         if flags.wants("kafka") {
             kafka(&flags, &mut report).await;
@@ -227,15 +236,100 @@ async fn memory(flags: &Flags, report: &mut Report) {
 }
 
 async fn memory_run(sagas: usize, window: usize, record_latency: bool, run: usize) -> Run {
+    store_run(
+        &format!("memory://bench.memory.{run}.{{service}}"),
+        sagas,
+        window,
+        record_latency,
+        run,
+    )
+    .await
+}
+
+/// One run on the memory transport with the stores `store` names.
+async fn store_run(
+    store: &str,
+    sagas: usize,
+    window: usize,
+    record_latency: bool,
+    run: usize,
+) -> Run {
     let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
     runtime::play(
         transport,
         &format!("bench.memory.{run}"),
+        store,
         sagas,
         window,
         record_latency,
     )
     .await
+}
+
+/// The memory transport with each store, in one run: what keeping saga state costs.
+async fn stores(flags: &Flags, report: &mut Report) {
+    let mut memory = Vec::new();
+    let mut sqlite = Vec::new();
+    let directory = std::env::temp_dir().join(format!("choreo-bench-{}", std::process::id()));
+    for run in 0..flags.runs {
+        let store = format!("memory://bench.stores.{run}.{{service}}");
+        memory.push(store_run(&store, flags.store_sagas, flags.window, false, 300 + run).await);
+        let store = format!("sqlite://{}/{run}/{{service}}.db", directory.display());
+        sqlite.push(store_run(&store, flags.store_sagas, flags.window, false, 400 + run).await);
+    }
+    let _ = std::fs::remove_dir_all(&directory);
+    let (memory, sqlite) = (median(memory), median(sqlite));
+    let baseline = memory.events_per_second();
+    report.add(Row {
+        key: "stores_memory_events_per_second",
+        what: "memory transport, memory store: saga events/s",
+        unit: "events/s",
+        choreo: baseline,
+        raw: None,
+        target: None,
+    });
+    let ratio = sqlite.events_per_second() / baseline;
+    report.add(Row {
+        key: "stores_sqlite_events_per_second",
+        what: "memory transport, SQLite store (vs memory store)",
+        unit: "events/s",
+        choreo: sqlite.events_per_second(),
+        raw: Some(baseline),
+        target: Some((">= 0.5 of the memory store".to_owned(), ratio >= 0.5)),
+    });
+    postgres(flags, report, baseline).await;
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres(flags: &Flags, report: &mut Report, baseline: f64) {
+    let server = choreo::testkit::PostgresServer::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut runs = Vec::new();
+    for run in 0..flags.runs {
+        let database = server
+            .database()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        runs.push(store_run(&database, flags.store_sagas, flags.window, false, 500 + run).await);
+    }
+    let postgres = median(runs);
+    report.add(Row {
+        key: "stores_postgres_events_per_second",
+        what: "memory transport, PostgreSQL store (vs memory store)",
+        unit: "events/s",
+        choreo: postgres.events_per_second(),
+        raw: Some(baseline),
+        target: None,
+    });
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(_flags: &Flags, report: &mut Report, _baseline: f64) {
+    report.notes.push(
+        "postgres store skipped: build with --features postgres,testkit (or --all-features)"
+            .to_owned(),
+    );
 }
 
 #[cfg(feature = "kafka")]

@@ -29,8 +29,15 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
             .await
             .expect("RabbitMQ is up"),
     );
-    let choreo =
-        crate::runtime::play(transport, "bench.rabbitmq.choreo", sagas, window, false).await;
+    let choreo = crate::runtime::play(
+        transport,
+        "bench.rabbitmq.choreo",
+        "memory://bench.rabbitmq.{service}",
+        sagas,
+        window,
+        false,
+    )
+    .await;
     let config = RabbitMqConfig::from_url(&url).expect("valid options");
     let raw = raw(&config, "bench.rabbitmq.raw", sagas, window).await;
     (choreo, raw)

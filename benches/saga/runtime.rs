@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use choreo::memory::MemoryTransport;
 use choreo::{RunningService, Transport};
 use tokio::sync::Notify;
@@ -11,30 +13,43 @@ use tokio::sync::Notify;
 use crate::events::{saga, services, Placed, Probe, EVENTS_PER_SAGA};
 use crate::report::Run;
 
-/// The three services running on `transport`, the initiator first.
+/// The three services running on `transport`, the initiator first, each with the store
+/// `store` names (`{service}` in it stands for the service's name).
 async fn start(
     transport: &Arc<dyn Transport>,
     topic: &str,
     probe: &Arc<Probe>,
+    store: &str,
 ) -> Vec<RunningService> {
+    let mut stores = HashMap::new();
+    for name in ["alpha", "beta", "gamma"] {
+        let url = store.replace("{service}", name);
+        let opened = choreo::open_store(&url)
+            .await
+            .unwrap_or_else(|error| panic!("cannot open the store {url}: {error}"));
+        stores.insert(name, opened);
+    }
     let saga = saga(topic, Duration::from_secs(3_600));
-    let starting = services(&saga, probe).map(|(_, service)| service.run(Arc::clone(transport)));
+    let stores = |name: &str| Arc::clone(&stores[name]);
+    let starting =
+        services(&saga, probe, stores).map(|(_, service)| service.run(Arc::clone(transport)));
     futures_util::future::try_join_all(starting)
         .await
         .expect("the services join the transport")
 }
 
-/// Plays `sagas` sagas with at most `window` in flight; with `record_latency`, also the time
-/// of every hop.
+/// Plays `sagas` sagas with at most `window` in flight, the services on stores `store`
+/// names; with `record_latency`, also the time of every hop.
 pub(crate) async fn play(
     transport: Arc<dyn Transport>,
     topic: &str,
+    store: &str,
     sagas: usize,
     window: usize,
     record_latency: bool,
 ) -> Run {
     let probe = Probe::new(window, record_latency, None);
-    let running = start(&transport, topic, &probe).await;
+    let running = start(&transport, topic, &probe, store).await;
     let started = Instant::now();
     for n in 0..sagas {
         probe.admit().await;
@@ -58,7 +73,13 @@ pub(crate) async fn memory_per_open_saga(open: usize) -> f64 {
     let probe = Probe::new(open + 1, false, Some(gate));
     let memory = MemoryTransport::new();
     let transport: Arc<dyn Transport> = Arc::new(memory.clone());
-    let running = start(&transport, "bench.open", &probe).await;
+    let running = start(
+        &transport,
+        "bench.open",
+        &probe,
+        "memory://bench.open.{service}",
+    )
+    .await;
     // Warm up allocator pools and maps with a few sagas first.
     for n in 0..1_000 {
         running[0]
