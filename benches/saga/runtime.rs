@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use std::collections::HashMap;
 
 use choreo::memory::MemoryTransport;
-use choreo::{RunningService, Transport};
+use choreo::{MemoryStore, RunningService, Store, Transport};
 use tokio::sync::Notify;
 
 use crate::events::{saga, services, Placed, Probe, EVENTS_PER_SAGA};
@@ -21,12 +21,17 @@ async fn start(
     probe: &Arc<Probe>,
     store: &str,
 ) -> Vec<RunningService> {
-    let mut stores = HashMap::new();
+    let mut stores: HashMap<&str, Arc<dyn Store>> = HashMap::new();
     for name in ["alpha", "beta", "gamma"] {
         let url = store.replace("{service}", name);
-        let opened = choreo::open_store(&url)
-            .await
-            .unwrap_or_else(|error| panic!("cannot open the store {url}: {error}"));
+        // A memory store of its own, gone with the run, rather than one `memory://` keeps.
+        let opened = if url.starts_with("memory://") {
+            Arc::new(MemoryStore::new())
+        } else {
+            choreo::open_store(&url)
+                .await
+                .unwrap_or_else(|error| panic!("cannot open the store {url}: {error}"))
+        };
         stores.insert(name, opened);
     }
     let saga = saga(topic, Duration::from_secs(3_600));

@@ -98,7 +98,7 @@ pub struct SagaRecord {
     pub compensation_acknowledged: bool,
     /// The abort this service compensates for, once one arrived: what a restart resumes
     /// unfinished compensations from.
-    pub abort: Option<Envelope>,
+    pub abort: Option<Box<Envelope>>,
 }
 
 impl SagaRecord {

@@ -189,7 +189,11 @@ pub async fn a_committed_record_loads_back_with_every_field(subject: &dyn StoreS
         reason: AbortReason::DeadLettered,
     };
     record.abort_published = true;
-    record.abort = Some(envelope(saga, "choreo.SagaAborted.v1", SagaKind::Abort));
+    record.abort = Some(Box::new(envelope(
+        saga,
+        "choreo.SagaAborted.v1",
+        SagaKind::Abort,
+    )));
     commit(&store, vec![creating(&service, &record, None)]).await;
     assert_eq!(load(&store, &service, saga).await, Some(record));
 }

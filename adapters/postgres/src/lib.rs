@@ -494,7 +494,11 @@ fn loaded(saga: SagaId, row: &PgRow) -> Result<Loaded, Decode> {
         initiated_here: row.try_get("initiated_here")?,
         abort_published: row.try_get("abort_published")?,
         compensation_acknowledged: row.try_get("compensation_acknowledged")?,
-        abort: abort.as_deref().map(codec::envelope_of).transpose()?,
+        abort: abort
+            .as_deref()
+            .map(codec::envelope_of)
+            .transpose()?
+            .map(Box::new),
     });
     let positions: Vec<i32> = row
         .try_get::<Option<Vec<i32>>, _>("positions")?

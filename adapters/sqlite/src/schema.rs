@@ -142,7 +142,7 @@ impl HeaderColumns {
             (status, _) => return Err(corrupt(format!("status `{status}`"))),
         };
         let abort = match self.abort_event {
-            Some(json) => Some(envelope(&json).map_err(corrupt)?),
+            Some(json) => Some(Box::new(envelope(&json).map_err(corrupt)?)),
             None => None,
         };
         Ok(SagaHeader {
@@ -306,7 +306,7 @@ fn write_header(
         header.initiated_here,
         header.abort_published,
         header.compensation_acknowledged,
-        header.abort.as_ref().map(Envelope::to_json),
+        header.abort.as_deref().map(Envelope::to_json),
     ])
 }
 

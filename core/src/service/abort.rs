@@ -38,7 +38,7 @@ impl Runtime {
             record.status = SagaStatus::Aborted {
                 reason: aborted.reason,
             };
-            record.abort = Some(envelope.clone());
+            record.abort = Some(Box::new(envelope.clone()));
             self.timers.cancel(record.saga_id);
             handling.ended(Some(aborted.reason));
         }

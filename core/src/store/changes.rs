@@ -22,7 +22,7 @@ pub struct SagaHeader {
     /// Whether this service acknowledged its compensation.
     pub compensation_acknowledged: bool,
     /// The abort this service compensates for, once one arrived.
-    pub abort: Option<Envelope>,
+    pub abort: Option<Box<Envelope>>,
 }
 
 impl SagaRecord {
@@ -208,7 +208,7 @@ mod tests {
         record.status = SagaStatus::Aborted {
             reason: AbortReason::Rejected,
         };
-        record.abort = Some(envelope(saga, "choreo.SagaAborted.v1"));
+        record.abort = Some(Box::new(envelope(saga, "choreo.SagaAborted.v1")));
         record.steps[1].compensation = CompensationState::Compensated;
         record.steps.push(step(saga));
         let changes = Snapshot::changes(Some(&stored), &record);
