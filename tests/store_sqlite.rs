@@ -135,3 +135,139 @@ async fn a_bad_sqlite_url_or_file_says_what_was_expected() {
         .to_string();
     assert!(message.contains("cannot create directory"), "{message}");
 }
+
+mod cancelled {
+    //! Callers that stop waiting (a timeout, a killed task) while the store works for them.
+
+    use std::time::Duration;
+
+    use choreo::journal::{SagaRecord, StepRecord};
+    use choreo::store::{Commit, Snapshot};
+    use choreo::{Deadline, Envelope, EventId, SagaId, SagaKind, TraceContext};
+
+    use super::*;
+
+    fn record() -> SagaRecord {
+        let now = std::time::SystemTime::now();
+        let saga = SagaId::new();
+        let mut record = SagaRecord::new(saga, Deadline::after(now, Duration::from_secs(30)));
+        record.steps.push(StepRecord {
+            input: None,
+            output: Envelope {
+                id: EventId::new(),
+                source: "orders".into(),
+                event_type: "orders.OrderPlaced.v1".into(),
+                time: now,
+                saga_id: saga,
+                causation_id: None,
+                deadline: record.deadline,
+                kind: SagaKind::Start,
+                trace: TraceContext::new_root(),
+                data: serde_json::value::to_raw_value(&7).unwrap(),
+            },
+            withheld: false,
+            published: false,
+            compensation: choreo::journal::CompensationState::Pending,
+        });
+        record
+    }
+
+    fn commit(stored: Option<&SagaRecord>, record: &SagaRecord) -> Commit {
+        Commit {
+            service: "orders".into(),
+            saga_id: record.saga_id,
+            changes: Snapshot::changes(stored.map(Snapshot::of).as_ref(), record),
+            handled: None,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// A transaction whose caller gave up while it waited for the writer never takes it:
+    /// the store goes on once the transaction holding it ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_begin_given_up_while_waiting_for_the_writer_never_holds_it() {
+        let subject = sqlite().await;
+        let store = subject.open().await;
+        let holding = store.begin().await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), store.begin()).await;
+        assert!(
+            waiting.is_err(),
+            "the second transaction waits for the first"
+        );
+        holding.rollback().await.unwrap();
+
+        let record = record();
+        let committed = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.commit(vec![commit(None, &record)], None),
+        )
+        .await;
+        assert!(
+            matches!(committed, Ok(Ok(()))),
+            "the writer was left held: {committed:?}"
+        );
+        let loaded = store.load("orders", record.saga_id, None).await.unwrap();
+        assert_eq!(loaded.record, Some(record));
+    }
+
+    /// A commit whose caller stopped waiting once it was queued still commits, and the
+    /// store's answers from memory show it, as the file does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_given_up_after_it_was_queued_is_seen_by_every_load() {
+        let subject = sqlite().await;
+        let store = subject.open().await;
+        let first = record();
+        store
+            .commit(vec![commit(None, &first)], None)
+            .await
+            .unwrap();
+        // Loaded once: kept in the store's memory of sagas in flight.
+        assert_eq!(
+            store
+                .load("orders", first.saga_id, None)
+                .await
+                .unwrap()
+                .record,
+            Some(first.clone())
+        );
+
+        let mut second = first.clone();
+        second.abort_published = true;
+        // A transaction holds the writer, so the commit waits in the queue when its caller
+        // gives up.
+        let holding = store.begin().await.unwrap();
+        let given_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            store.commit(vec![commit(Some(&first), &second)], None),
+        )
+        .await;
+        assert!(given_up.is_err(), "the commit waited for the writer");
+        holding.rollback().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let loaded = store
+                .load("orders", first.saga_id, None)
+                .await
+                .unwrap()
+                .record;
+            if loaded.as_ref() == Some(&second) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never seen: {loaded:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(store);
+        let reopened = subject.open().await;
+        assert_eq!(
+            reopened
+                .load("orders", first.saga_id, None)
+                .await
+                .unwrap()
+                .record,
+            Some(second)
+        );
+    }
+}

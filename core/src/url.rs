@@ -294,20 +294,18 @@ fn is_secret(key: &str) -> bool {
 }
 
 /// Redacts the password of `input`, and secret query values, without needing it to parse.
+///
+/// The user information ends at the last `@`: a password may hold `/`, `?` or `#` left
+/// unencoded, and then the host, path and query follow that `@`. An `@` in a query without
+/// any user information before it makes more of the URL hidden, never less.
 pub(crate) fn redact(input: &str) -> String {
     let mut out = String::with_capacity(input.len());
-    let (head, query) = match input.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (input, None),
-    };
-    match head.split_once("://") {
+    let rest = match input.split_once("://") {
         Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(authority_end);
             out.push_str(scheme);
             out.push_str("://");
-            match authority.rsplit_once('@') {
-                Some((userinfo, hosts)) => {
+            match rest.rsplit_once('@') {
+                Some((userinfo, after)) => {
                     match userinfo.split_once(':') {
                         Some((user, _password)) => {
                             out.push_str(user);
@@ -316,14 +314,18 @@ pub(crate) fn redact(input: &str) -> String {
                         None => out.push_str(userinfo),
                     }
                     out.push('@');
-                    out.push_str(hosts);
+                    after
                 }
-                None => out.push_str(authority),
+                None => rest,
             }
-            out.push_str(path);
         }
-        None => out.push_str(head),
-    }
+        None => input,
+    };
+    let (head, query) = match rest.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (rest, None),
+    };
+    out.push_str(head);
     if let Some(query) = query {
         out.push('?');
         let pairs: Vec<String> = query
@@ -386,6 +388,25 @@ mod tests {
         }
         let error = url.invalid_option("group", "bad");
         assert!(!error.to_string().contains("hunter"));
+    }
+
+    #[test]
+    fn a_password_holding_url_delimiters_never_prints() {
+        for input in [
+            "postgres://app:pa/ss?wo#rd@db:5432/orders?sslmode=disable",
+            "amqp://app:a@b/c@rabbit:5672/%2f",
+            "kafka://user:s3cr3t/key@k1:9092",
+        ] {
+            let redacted = redact(input);
+            for secret in ["pa/ss", "wo#rd", "a@b/c", "s3cr3t"] {
+                assert!(!redacted.contains(secret), "{input} -> {redacted}");
+            }
+            assert!(redacted.contains(":***@"), "{input} -> {redacted}");
+        }
+        assert_eq!(
+            redact("postgres://app:pa/ss@db:5432/orders?password=x&sslmode=disable"),
+            "postgres://app:***@db:5432/orders?password=***&sslmode=disable"
+        );
     }
 
     #[test]

@@ -39,7 +39,8 @@ impl Cache {
         })
     }
 
-    /// Keeps `record`, as read from the file with every event handled for it, while it runs.
+    /// Keeps `record`, as just read from the file with every event handled for it, while it
+    /// runs. Called by the worker, in order with its commits.
     pub(crate) fn fill(&self, service: &str, record: SagaRecord, handled: HashSet<EventId>) {
         if record.is_finished() {
             return;

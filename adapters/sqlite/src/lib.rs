@@ -69,14 +69,10 @@ impl SqliteStore {
             source,
         };
         let checkpoint = config.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            let writer = connect(&config)?;
-            let reader = connect(&config)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((writer, reader))
-        })
-        .await
-        .map_err(|error| failed(error.into()))?;
-        let (writer, reader) = opened.map_err(|error| {
+        let opened = tokio::task::spawn_blocking(move || connect(&config))
+            .await
+            .map_err(|error| failed(error.into()))?;
+        let writer = opened.map_err(|error| {
             failed(
                 format!(
                     "cannot open `{}` as a SQLite database: {error}; expected a writable file path (created if missing)",
@@ -85,11 +81,12 @@ impl SqliteStore {
                 .into(),
             )
         })?;
-        let worker = Worker::new(writer, reader);
+        let cache = Arc::new(cache::Cache::default());
+        let worker = Worker::new(writer, Arc::clone(&cache));
         checkpoints(&checkpoint, Arc::downgrade(&worker));
         Ok(Self {
             worker,
-            cache: Arc::default(),
+            cache,
             path: Arc::new(path),
             transactions: Arc::default(),
         })
@@ -187,18 +184,19 @@ impl Store for SqliteStore {
         if let Some(loaded) = self.cache.load(service, saga, event) {
             return Ok(loaded);
         }
+        let owned = service.to_owned();
         let (record, handled) = self
             .worker
-            .read(|conn| schema::load(conn, service, saga))
-            .map_err(StoreError::new)?;
-        let loaded = Loaded {
+            .ask(|reply| Request::Load {
+                service: owned,
+                saga,
+                reply,
+            })
+            .await?;
+        Ok(Loaded {
             record,
             handled: event.is_some_and(|event| handled.contains(&event)),
-        };
-        if let Some(record) = &loaded.record {
-            self.cache.fill(service, record.clone(), handled);
-        }
-        Ok(loaded)
+        })
     }
 
     async fn begin(&self) -> Result<Box<dyn StoreTransaction>, StoreError> {
@@ -221,12 +219,10 @@ impl Store for SqliteStore {
         transaction: Option<Box<dyn StoreTransaction>>,
     ) -> Result<(), StoreError> {
         let Some(transaction) = transaction else {
-            let commits = self
+            return self
                 .worker
                 .ask(|reply| Request::Write(Write::Commit { commits, reply }))
-                .await?;
-            self.cache.committed(&commits);
-            return Ok(());
+                .await;
         };
         let transaction: Box<dyn Any + Send> = transaction;
         let Ok(mut transaction) = transaction.downcast::<SqliteTransaction>() else {
@@ -241,12 +237,9 @@ impl Store for SqliteStore {
         }
         transaction.finished = true;
         let id = transaction.id;
-        let commits = self
-            .worker
+        self.worker
             .ask(|reply| Request::CommitIn { id, commits, reply })
-            .await?;
-        self.cache.committed(&commits);
-        Ok(())
+            .await
     }
 
     async fn mark_sent(&self, service: &str, sent: &[Sent]) -> Result<(), StoreError> {
@@ -259,21 +252,19 @@ impl Store for SqliteStore {
                     reply,
                 })
             })
-            .await?;
-        self.cache.sent(service, sent);
-        Ok(())
+            .await
     }
 
     async fn recover(&self, service: &str) -> Result<Recovery, StoreError> {
+        let service = service.to_owned();
         self.worker
-            .read(|conn| schema::recover(conn, service))
-            .map_err(StoreError::new)
+            .ask(|reply| Request::Recover { service, reply })
+            .await
     }
 
     async fn purge(&self, service: &str, before: SystemTime) -> Result<Purged, StoreError> {
         let owned = service.to_owned();
-        let purged = self
-            .worker
+        self.worker
             .ask(|reply| {
                 Request::Write(Write::Purge {
                     service: owned,
@@ -281,9 +272,7 @@ impl Store for SqliteStore {
                     reply,
                 })
             })
-            .await?;
-        self.cache.purged(service, before);
-        Ok(purged)
+            .await
     }
 }
 
@@ -342,7 +331,7 @@ impl StoreTransaction for SqliteTransaction {
 impl Drop for SqliteTransaction {
     fn drop(&mut self) {
         if !self.finished {
-            self.worker.submit(Request::Rollback {
+            self.worker.submit_detached(Request::Rollback {
                 id: self.id,
                 reply: None,
             });

@@ -7,21 +7,25 @@
 //! writes wait. Draining on tokio's blocking pool also keeps paused-time tests honest: tokio
 //! does not auto-advance a paused clock while a blocking task runs.
 //!
-//! Reads (a saga's record before its handling, recovery) take microseconds and run at once
-//! on a second connection, on the thread that asks: the write-ahead log lets it read what
-//! was committed while the writer writes. The one slow operation of all, checkpointing the
-//! log into the database file, runs on a thread of the store's own.
+//! Reads go through the same queue, in order with the writes, and fill the store's cache of
+//! sagas in flight there, so that the cache never holds a state older than the file; most
+//! loads are answered by that cache without a read at all. The one slow operation of all,
+//! checkpointing the log into the database file, runs on a thread of the store's own.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use choreo_core::store::{Commit, Purged, Sent};
-use choreo_core::StoreError;
+use std::collections::HashSet;
+
+use choreo_core::journal::SagaRecord;
+use choreo_core::store::{Commit, Purged, Recovery, Sent};
+use choreo_core::{EventId, SagaId, StoreError};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::cache::Cache;
 use crate::schema;
 
 /// A piece of user work on the connection, inside a handler's transaction; given `None`
@@ -32,6 +36,19 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// What can be asked of the connection.
 pub(crate) enum Request {
+    /// Reads `saga`'s record and inbox, for a load the cache could not answer, and keeps
+    /// them in the cache: done here, in order with the commits, so that what the cache keeps
+    /// is never older than the file.
+    Load {
+        service: String,
+        saga: SagaId,
+        reply: Reply<(Option<SagaRecord>, HashSet<EventId>)>,
+    },
+    /// Reads what `service` must pick up when it starts.
+    Recover {
+        service: String,
+        reply: Reply<Recovery>,
+    },
     /// Writes outside any handler's transaction, committed with the others of their drain.
     Write(Write),
     /// Opens handler transaction `id`, once the connection is free of others.
@@ -42,7 +59,7 @@ pub(crate) enum Request {
     CommitIn {
         id: u64,
         commits: Vec<Commit>,
-        reply: Reply<Vec<Commit>>,
+        reply: Reply<()>,
     },
     /// Rolls transaction `id` back.
     Rollback { id: u64, reply: Option<Reply<()>> },
@@ -58,6 +75,9 @@ impl Request {
 /// The connection and what only the draining task touches.
 struct Database {
     conn: Connection,
+    /// The sagas in flight, kept as the file holds them: updated here, once a write
+    /// committed, so that a caller that stopped waiting cannot leave it behind the file.
+    cache: Arc<Cache>,
     /// The handler transaction holding the connection, if any.
     exclusive: Option<u64>,
     /// Writes waiting for it to end.
@@ -70,33 +90,37 @@ struct Queue {
     draining: bool,
 }
 
-/// The connections of one store and its queue; shared by the store and its transactions.
+/// The connection of one store and its queue; shared by the store and its transactions.
 pub(crate) struct Worker {
     database: Mutex<Database>,
-    reader: Mutex<Connection>,
     queue: Mutex<Queue>,
 }
 
 impl Worker {
-    pub(crate) fn new(writer: Connection, reader: Connection) -> Arc<Self> {
+    pub(crate) fn new(writer: Connection, cache: Arc<Cache>) -> Arc<Self> {
         Arc::new(Self {
             database: Mutex::new(Database {
                 conn: writer,
+                cache,
                 exclusive: None,
                 deferred: VecDeque::new(),
             }),
-            reader: Mutex::new(reader),
             queue: Mutex::default(),
         })
     }
 
-    /// Runs `read` on the reading connection, now, on this thread.
-    pub(crate) fn read<T>(&self, read: impl FnOnce(&Connection) -> T) -> T {
-        read(&lock(&self.reader))
+    /// Queues `request`, and starts draining on tokio's blocking pool if nobody is.
+    pub(crate) fn submit(self: &Arc<Self>, request: Request) {
+        self.queue_and_drain(request, false);
     }
 
-    /// Queues `request`, and starts draining if nobody is.
-    pub(crate) fn submit(self: &Arc<Self>, request: Request) {
+    /// Queues `request` from a destructor, which may run while its runtime shuts down and
+    /// refuses blocking tasks: a drainer that has to start starts on a thread of its own.
+    pub(crate) fn submit_detached(self: &Arc<Self>, request: Request) {
+        self.queue_and_drain(request, true);
+    }
+
+    fn queue_and_drain(self: &Arc<Self>, request: Request, detached: bool) {
         let mut queue = lock(&self.queue);
         queue.pending.push_back(request);
         if queue.draining {
@@ -107,9 +131,8 @@ impl Worker {
         let worker = Arc::clone(self);
         let drain = move || worker.drain();
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(drain)),
-            // E.g. a transaction dropped outside any runtime: its rollback still happens.
-            Err(_) => drop(std::thread::spawn(drain)),
+            Ok(runtime) if !detached => drop(runtime.spawn_blocking(drain)),
+            _ => drop(std::thread::spawn(drain)),
         }
     }
 
@@ -163,6 +186,25 @@ impl Database {
     fn process(&mut self, mut batch: VecDeque<Request>) {
         let mut group = Group::default();
         while let Some(request) = batch.pop_front() {
+            let request = match request {
+                Request::Load {
+                    service,
+                    saga,
+                    reply,
+                } => {
+                    let loaded = schema::load(&self.conn, &service, saga).map_err(store_error);
+                    if let Ok((Some(record), handled)) = &loaded {
+                        self.cache.fill(&service, record.clone(), handled.clone());
+                    }
+                    let _ = reply.send(loaded);
+                    continue;
+                }
+                Request::Recover { service, reply } => {
+                    let _ = reply.send(schema::recover(&self.conn, &service).map_err(store_error));
+                    continue;
+                }
+                request => request,
+            };
             if let Some(owner) = self.exclusive {
                 if request.writes() {
                     self.deferred.push_back(request);
@@ -179,17 +221,25 @@ impl Database {
                 continue;
             }
             match request {
+                Request::Load { .. } | Request::Recover { .. } => {
+                    unreachable!("reads are served first")
+                }
                 Request::Write(write) => group.writes.push(write),
                 Request::Begin { id, reply } => {
-                    group.finish(&self.conn);
+                    group.finish(&self.conn, &self.cache);
                     let begun = self
                         .conn
                         .execute_batch("BEGIN IMMEDIATE")
                         .map_err(store_error);
-                    if begun.is_ok() {
+                    let began = begun.is_ok();
+                    if reply.send(begun).is_err() {
+                        // Its caller is gone: nobody would ever end it.
+                        if began {
+                            let _ = self.conn.execute_batch("ROLLBACK");
+                        }
+                    } else if began {
                         self.exclusive = Some(id);
                     }
-                    let _ = reply.send(begun);
                 }
                 // Its transaction is no longer open: never run user work outside one.
                 Request::Run { job, .. } => job(None),
@@ -198,14 +248,23 @@ impl Database {
                         "the handler's transaction is no longer open",
                     )));
                 }
-                Request::Rollback { reply, .. } => {
+                Request::Rollback { id, reply } => {
+                    self.forget_begin(id);
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(()));
                     }
                 }
             }
         }
-        group.finish(&self.conn);
+        group.finish(&self.conn, &self.cache);
+    }
+
+    /// Drops a `Begin` of transaction `id` still waiting: its transaction was dropped
+    /// before it began.
+    fn forget_begin(&mut self, id: u64) {
+        self.deferred.retain(
+            |request| !matches!(request, Request::Begin { id: waiting, .. } if *waiting == id),
+        );
     }
 
     /// Serves `request` while handler transaction `owner` holds the connection; returns
@@ -221,10 +280,16 @@ impl Database {
                     .iter()
                     .try_for_each(|commit| schema::apply(&self.conn, commit))
                     .and_then(|()| self.conn.execute_batch("COMMIT"));
-                if applied.is_err() {
-                    let _ = self.conn.execute_batch("ROLLBACK");
+                match applied {
+                    Ok(()) => {
+                        self.cache.committed(&commits);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(error) => {
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                        let _ = reply.send(Err(store_error(error)));
+                    }
                 }
-                let _ = reply.send(applied.map(|()| commits).map_err(store_error));
                 Some(owner)
             }
             Request::Rollback { id, reply } if id == owner => {
@@ -245,7 +310,8 @@ impl Database {
                 )));
                 None
             }
-            Request::Rollback { reply, .. } => {
+            Request::Rollback { id, reply } => {
+                self.forget_begin(id);
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(()));
                 }
@@ -261,10 +327,9 @@ impl Database {
 
 /// One request's writes, applied with the others of its drain.
 pub(crate) enum Write {
-    /// Applies `commits`; they are handed back once committed.
     Commit {
         commits: Vec<Commit>,
-        reply: Reply<Vec<Commit>>,
+        reply: Reply<()>,
     },
     MarkSent {
         service: String,
@@ -295,12 +360,37 @@ impl Write {
         }
     }
 
-    /// Answers the request: `applied` once its transaction committed, or why not.
-    fn answer(self, applied: Result<Option<Purged>, StoreError>) {
+    /// Answers the request: `applied` once its transaction committed, or why not. What
+    /// committed is applied to `cache` first.
+    fn answer(self, applied: Result<Option<Purged>, StoreError>, cache: &Cache) {
+        let committed = applied.is_ok();
         let _ = match self {
-            Self::Commit { commits, reply } => reply.send(applied.map(|_| commits)).is_ok(),
-            Self::MarkSent { reply, .. } => reply.send(applied.map(|_| ())).is_ok(),
-            Self::Purge { reply, .. } => reply.send(applied.map(Option::unwrap_or_default)).is_ok(),
+            Self::Commit { commits, reply } => {
+                if committed {
+                    cache.committed(&commits);
+                }
+                reply.send(applied.map(drop)).is_ok()
+            }
+            Self::MarkSent {
+                service,
+                sent,
+                reply,
+            } => {
+                if committed {
+                    cache.sent(&service, &sent);
+                }
+                reply.send(applied.map(drop)).is_ok()
+            }
+            Self::Purge {
+                service,
+                before,
+                reply,
+            } => {
+                if committed {
+                    cache.purged(&service, before);
+                }
+                reply.send(applied.map(Option::unwrap_or_default)).is_ok()
+            }
         };
     }
 }
@@ -315,7 +405,7 @@ struct Group {
 
 impl Group {
     /// Commits the group and answers its requests.
-    fn finish(&mut self, conn: &Connection) {
+    fn finish(&mut self, conn: &Connection, cache: &Cache) {
         let writes = std::mem::take(&mut self.writes);
         if writes.is_empty() {
             return;
@@ -323,9 +413,12 @@ impl Group {
         if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
             let error = error.to_string();
             for write in writes {
-                write.answer(Err(StoreError::new(format!(
-                    "cannot begin a transaction: {error}"
-                ))));
+                write.answer(
+                    Err(StoreError::new(format!(
+                        "cannot begin a transaction: {error}"
+                    ))),
+                    cache,
+                );
             }
             return;
         }
@@ -336,7 +429,7 @@ impl Group {
                 Err(_) => {
                     let _ = conn.execute_batch("ROLLBACK");
                     for write in writes {
-                        alone(conn, write);
+                        alone(conn, write, cache);
                     }
                     return;
                 }
@@ -345,14 +438,17 @@ impl Group {
         match conn.execute_batch("COMMIT") {
             Ok(()) => {
                 for (write, value) in writes.into_iter().zip(values) {
-                    write.answer(Ok(value));
+                    write.answer(Ok(value), cache);
                 }
             }
             Err(error) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 let error = error.to_string();
                 for write in writes {
-                    write.answer(Err(StoreError::new(format!("commit failed: {error}"))));
+                    write.answer(
+                        Err(StoreError::new(format!("commit failed: {error}"))),
+                        cache,
+                    );
                 }
             }
         }
@@ -360,7 +456,7 @@ impl Group {
 }
 
 /// Applies `write` in a transaction of its own, and answers it.
-fn alone(conn: &Connection, write: Write) {
+fn alone(conn: &Connection, write: Write, cache: &Cache) {
     let applied = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
         let applied = write.apply(conn);
         match &applied {
@@ -372,7 +468,7 @@ fn alone(conn: &Connection, write: Write) {
     if applied.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    write.answer(applied.map_err(store_error));
+    write.answer(applied.map_err(store_error), cache);
 }
 
 fn store_error(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {

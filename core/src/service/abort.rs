@@ -87,7 +87,7 @@ impl Runtime {
             let transaction = self.transaction_slot();
             let state = self.compensate(&output, &abort, &transaction).await;
             match &state {
-                CompensationState::Compensated => handling.join(transaction.take().await),
+                CompensationState::Compensated => handling.join(transaction.take()?),
                 CompensationState::Failed { reason } => handling.send(
                     Outgoing {
                         envelope: output,

@@ -119,6 +119,8 @@ impl Runtime {
         if let Some((commit, transaction)) = handling.prepare(self.name()) {
             if let Err(error) = self.store().commit(vec![commit], transaction).await {
                 handling.outgoing.clear();
+                // It may have committed all the same: then only the store knows what to send.
+                self.outbox().rescan();
                 return Err(error.into());
             }
         }

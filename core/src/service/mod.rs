@@ -351,7 +351,12 @@ impl RunningService {
         deadline: Deadline,
     ) -> Result<SagaId, StartError> {
         let (saga, handling) = self.runtime.start(event, now, deadline)?;
-        self.runtime.commit_start(handling).await?;
+        // On a task of its own: a caller that stops waiting (a timeout around this call)
+        // must not leave a start committed but neither published nor timed.
+        let runtime = Arc::clone(&self.runtime);
+        tokio::spawn(async move { runtime.commit_start(handling).await })
+            .await
+            .map_err(|error| StartError::Store(StoreError::new(error)))??;
         Ok(saga)
     }
 

@@ -2,6 +2,7 @@
 //! store's outbox until the broker takes it. Each event sent is marked so, in batches.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ const MARK_BATCH: usize = 512;
 /// What the runtime has still to send, and the sent events still to mark.
 pub(super) struct Outbox {
     unsent: Mutex<VecDeque<Outgoing>>,
+    /// Whether the store may hold unsent events the runtime does not know of: a commit
+    /// failed in a way that may have committed all the same.
+    rescan: AtomicBool,
     more: Notify,
     marks: mpsc::UnboundedSender<Sent>,
     marks_out: tokio::sync::Mutex<mpsc::UnboundedReceiver<Sent>>,
@@ -30,6 +34,7 @@ impl Default for Outbox {
         let (marks, marks_out) = mpsc::unbounded_channel();
         Self {
             unsent: Mutex::default(),
+            rescan: AtomicBool::new(false),
             more: Notify::new(),
             marks,
             marks_out: tokio::sync::Mutex::new(marks_out),
@@ -41,6 +46,14 @@ impl Outbox {
     /// Queues `outgoing` for the relay.
     pub(super) fn retry(&self, outgoing: impl IntoIterator<Item = Outgoing>) {
         self.lock().extend(outgoing);
+        self.more.notify_one();
+    }
+
+    /// Has the relay read the store's unsent events again: after a commit whose outcome
+    /// is not known (the connection broke as it committed), its events may be there while
+    /// the redelivery of its event is recognised as handled.
+    pub(super) fn rescan(&self) {
+        self.rescan.store(true, Ordering::SeqCst);
         self.more.notify_one();
     }
 
@@ -123,6 +136,20 @@ impl Runtime {
     pub(super) async fn relay(self: Arc<Self>) {
         let mut wait = self.options().redelivery_delay;
         loop {
+            if self.outbox().rescan.swap(false, Ordering::SeqCst) {
+                match self.store().recover(self.name()).await {
+                    Ok(recovery) => self.outbox().retry(oldest_first(recovery.unsent)),
+                    Err(error) => {
+                        warn!(service = %self.name(), %error, "cannot read the unsent events; trying again");
+                        self.outbox().rescan.store(true, Ordering::SeqCst);
+                        tokio::select! {
+                            () = self.stopped() => return,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
             let next = self.outbox().lock().pop_front();
             let Some(outgoing) = next else {
                 tokio::select! {
@@ -182,4 +209,10 @@ impl Runtime {
         }
         batch.clear();
     }
+}
+
+/// `unsent` in the order it was recorded: event ids are time-ordered (UUID v7).
+pub(super) fn oldest_first(mut unsent: Vec<Outgoing>) -> Vec<Outgoing> {
+    unsent.sort_by_key(|outgoing| outgoing.envelope.id);
+    unsent
 }

@@ -34,7 +34,7 @@ impl Runtime {
             let overdue = saga.deadline.has_passed(self.now());
             self.arm(saga.saga_id, saga.deadline, saga.initiated_here && !overdue);
         }
-        self.outbox().retry(unsent);
+        self.outbox().retry(super::outbox::oldest_first(unsent));
         for saga in unfinished {
             self.dispatch(saga, Work::Resume);
         }

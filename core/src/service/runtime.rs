@@ -470,10 +470,15 @@ impl Runtime {
 
     /// Rolls back what a handler wrote in `transaction`, if it began one.
     pub(super) async fn roll_back(&self, transaction: &TransactionSlot) {
-        if let Some(transaction) = transaction.take().await {
-            if let Err(error) = transaction.rollback().await {
-                warn!(service = %self.name(), %error, "cannot roll back a handler's transaction");
+        match transaction.take() {
+            Ok(Some(transaction)) => {
+                if let Err(error) = transaction.rollback().await {
+                    warn!(service = %self.name(), %error, "cannot roll back a handler's transaction");
+                }
             }
+            Ok(None) => {}
+            // Rolled back when the guard goes.
+            Err(error) => warn!(service = %self.name(), %error, "a handler kept its transaction"),
         }
     }
 }

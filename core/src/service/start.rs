@@ -78,13 +78,11 @@ impl Runtime {
     /// Commits a start and publishes it: the saga is started from here on, even if the
     /// broker takes the event only later.
     pub(super) async fn commit_start(&self, mut handling: Handling) -> Result<(), StartError> {
-        self.commit(&mut handling)
-            .await
-            .map_err(|error| match error {
-                super::runtime::Infrastructure::Store(error) => StartError::Store(error),
-                other => StartError::Store(crate::store::StoreError::new(other)),
-            })?;
+        if let Some((commit, _)) = handling.prepare(self.name()) {
+            self.store().commit(vec![commit], None).await?;
+        }
         self.started(&handling);
+        self.committed(&mut handling).await;
         Ok(())
     }
 

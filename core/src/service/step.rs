@@ -58,7 +58,7 @@ impl Runtime {
         handling.mark_handled(envelope);
         // A step that did its work, or refused it, commits what it wrote with the handling.
         if outcome.is_ok() {
-            handling.join(transaction.take().await);
+            handling.join(transaction.take()?);
         }
         match outcome {
             Ok(StepOutcome::Done(None)) => {}

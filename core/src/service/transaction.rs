@@ -77,6 +77,8 @@ impl SagaTransaction {
 
     /// Commits the caller's writes and the sagas started, as one store transaction; then
     /// publishes the starts.
+    ///
+    /// A guard from [`transaction`](Self::transaction) still held is an error: drop it first.
     pub async fn commit(mut self) -> Result<(), StoreError> {
         let service = self.runtime.name().to_owned();
         let mut starts = std::mem::take(starts(&mut self.starts));
@@ -85,18 +87,25 @@ impl SagaTransaction {
             .filter_map(|start| start.prepare(&service))
             .map(|(commit, _)| commit)
             .collect();
-        let transaction = self.transaction.take().await;
-        self.runtime.store().commit(commits, transaction).await?;
-        for mut start in starts {
-            self.runtime.committed(&mut start).await;
-            self.runtime.started(&start);
-        }
-        Ok(())
+        let transaction = self.transaction.take()?;
+        // On a task of its own: a caller that stops waiting must not leave the starts
+        // committed but neither published nor timed.
+        let runtime = Arc::clone(&self.runtime);
+        tokio::spawn(async move {
+            runtime.store().commit(commits, transaction).await?;
+            for mut start in starts {
+                runtime.started(&start);
+                runtime.committed(&mut start).await;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::new)?
     }
 
     /// Rolls back the caller's writes; no saga starts.
     pub async fn rollback(self) -> Result<(), StoreError> {
-        match self.transaction.take().await {
+        match self.transaction.take()? {
             Some(transaction) => transaction.rollback().await,
             None => Ok(()),
         }

@@ -52,9 +52,16 @@ impl TransactionSlot {
         })
     }
 
-    /// The transaction, if the handler began one; waits for the handler's guard to go.
-    pub(crate) async fn take(&self) -> Option<Box<dyn StoreTransaction>> {
-        self.transaction.lock().await.take()
+    /// The transaction, if the handler began one. A guard still held (it outlived its
+    /// handler, or a caller commits with it in scope) is an error, rather than a wait for
+    /// something that may never come.
+    pub(crate) fn take(&self) -> Result<Option<Box<dyn StoreTransaction>>, StoreError> {
+        match self.transaction.try_lock() {
+            Ok(mut transaction) => Ok(transaction.take()),
+            Err(_) => Err(StoreError::unsupported(
+                "a TransactionGuard is still held: drop it before the handler returns, or before committing",
+            )),
+        }
     }
 }
 
