@@ -43,8 +43,13 @@ async fn start(
         .expect("the services join the transport")
 }
 
+/// Callers starting sagas at once, as the requests an initiating service serves do: with
+/// a durable store each start waits for its commit, which one caller alone would serialise.
+const STARTERS: usize = 16;
+
 /// Plays `sagas` sagas with at most `window` in flight, the services on stores `store`
-/// names; with `record_latency`, also the time of every hop.
+/// names; with `record_latency`, also the time of every hop (one saga at a time: a window
+/// of 1 admits one start at a time whatever the callers).
 pub(crate) async fn play(
     transport: Arc<dyn Transport>,
     topic: &str,
@@ -54,17 +59,29 @@ pub(crate) async fn play(
     record_latency: bool,
 ) -> Run {
     let probe = Probe::new(window, record_latency, None);
-    let running = start(&transport, topic, &probe, store).await;
+    let mut running = start(&transport, topic, &probe, store).await;
+    let initiator = Arc::new(running.remove(0));
     let started = Instant::now();
-    for n in 0..sagas {
-        probe.admit().await;
-        running[0]
-            .start_saga(Placed(probe.payload(n as u64)))
-            .await
-            .expect("a saga starts");
+    let starters: Vec<_> = (0..STARTERS)
+        .map(|starter| {
+            let (initiator, probe) = (Arc::clone(&initiator), Arc::clone(&probe));
+            tokio::spawn(async move {
+                for n in (starter..sagas).step_by(STARTERS) {
+                    probe.admit().await;
+                    initiator
+                        .start_saga(Placed(probe.payload(n as u64)))
+                        .await
+                        .expect("a saga starts");
+                }
+            })
+        })
+        .collect();
+    for starter in starters {
+        starter.await.expect("a starter finished");
     }
     probe.wait_for(sagas).await;
     let elapsed = started.elapsed();
+    drop(initiator);
     for service in running {
         service.kill();
     }

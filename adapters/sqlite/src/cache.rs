@@ -1,9 +1,10 @@
 //! The sagas in flight, as the store last wrote or read them.
 //!
 //! One process writes a SQLite file at a time, so what the store committed is what the file
-//! holds: the record of a saga still running, and the ids of the events handled for it, are
-//! answered from here, and the file is read only for a saga the store has not seen since it
-//! opened. A saga that finishes is forgotten here; the file keeps it.
+//! holds: the record of a saga still running that this store created, and the ids of the
+//! events handled for it, are answered from here; the file is read for any other. Only the
+//! worker changes it, as its commits land. A saga that finishes is forgotten here; the file
+//! keeps it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -37,18 +38,6 @@ impl Cache {
             record: Some(cached.record.clone()),
             handled: event.is_some_and(|event| cached.handled.contains(&event)),
         })
-    }
-
-    /// Keeps `record`, as just read from the file with every event handled for it, while it
-    /// runs. Called by the worker, in order with its commits.
-    pub(crate) fn fill(&self, service: &str, record: SagaRecord, handled: HashSet<EventId>) {
-        if record.is_finished() {
-            return;
-        }
-        self.lock()
-            .entry(service.to_owned())
-            .or_default()
-            .insert(record.saga_id, Cached { record, handled });
     }
 
     /// Applies what the file now holds after `commits`.

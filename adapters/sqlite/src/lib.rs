@@ -69,10 +69,14 @@ impl SqliteStore {
             source,
         };
         let checkpoint = config.clone();
-        let opened = tokio::task::spawn_blocking(move || connect(&config))
-            .await
-            .map_err(|error| failed(error.into()))?;
-        let writer = opened.map_err(|error| {
+        let opened = tokio::task::spawn_blocking(move || {
+            let writer = connect(&config)?;
+            let reader = connect(&config)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((writer, reader))
+        })
+        .await
+        .map_err(|error| failed(error.into()))?;
+        let (writer, reader) = opened.map_err(|error| {
             failed(
                 format!(
                     "cannot open `{}` as a SQLite database: {error}; expected a writable file path (created if missing)",
@@ -82,7 +86,7 @@ impl SqliteStore {
             )
         })?;
         let cache = Arc::new(cache::Cache::default());
-        let worker = Worker::new(writer, Arc::clone(&cache));
+        let worker = Worker::new(writer, reader, Arc::clone(&cache));
         checkpoints(&checkpoint, Arc::downgrade(&worker));
         Ok(Self {
             worker,
@@ -184,15 +188,11 @@ impl Store for SqliteStore {
         if let Some(loaded) = self.cache.load(service, saga, event) {
             return Ok(loaded);
         }
-        let owned = service.to_owned();
+        // Not kept in the cache: only the worker changes it, as commits land.
         let (record, handled) = self
             .worker
-            .ask(|reply| Request::Load {
-                service: owned,
-                saga,
-                reply,
-            })
-            .await?;
+            .read(|conn| schema::load(conn, service, saga))
+            .map_err(StoreError::new)?;
         Ok(Loaded {
             record,
             handled: event.is_some_and(|event| handled.contains(&event)),
@@ -256,10 +256,9 @@ impl Store for SqliteStore {
     }
 
     async fn recover(&self, service: &str) -> Result<Recovery, StoreError> {
-        let service = service.to_owned();
         self.worker
-            .ask(|reply| Request::Recover { service, reply })
-            .await
+            .read(|conn| schema::recover(conn, service))
+            .map_err(StoreError::new)
     }
 
     async fn purge(&self, service: &str, before: SystemTime) -> Result<Purged, StoreError> {

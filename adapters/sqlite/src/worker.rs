@@ -7,9 +7,11 @@
 //! writes wait. Draining on tokio's blocking pool also keeps paused-time tests honest: tokio
 //! does not auto-advance a paused clock while a blocking task runs.
 //!
-//! Reads go through the same queue, in order with the writes, and fill the store's cache of
-//! sagas in flight there, so that the cache never holds a state older than the file; most
-//! loads are answered by that cache without a read at all. The one slow operation of all,
+//! Most loads are answered by the store's cache of sagas in flight, which only the worker
+//! changes, once a write committed: a caller that stops waiting cannot leave it behind the
+//! file. The others read on a second connection, at once, on the thread that asks: the
+//! write-ahead log lets it read what was committed while the writer writes, and a saga's
+//! previous handling has committed before its next one loads. The one slow operation of all,
 //! checkpointing the log into the database file, runs on a thread of the store's own.
 
 use std::collections::VecDeque;
@@ -17,11 +19,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use std::collections::HashSet;
-
-use choreo_core::journal::SagaRecord;
-use choreo_core::store::{Commit, Purged, Recovery, Sent};
-use choreo_core::{EventId, SagaId, StoreError};
+use choreo_core::store::{Commit, Purged, Sent};
+use choreo_core::StoreError;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -36,19 +35,6 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// What can be asked of the connection.
 pub(crate) enum Request {
-    /// Reads `saga`'s record and inbox, for a load the cache could not answer, and keeps
-    /// them in the cache: done here, in order with the commits, so that what the cache keeps
-    /// is never older than the file.
-    Load {
-        service: String,
-        saga: SagaId,
-        reply: Reply<(Option<SagaRecord>, HashSet<EventId>)>,
-    },
-    /// Reads what `service` must pick up when it starts.
-    Recover {
-        service: String,
-        reply: Reply<Recovery>,
-    },
     /// Writes outside any handler's transaction, committed with the others of their drain.
     Write(Write),
     /// Opens handler transaction `id`, once the connection is free of others.
@@ -90,14 +76,15 @@ struct Queue {
     draining: bool,
 }
 
-/// The connection of one store and its queue; shared by the store and its transactions.
+/// The connections of one store and its queue; shared by the store and its transactions.
 pub(crate) struct Worker {
     database: Mutex<Database>,
+    reader: Mutex<Connection>,
     queue: Mutex<Queue>,
 }
 
 impl Worker {
-    pub(crate) fn new(writer: Connection, cache: Arc<Cache>) -> Arc<Self> {
+    pub(crate) fn new(writer: Connection, reader: Connection, cache: Arc<Cache>) -> Arc<Self> {
         Arc::new(Self {
             database: Mutex::new(Database {
                 conn: writer,
@@ -105,8 +92,14 @@ impl Worker {
                 exclusive: None,
                 deferred: VecDeque::new(),
             }),
+            reader: Mutex::new(reader),
             queue: Mutex::default(),
         })
+    }
+
+    /// Runs `read` on the reading connection, now, on this thread.
+    pub(crate) fn read<T>(&self, read: impl FnOnce(&Connection) -> T) -> T {
+        read(&lock(&self.reader))
     }
 
     /// Queues `request`, and starts draining on tokio's blocking pool if nobody is.
@@ -186,25 +179,6 @@ impl Database {
     fn process(&mut self, mut batch: VecDeque<Request>) {
         let mut group = Group::default();
         while let Some(request) = batch.pop_front() {
-            let request = match request {
-                Request::Load {
-                    service,
-                    saga,
-                    reply,
-                } => {
-                    let loaded = schema::load(&self.conn, &service, saga).map_err(store_error);
-                    if let Ok((Some(record), handled)) = &loaded {
-                        self.cache.fill(&service, record.clone(), handled.clone());
-                    }
-                    let _ = reply.send(loaded);
-                    continue;
-                }
-                Request::Recover { service, reply } => {
-                    let _ = reply.send(schema::recover(&self.conn, &service).map_err(store_error));
-                    continue;
-                }
-                request => request,
-            };
             if let Some(owner) = self.exclusive {
                 if request.writes() {
                     self.deferred.push_back(request);
@@ -221,9 +195,6 @@ impl Database {
                 continue;
             }
             match request {
-                Request::Load { .. } | Request::Recover { .. } => {
-                    unreachable!("reads are served first")
-                }
                 Request::Write(write) => group.writes.push(write),
                 Request::Begin { id, reply } => {
                     group.finish(&self.conn, &self.cache);
