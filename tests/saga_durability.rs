@@ -31,6 +31,7 @@ macro_rules! durability_on {
                     a_start_in_a_rolled_back_transaction_never_happens,
                     a_start_the_broker_refused_is_published_once_it_can_be,
                     an_unpublished_start_is_published_after_a_restart_under_its_id,
+                    a_start_whose_caller_stops_waiting_is_published_all_the_same,
                     a_finished_saga_is_purged_after_the_retention_and_its_late_duplicates_are_ignored,
                     $($more),*
                 ];
@@ -353,6 +354,54 @@ async fn a_start_the_broker_refused_is_published_once_it_can_be(backend: Backend
     let start = &h.log.events(saga)[0];
     assert_eq!((start.kind, start.saga_id), (SagaKind::Start, saga));
     assert_eq!(h.flow(saga).len(), 5);
+}
+
+/// The broker is slow to take a start, and its caller gives up waiting: the saga is started
+/// all the same, published, timed, and runs to its end.
+async fn a_start_whose_caller_stops_waiting_is_published_all_the_same(backend: Backend) {
+    let mut h = Harness::start(backend).await;
+    h.running.remove("orders").unwrap().shutdown().await;
+    let slow = Arc::new(faults::Faulty::new(
+        h.own_connection().await,
+        Arc::clone(&h.world),
+        OrderPlaced::TYPE,
+        "none",
+    ));
+    slow.slow_publishes(h.units(2));
+    let orders = h.service("orders", h.options()).await;
+    h.running.insert("orders", orders.run(slow).await.unwrap());
+
+    let order = OrderPlaced {
+        order_id: 77,
+        amount_cents: 2_500,
+        sku: "book".into(),
+    };
+    let given_up = tokio::time::timeout(h.units(1), h.running["orders"].start_saga(order)).await;
+    assert!(
+        given_up.is_err(),
+        "the caller gave up before the broker took the start"
+    );
+
+    let saga = h.wait_for_a_saga().await;
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    h.settle().await;
+    assert_eq!(
+        distinct_flow(&h, saga),
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", StockReserved::TYPE),
+            ev("payments", PaymentCaptured::TYPE),
+            ev("orders", OrderConfirmed::TYPE),
+        ]
+    );
+    let mut effects = every_forward_step_once(77);
+    effects.remove(0); // the caller created no order row: it only started the saga
+    assert_eq!(h.effects(77).await, effects);
+    assert_eq!(
+        h.record("orders", saga).await.unwrap().status,
+        SagaStatus::Completed
+    );
 }
 
 /// Orders dies after committing a start and before publishing it; started again, it

@@ -40,6 +40,7 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
         transport,
         "bench.kafka.choreo",
         "memory://bench.kafka.{service}",
+        1,
         sagas,
         window,
         false,

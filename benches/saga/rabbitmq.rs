@@ -33,6 +33,7 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
         transport,
         "bench.rabbitmq.choreo",
         "memory://bench.rabbitmq.{service}",
+        1,
         sagas,
         window,
         false,

@@ -43,17 +43,15 @@ async fn start(
         .expect("the services join the transport")
 }
 
-/// Callers starting sagas at once, as the requests an initiating service serves do: with
-/// a durable store each start waits for its commit, which one caller alone would serialise.
-const STARTERS: usize = 16;
-
-/// Plays `sagas` sagas with at most `window` in flight, the services on stores `store`
-/// names; with `record_latency`, also the time of every hop (one saga at a time: a window
-/// of 1 admits one start at a time whatever the callers).
+/// Plays `sagas` sagas with at most `window` in flight, started by `starters` callers at
+/// once, the services on stores `store` names; with `record_latency`, also the time of
+/// every hop (one saga at a time: a window of 1 admits one start at a time whatever the
+/// callers).
 pub(crate) async fn play(
     transport: Arc<dyn Transport>,
     topic: &str,
     store: &str,
+    starters: usize,
     sagas: usize,
     window: usize,
     record_latency: bool,
@@ -62,11 +60,11 @@ pub(crate) async fn play(
     let mut running = start(&transport, topic, &probe, store).await;
     let initiator = Arc::new(running.remove(0));
     let started = Instant::now();
-    let starters: Vec<_> = (0..STARTERS)
+    let starters: Vec<_> = (0..starters)
         .map(|starter| {
             let (initiator, probe) = (Arc::clone(&initiator), Arc::clone(&probe));
             tokio::spawn(async move {
-                for n in (starter..sagas).step_by(STARTERS) {
+                for n in (starter..sagas).step_by(starters) {
                     probe.admit().await;
                     initiator
                         .start_saga(Placed(probe.payload(n as u64)))

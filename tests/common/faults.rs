@@ -24,6 +24,8 @@ pub struct Faulty {
     /// Publishes still to refuse, as a broker that is down would.
     refusing: AtomicU32,
     refused: AtomicU32,
+    /// How long a publish of `published` takes, as a slow broker's would.
+    slow: std::sync::Mutex<Option<std::time::Duration>>,
 }
 
 impl Faulty {
@@ -40,7 +42,13 @@ impl Faulty {
             acknowledged,
             refusing: AtomicU32::new(0),
             refused: AtomicU32::new(0),
+            slow: std::sync::Mutex::default(),
         }
+    }
+
+    /// Makes every publish of the `published` type take `delay`.
+    pub fn slow_publishes(&self, delay: std::time::Duration) {
+        *self.slow.lock().unwrap() = Some(delay);
     }
 
     /// Refuses the next `count` publishes, as a broker that is down does.
@@ -64,6 +72,10 @@ impl Transport for Faulty {
         if envelope.event_type == self.published {
             let order = order_id(envelope.data.get());
             self.world.stalls.at(CrashPoint::AfterCommit, order).await;
+            let delay = *self.slow.lock().unwrap();
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
         }
         let refuse = self
             .refusing

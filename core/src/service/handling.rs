@@ -72,6 +72,14 @@ impl Handling {
         self.outgoing.push((outgoing, span));
     }
 
+    /// A copy of what the handling will send once committed.
+    pub(super) fn outgoing(&self) -> Vec<Outgoing> {
+        self.outgoing
+            .iter()
+            .map(|(outgoing, _)| outgoing.clone())
+            .collect()
+    }
+
     /// Commits the handling in `transaction`, the handler's.
     pub(super) fn join(&mut self, transaction: Option<Box<dyn StoreTransaction>>) {
         if transaction.is_some() {

@@ -351,6 +351,12 @@ impl RunningService {
         deadline: Deadline,
     ) -> Result<SagaId, StartError> {
         let (saga, handling) = self.runtime.start(event, now, deadline)?;
+        if !self.runtime.store().is_durable() {
+            // The commit completes at once; what follows hands its events to the relay if
+            // the caller stops waiting.
+            self.runtime.commit_start(handling).await?;
+            return Ok(saga);
+        }
         // On a task of its own: a caller that stops waiting (a timeout around this call)
         // must not leave a start committed but neither published nor timed.
         let runtime = Arc::clone(&self.runtime);

@@ -82,8 +82,19 @@ impl Runtime {
             self.store().commit(vec![commit], None).await?;
         }
         self.started(&handling);
-        self.committed(&mut handling).await;
+        self.publish_started(&mut handling).await;
         Ok(())
+    }
+
+    /// Sends what a committed start recorded. Should the caller stop waiting meanwhile,
+    /// the events go to the relay rather than waiting in the store for a restart.
+    pub(super) async fn publish_started(&self, handling: &mut Handling) {
+        let relay = RelayOnDrop {
+            runtime: self,
+            outgoing: Some(handling.outgoing()),
+        };
+        self.committed(handling).await;
+        relay.disarm();
     }
 
     /// What follows a committed start: its timer and its count.
@@ -92,5 +103,26 @@ impl Runtime {
             self.arm_timer(record);
         }
         self.metrics.saga_started();
+    }
+}
+
+/// Hands `outgoing` to the relay when dropped armed.
+struct RelayOnDrop<'a> {
+    runtime: &'a Runtime,
+    outgoing: Option<Vec<Outgoing>>,
+}
+
+impl RelayOnDrop<'_> {
+    fn disarm(mut self) {
+        self.outgoing = None;
+    }
+}
+
+impl Drop for RelayOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(outgoing) = self.outgoing.take() {
+            // Some may have gone out already: sent again, their consumers drop them.
+            self.runtime.outbox().retry(outgoing);
+        }
     }
 }

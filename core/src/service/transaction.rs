@@ -95,7 +95,7 @@ impl SagaTransaction {
             runtime.store().commit(commits, transaction).await?;
             for mut start in starts {
                 runtime.started(&start);
-                runtime.committed(&mut start).await;
+                runtime.publish_started(&mut start).await;
             }
             Ok(())
         })
