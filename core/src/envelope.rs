@@ -227,14 +227,17 @@ impl Envelope {
 
     /// The structured-mode JSON document.
     pub fn to_json(&self) -> String {
-        let mut document = serde_json::Map::new();
+        let mut json = String::with_capacity(320 + self.data.get().len());
+        json.push('{');
         self.for_each_attribute(|name, value| {
-            document.insert(name.to_owned(), value.into_owned().into());
+            json.push('"');
+            json.push_str(name);
+            json.push_str("\":");
+            push_json_string(&mut json, &value);
+            json.push(',');
         });
-        let mut json = serde_json::Value::Object(document).to_string();
-        // Splice the raw data in rather than re-parsing it into a Value.
-        json.pop();
-        json.push_str(",\"data\":");
+        // The raw data is spliced in as it is rather than parsed again.
+        json.push_str("\"data\":");
         json.push_str(self.data.get());
         json.push('}');
         json
@@ -411,6 +414,22 @@ impl<'de> Deserialize<'de> for Envelope {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
         Self::from_json(raw.get().as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Appends `value` to `json` as a JSON string.
+fn push_json_string(json: &mut String, value: &str) {
+    // Attribute values are nearly always plain ASCII: ids, names, timestamps.
+    if value
+        .bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\' && byte < 0x7f)
+    {
+        json.push('"');
+        json.push_str(value);
+        json.push('"');
+    } else {
+        // Serialising a string cannot fail.
+        json.push_str(&serde_json::Value::from(value).to_string());
     }
 }
 

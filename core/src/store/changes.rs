@@ -123,22 +123,27 @@ impl Snapshot {
 impl SagaRecord {
     /// Applies `change`, as a store that keeps whole records does.
     pub fn apply(&mut self, change: &JournalChange) {
+        self.apply_owned(change.clone());
+    }
+
+    /// Applies `change`, taking what it holds rather than copying it.
+    pub fn apply_owned(&mut self, change: JournalChange) {
         match change {
             JournalChange::Created(header) | JournalChange::Updated(header) => {
                 let steps = std::mem::take(&mut self.steps);
-                *self = Self::from_header(header.clone());
+                *self = Self::from_header(header);
                 self.steps = steps;
             }
             JournalChange::StepAdded { position, step } => {
-                if *position == self.steps.len() {
-                    self.steps.push(step.clone());
-                } else if let Some(slot) = self.steps.get_mut(*position) {
-                    *slot = step.clone();
+                if position == self.steps.len() {
+                    self.steps.push(step);
+                } else if let Some(slot) = self.steps.get_mut(position) {
+                    *slot = step;
                 }
             }
             JournalChange::CompensationChanged { position, state } => {
-                if let Some(step) = self.steps.get_mut(*position) {
-                    step.compensation = state.clone();
+                if let Some(step) = self.steps.get_mut(position) {
+                    step.compensation = state;
                 }
             }
         }
