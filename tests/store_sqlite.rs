@@ -271,3 +271,241 @@ mod cancelled {
         );
     }
 }
+
+mod schema {
+    //! What the SQLite file holds, read with SQL: the first schema's files migrate, and marks
+    //! of sent outputs ride on their saga's next write.
+
+    use std::time::{Duration, SystemTime};
+
+    use choreo::journal::{CompensationState, SagaRecord, StepRecord};
+    use choreo::store::{Commit, Handled, Sent, SentKind, Snapshot};
+    use choreo::{Deadline, Envelope, EventId, SagaId, SagaKind, TraceContext};
+
+    use super::*;
+
+    fn envelope(saga: SagaId, event_type: &str, deadline: Deadline) -> Envelope {
+        Envelope {
+            id: EventId::new(),
+            source: "payments".into(),
+            event_type: event_type.into(),
+            time: SystemTime::now(),
+            saga_id: saga,
+            causation_id: Some(EventId::new()),
+            deadline,
+            kind: SagaKind::Step,
+            trace: TraceContext::new_root(),
+            data: serde_json::value::to_raw_value(&serde_json::json!({"cents": 700})).unwrap(),
+        }
+    }
+
+    fn step(output: Envelope, published: bool) -> StepRecord {
+        StepRecord {
+            input: Some(EventId::new()),
+            output,
+            withheld: false,
+            published,
+            compensation: CompensationState::Pending,
+        }
+    }
+
+    fn nanos(deadline: Deadline) -> i64 {
+        deadline
+            .instant()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64
+    }
+
+    /// A file written by the first version of the schema (a table for the inbox, a flag per
+    /// step for its output's publication) opens with everything it held.
+    #[tokio::test]
+    async fn a_file_of_the_first_schema_opens_with_everything_it_held() {
+        let subject = sqlite().await;
+        std::fs::create_dir_all(&subject.directory).unwrap();
+        let deadline = Deadline::after(SystemTime::now(), Duration::from_secs(300));
+        let saga = SagaId::new();
+        let mut record = SagaRecord::new(saga, deadline);
+        record.steps = vec![
+            step(envelope(saga, "payments.CreditReserved.v1", deadline), true),
+            step(envelope(saga, "payments.CreditCapped.v1", deadline), false),
+        ];
+        let handled = [EventId::new(), EventId::new()];
+        let (inbox_only, inbox_only_event) = (SagaId::new(), EventId::new());
+        let abort = envelope(saga, "choreo.SagaAborted.v1", deadline);
+        {
+            let db = rusqlite::Connection::open(subject.path()).unwrap();
+            db.execute_batch(
+                "CREATE TABLE choreo_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                     applied_at TEXT NOT NULL DEFAULT '2026-12-01T00:00:00Z');
+                 INSERT INTO choreo_migrations (version, name) VALUES (1, 'saga state');",
+            )
+            .unwrap();
+            db.execute_batch(include_str!(
+                "../adapters/sqlite/migrations/0001_saga_state.sql"
+            ))
+            .unwrap();
+            db.execute(
+                "INSERT INTO choreo_sagas VALUES ('payments', ?1, ?2, 'active', NULL, 0, 0, 0, NULL)",
+                rusqlite::params![saga.to_string(), nanos(deadline)],
+            )
+            .unwrap();
+            for (position, step) in record.steps.iter().enumerate() {
+                db.execute(
+                    "INSERT INTO choreo_steps VALUES ('payments', ?1, ?2, ?3, ?4, 0, ?5, 'pending', NULL)",
+                    rusqlite::params![
+                        saga.to_string(),
+                        position as i64,
+                        step.input.unwrap().to_string(),
+                        step.output.to_json(),
+                        step.published,
+                    ],
+                )
+                .unwrap();
+            }
+            for (event, saga) in [
+                (handled[0], saga),
+                (handled[1], saga),
+                (inbox_only_event, inbox_only),
+            ] {
+                db.execute(
+                    "INSERT INTO choreo_inbox VALUES ('payments', ?1, ?2, ?3)",
+                    rusqlite::params![saga.to_string(), event.to_string(), nanos(deadline)],
+                )
+                .unwrap();
+            }
+            db.execute(
+                "INSERT INTO choreo_outbox (service, saga_id, event_id, kind, envelope)
+                 VALUES ('payments', ?1, ?2, 'event', ?3)",
+                rusqlite::params![saga.to_string(), abort.id.to_string(), abort.to_json()],
+            )
+            .unwrap();
+        }
+
+        let store = subject.open().await;
+        for event in handled {
+            let loaded = store.load("payments", saga, Some(event)).await.unwrap();
+            assert_eq!(loaded.record.as_ref(), Some(&record));
+            assert!(loaded.handled);
+        }
+        let loaded = store
+            .load("payments", inbox_only, Some(inbox_only_event))
+            .await
+            .unwrap();
+        assert_eq!((loaded.record, loaded.handled), (None, true));
+        let recovery = store.recover("payments").await.unwrap();
+        let mut unsent: Vec<EventId> = recovery.unsent.iter().map(|o| o.envelope.id).collect();
+        unsent.sort();
+        let mut expected = vec![record.steps[1].output.id, abort.id];
+        expected.sort();
+        assert_eq!(unsent, expected);
+        assert_eq!(recovery.timers.len(), 1);
+        assert_eq!(recovery.timers[0].saga_id, saga);
+    }
+
+    fn unsent_in_file(subject: &Sqlite, saga: SagaId) -> String {
+        rusqlite::Connection::open(subject.path())
+            .unwrap()
+            .query_row(
+                "SELECT unsent FROM choreo_sagas WHERE service = 'payments' AND saga_id = ?1",
+                [saga.to_string()],
+                |row| row.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Marking an output sent costs no write of its own when its saga is written again: the
+    /// saga's next commit writes it; a store dropped first writes it on its own.
+    #[tokio::test]
+    async fn a_mark_is_written_with_the_sagas_next_commit_or_when_the_store_is_dropped() {
+        let subject = sqlite().await;
+        let store = subject.open().await;
+        let deadline = Deadline::after(SystemTime::now(), Duration::from_secs(300));
+        let saga = SagaId::new();
+        let mut record = SagaRecord::new(saga, deadline);
+        record.steps.push(step(
+            envelope(saga, "payments.CreditReserved.v1", deadline),
+            false,
+        ));
+        let created = Commit {
+            service: "payments".into(),
+            saga_id: saga,
+            changes: Snapshot::changes(None, &record),
+            handled: None,
+            outbox: Vec::new(),
+        };
+        store.commit(vec![created], None).await.unwrap();
+        assert_eq!(unsent_in_file(&subject, saga), "0");
+
+        let sent = |position: usize, event_id: EventId| Sent {
+            saga_id: saga,
+            event_id,
+            kind: SentKind::Step { position },
+        };
+        store
+            .mark_sent("payments", &[sent(0, record.steps[0].output.id)])
+            .await
+            .unwrap();
+        assert_eq!(unsent_in_file(&subject, saga), "0", "the mark waits");
+        let loaded = store
+            .load("payments", saga, None)
+            .await
+            .unwrap()
+            .record
+            .unwrap();
+        assert!(
+            loaded.steps[0].published,
+            "the store's answers have it at once"
+        );
+
+        let stored = loaded.clone();
+        let mut next = loaded;
+        next.steps.push(step(
+            envelope(saga, "payments.CreditCapped.v1", deadline),
+            false,
+        ));
+        let handled = EventId::new();
+        let added = Commit {
+            service: "payments".into(),
+            saga_id: saga,
+            changes: Snapshot::changes(Some(&Snapshot::of(&stored)), &next),
+            handled: Some(Handled {
+                event_id: handled,
+                deadline,
+            }),
+            outbox: Vec::new(),
+        };
+        store.commit(vec![added], None).await.unwrap();
+        assert_eq!(
+            unsent_in_file(&subject, saga),
+            "1",
+            "written with the commit"
+        );
+
+        store
+            .mark_sent("payments", &[sent(1, next.steps[1].output.id)])
+            .await
+            .unwrap();
+        assert_eq!(unsent_in_file(&subject, saga), "1");
+        drop(store);
+        assert_eq!(unsent_in_file(&subject, saga), "", "written when dropped");
+        let reopened = subject.open().await;
+        let loaded = reopened
+            .load("payments", saga, Some(handled))
+            .await
+            .unwrap();
+        assert!(loaded.handled);
+        assert!(loaded
+            .record
+            .unwrap()
+            .steps
+            .iter()
+            .all(|step| step.published));
+        assert!(reopened
+            .recover("payments")
+            .await
+            .unwrap()
+            .unsent
+            .is_empty());
+    }
+}

@@ -4,9 +4,10 @@
 //! holds: the record of a saga still running that this store created, and the ids of the
 //! events handled for it, are answered from here; the file is read for any other. Only the
 //! worker changes it, as its commits land. A saga that finishes is forgotten here; the file
-//! keeps it.
+//! keeps it. What it does not hold, it may know the file does not hold either (see
+//! [`Known`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -14,18 +15,32 @@ use choreo_core::journal::SagaRecord;
 use choreo_core::store::{Commit, JournalChange, Loaded, Sent, SentKind};
 use choreo_core::{EventId, SagaId};
 
-#[derive(Default)]
+use crate::known::Known;
+
+/// One service's sagas in flight.
+type Sagas = HashMap<SagaId, Cached>;
+
 pub(crate) struct Cache {
-    services: Mutex<HashMap<String, HashMap<SagaId, Cached>>>,
+    services: Mutex<HashMap<String, Sagas>>,
+    known: Known,
 }
 
 struct Cached {
     record: SagaRecord,
-    handled: HashSet<EventId>,
+    /// A saga's handful of handled events: a list beats a set.
+    handled: Vec<EventId>,
 }
 
 impl Cache {
-    /// What the store holds of `saga`, if it is here.
+    /// An empty cache of a file whose rows `known` names.
+    pub(crate) fn new(known: Known) -> Self {
+        Self {
+            services: Mutex::default(),
+            known,
+        }
+    }
+
+    /// What the store holds of `saga`, if that is known without reading the file.
     pub(crate) fn load(
         &self,
         service: &str,
@@ -33,32 +48,73 @@ impl Cache {
         event: Option<EventId>,
     ) -> Option<Loaded> {
         let services = self.lock();
+        match services.get(service).and_then(|sagas| sagas.get(&saga)) {
+            Some(cached) => Some(Loaded {
+                record: Some(cached.record.clone()),
+                handled: event.is_some_and(|event| cached.handled.contains(&event)),
+            }),
+            None if !self.known.may_hold(service, saga) => Some(Loaded {
+                record: None,
+                handled: false,
+            }),
+            None => None,
+        }
+    }
+
+    /// Whether `saga` is here.
+    pub(crate) fn holds(&self, service: &str, saga: SagaId) -> bool {
+        self.lock()
+            .get(service)
+            .is_some_and(|sagas| sagas.contains_key(&saga))
+    }
+
+    /// The positions, separated by spaces, of the steps of `saga` whose output is still to
+    /// be sent, if the saga is here.
+    pub(crate) fn unsent(&self, service: &str, saga: SagaId) -> Option<String> {
+        let services = self.lock();
         let cached = services.get(service)?.get(&saga)?;
-        Some(Loaded {
-            record: Some(cached.record.clone()),
-            handled: event.is_some_and(|event| cached.handled.contains(&event)),
-        })
+        let mut positions = String::new();
+        for (position, step) in cached.record.steps.iter().enumerate() {
+            if !step.published && !step.withheld {
+                if !positions.is_empty() {
+                    positions.push(' ');
+                }
+                positions.push_str(&position.to_string());
+            }
+        }
+        Some(positions)
+    }
+
+    /// Notes, before they are written, that the file may now hold rows of the sagas of
+    /// `commits`.
+    pub(crate) fn writing(&self, commits: &[Commit]) {
+        for commit in commits {
+            self.known.insert(&commit.service, commit.saga_id);
+        }
     }
 
     /// Applies what the file now holds after `commits`.
-    pub(crate) fn committed(&self, commits: &[Commit]) {
+    pub(crate) fn committed(&self, commits: Vec<Commit>) {
         let mut services = self.lock();
         for commit in commits {
-            let sagas = services.entry(commit.service.clone()).or_default();
-            for change in &commit.changes {
+            let sagas = match services.get_mut(&commit.service) {
+                Some(sagas) => sagas,
+                None => services.entry(commit.service).or_default(),
+            };
+            for change in commit.changes {
                 match change {
                     JournalChange::Created(header) => {
                         sagas.insert(
                             commit.saga_id,
                             Cached {
-                                record: SagaRecord::from_header(header.clone()),
-                                handled: HashSet::new(),
+                                record: SagaRecord::from_header(header),
+                                handled: Vec::new(),
                             },
                         );
                     }
                     change => {
                         if let Some(cached) = sagas.get_mut(&commit.saga_id) {
-                            cached.record.apply(change);
+                            cached.record.apply_owned(change);
                         }
                     }
                 }
@@ -67,7 +123,7 @@ impl Cache {
                 continue;
             };
             if let Some(handled) = commit.handled {
-                cached.handled.insert(handled.event_id);
+                cached.handled.push(handled.event_id);
             }
             if cached.record.is_finished() {
                 sagas.remove(&commit.saga_id);
@@ -101,7 +157,7 @@ impl Cache {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<SagaId, Cached>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Sagas>> {
         self.services.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

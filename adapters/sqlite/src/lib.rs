@@ -4,8 +4,8 @@
 //! - The file is created if missing (with its directory), the schema migrated on open
 //!   (migrations/, recorded in `choreo_migrations`), in write-ahead-log mode.
 //! - Every handling of an event commits as one SQLite transaction. Handlings that arrive
-//!   together commit together (a group commit, each in a savepoint of its own), which is
-//!   what makes the store fast; see docs/stores.md.
+//!   together commit together (a group commit), which is what makes the store fast; see
+//!   docs/stores.md.
 //! - A handler writes its business data in the handling's transaction with
 //!   [`SqliteExt::sqlite`]: `cx.sqlite(|db| db.execute(..)).await?`, on
 //!   [rusqlite]'s connection. It commits with the journal entry and the inbox record, or
@@ -16,11 +16,13 @@
 //! Built on rusqlite rather than sqlx: measured on the store's own hot path (two reads and
 //! a few inserts per handling, many handlings at once), sqlx's SQLite driver, which moves
 //! every statement to a worker thread and back, reached a tenth of the throughput of
-//! rusqlite statements batched on one blocking task.
+//! rusqlite statements batched in one transaction.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod cache;
 mod config;
+mod known;
+mod marks;
 mod schema;
 mod worker;
 
@@ -72,11 +74,12 @@ impl SqliteStore {
         let opened = tokio::task::spawn_blocking(move || {
             let writer = connect(&config)?;
             let reader = connect(&config)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((writer, reader))
+            let known = schema::known(&reader)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((writer, reader, known))
         })
         .await
         .map_err(|error| failed(error.into()))?;
-        let (writer, reader) = opened.map_err(|error| {
+        let (writer, reader, known) = opened.map_err(|error| {
             failed(
                 format!(
                     "cannot open `{}` as a SQLite database: {error}; expected a writable file path (created if missing)",
@@ -85,7 +88,7 @@ impl SqliteStore {
                 .into(),
             )
         })?;
-        let cache = Arc::new(cache::Cache::default());
+        let cache = Arc::new(cache::Cache::new(known));
         let worker = Worker::new(writer, reader, Arc::clone(&cache));
         checkpoints(&checkpoint, Arc::downgrade(&worker));
         Ok(Self {
@@ -249,13 +252,17 @@ impl Store for SqliteStore {
                 Request::Write(Write::MarkSent {
                     service: owned,
                     sent: marked,
-                    reply,
+                    reply: Some(reply),
                 })
             })
             .await
     }
 
     async fn recover(&self, service: &str) -> Result<Recovery, StoreError> {
+        // Marks waiting for their saga's next write are written first.
+        self.worker
+            .ask(|reply| Request::Write(Write::Flush { reply }))
+            .await?;
         self.worker
             .read(|conn| schema::recover(conn, service))
             .map_err(StoreError::new)
@@ -419,7 +426,8 @@ pub trait SqliteExt {
     type Error;
 
     /// Runs `work` on the store's connection inside the transaction, begun on first use.
-    /// It runs on the store's worker, so keep it short and do not block in it.
+    /// It runs where the store's queued writes do, in a task on the runtime: keep it short
+    /// and do not block in it.
     fn sqlite<T, F>(&self, work: F) -> impl Future<Output = Result<T, Self::Error>> + Send
     where
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,

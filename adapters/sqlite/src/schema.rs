@@ -4,20 +4,28 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use crate::known::Known;
 use choreo_core::journal::{AbortReason, CompensationState, SagaRecord, SagaStatus, StepRecord};
 use choreo_core::store::{
     ActiveSaga, Commit, JournalChange, Outgoing, OutgoingKind, Purged, Recovery, SagaHeader, Sent,
     SentKind,
 };
 use choreo_core::{Deadline, Envelope, EventId, SagaId};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{named_params, params, Connection, OptionalExtension, Row};
 
 /// Every migration, in order: (version, name, SQL).
-const MIGRATIONS: [(i64, &str, &str); 1] = [(
-    1,
-    "saga state",
-    include_str!("../migrations/0001_saga_state.sql"),
-)];
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (
+        1,
+        "saga state",
+        include_str!("../migrations/0001_saga_state.sql"),
+    ),
+    (
+        2,
+        "fewer writes per handling",
+        include_str!("../migrations/0002_fewer_writes_per_handling.sql"),
+    ),
+];
 
 /// Brings the schema up to date, each migration in a transaction of its own.
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -66,41 +74,60 @@ pub(crate) fn load(
     saga: SagaId,
 ) -> ReadResult<(Option<SagaRecord>, HashSet<EventId>)> {
     let saga_text = saga.to_string();
-    let header = conn
+    let row = conn
         .prepare_cached(
             "SELECT deadline, status, abort_reason, initiated_here, abort_published,
-                    compensation_acknowledged, abort_event
+                    compensation_acknowledged, abort_event, recorded, handled, unsent
              FROM choreo_sagas WHERE service = ?1 AND saga_id = ?2",
         )?
-        .query_row(params![service, saga_text], header_columns)
+        .query_row(params![service, saga_text], |row| {
+            Ok((
+                header_columns(row)?,
+                row.get::<_, bool>(7)?,
+                row.get::<_, String>(8)?,
+                row.get::<_, String>(9)?,
+            ))
+        })
         .optional()?;
-    let record = match header {
-        None => None,
-        Some(columns) => {
-            let mut record = SagaRecord::from_header(columns.decode(saga)?);
-            let mut statement = conn.prepare_cached(
-                "SELECT input_id, output, withheld, published, compensation, compensation_error
-                 FROM choreo_steps WHERE service = ?1 AND saga_id = ?2 ORDER BY position",
-            )?;
-            let mut rows = statement.query(params![service, saga_text])?;
-            while let Some(row) = rows.next()? {
-                record.steps.push(step(saga, row)?);
-            }
-            Some(record)
-        }
+    let Some((columns, recorded, handled_ids, unsent)) = row else {
+        return Ok((None, HashSet::new()));
     };
-    let mut handled = HashSet::new();
-    let mut statement = conn
-        .prepare_cached("SELECT event_id FROM choreo_inbox WHERE service = ?1 AND saga_id = ?2")?;
+    let handled = handled_ids
+        .split_ascii_whitespace()
+        .map(|id| {
+            id.parse().map_err(|_| ReadError::Corrupt {
+                saga: saga_text.clone(),
+                reason: format!("inbox event id `{id}`"),
+            })
+        })
+        .collect::<ReadResult<HashSet<EventId>>>()?;
+    if !recorded {
+        return Ok((None, handled));
+    }
+    let mut record = SagaRecord::from_header(columns.decode(saga)?);
+    let unsent: Vec<&str> = unsent.split_ascii_whitespace().collect();
+    let mut statement = conn.prepare_cached(
+        "SELECT input_id, output, withheld, position, compensation, compensation_error
+         FROM choreo_steps WHERE service = ?1 AND saga_id = ?2 ORDER BY position",
+    )?;
     let mut rows = statement.query(params![service, saga_text])?;
     while let Some(row) = rows.next()? {
-        let id: String = row.get(0)?;
-        handled.insert(id.parse().map_err(|_| ReadError::Corrupt {
-            saga: saga_text.clone(),
-            reason: format!("inbox event id `{id}`"),
-        })?);
+        record.steps.push(step(saga, row, &unsent)?);
     }
-    Ok((record, handled))
+    Ok((Some(record), handled))
+}
+
+/// Which sagas the file holds rows of, as the store's filter of keys.
+pub(crate) fn known(conn: &Connection) -> ReadResult<Known> {
+    let rows: i64 = conn.query_row("SELECT count(*) FROM choreo_sagas", [], |row| row.get(0))?;
+    let known = Known::sized_for(u64::try_from(rows).unwrap_or(0));
+    let mut statement = conn.prepare("SELECT service, saga_id FROM choreo_sagas")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let service: String = row.get(0)?;
+        known.insert(&service, saga_id(row.get(1)?)?);
+    }
+    Ok(known)
 }
 
 /// The columns of a `choreo_sagas` row, before decoding.
@@ -157,7 +184,8 @@ impl HeaderColumns {
     }
 }
 
-fn step(saga: SagaId, row: &Row<'_>) -> ReadResult<StepRecord> {
+/// A `choreo_steps` row; its output is published unless withheld or listed in `unsent`.
+fn step(saga: SagaId, row: &Row<'_>, unsent: &[&str]) -> ReadResult<StepRecord> {
     let corrupt = |reason: String| ReadError::Corrupt {
         saga: saga.to_string(),
         reason,
@@ -166,6 +194,9 @@ fn step(saga: SagaId, row: &Row<'_>) -> ReadResult<StepRecord> {
     let output: String = row.get(1)?;
     let compensation: String = row.get(4)?;
     let error: Option<String> = row.get(5)?;
+    let withheld: bool = row.get(2)?;
+    let position: i64 = row.get(3)?;
+    let listed = unsent.contains(&position.to_string().as_str());
     Ok(StepRecord {
         input: match input {
             Some(id) => Some(
@@ -175,8 +206,8 @@ fn step(saga: SagaId, row: &Row<'_>) -> ReadResult<StepRecord> {
             None => None,
         },
         output: envelope(&output).map_err(corrupt)?,
-        withheld: row.get(2)?,
-        published: row.get(3)?,
+        withheld,
+        published: !withheld && !listed,
         compensation: match (compensation.as_str(), error) {
             ("pending", _) => CompensationState::Pending,
             ("compensated", _) => CompensationState::Compensated,
@@ -189,38 +220,94 @@ fn step(saga: SagaId, row: &Row<'_>) -> ReadResult<StepRecord> {
     })
 }
 
-/// Applies one handling's changes. The caller holds the transaction.
-pub(crate) fn apply(conn: &Connection, commit: &Commit) -> rusqlite::Result<()> {
+/// Appends `?10`, an event id, to a saga row's `handled` list and `?11`, step positions, to
+/// its `unsent` one, NULL appending nothing; or sets `unsent` to `?12`, the whole list, when
+/// that is not NULL.
+macro_rules! append_to_lists {
+    () => {
+        "handled = CASE WHEN ?10 IS NULL THEN handled
+             WHEN handled = '' THEN ?10 ELSE handled || ' ' || ?10 END,
+         unsent = CASE WHEN ?12 IS NOT NULL THEN ?12 WHEN ?11 IS NULL THEN unsent
+             WHEN unsent = '' THEN ?11 ELSE unsent || ' ' || ?11 END"
+    };
+}
+
+/// A saga's row, made for its record; a row may hold the saga's inbox ids already.
+const CREATE_SAGA: &str = concat!(
+    "INSERT INTO choreo_sagas (service, saga_id, deadline, status, abort_reason,
+         initiated_here, abort_published, compensation_acknowledged, abort_event, handled,
+         unsent, recorded)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, COALESCE(?10, ''), COALESCE(?12, ?11, ''), 1)
+     ON CONFLICT (service, saga_id) DO UPDATE SET
+         status = excluded.status, abort_reason = excluded.abort_reason,
+         initiated_here = excluded.initiated_here, abort_published = excluded.abort_published,
+         compensation_acknowledged = excluded.compensation_acknowledged,
+         abort_event = excluded.abort_event, recorded = 1, ",
+    append_to_lists!()
+);
+
+/// A saga's record's own fields. The deadline is not written again: it never changes, and
+/// writing it would rewrite its index entry too.
+const UPDATE_SAGA: &str = concat!(
+    "UPDATE choreo_sagas SET status = ?4, abort_reason = ?5, initiated_here = ?6,
+         abort_published = ?7, compensation_acknowledged = ?8, abort_event = ?9, ",
+    append_to_lists!(),
+    " WHERE service = ?1 AND saga_id = ?2"
+);
+
+/// A handled event's id alone, in a row of inbox ids only if the service keeps no record of
+/// the saga.
+const RECORD_HANDLED: &str = concat!(
+    "INSERT INTO choreo_sagas (service, saga_id, deadline, status, abort_reason,
+         initiated_here, abort_published, compensation_acknowledged, abort_event, handled,
+         unsent, recorded)
+     VALUES (?1, ?2, ?3, 'active', NULL, 0, 0, 0, NULL, ?10, COALESCE(?12, ?11, ''), 0)
+     ON CONFLICT (service, saga_id) DO UPDATE SET ",
+    append_to_lists!()
+);
+
+/// Steps added to a saga whose row is written for nothing else.
+const ADD_UNSENT: &str = concat!(
+    "UPDATE choreo_sagas SET ",
+    append_to_lists!(),
+    " WHERE service = ?1 AND saga_id = ?2"
+);
+
+/// Applies one handling's changes. The caller holds the transaction. With `unsent`, the
+/// steps of the saga whose output is still to be sent before it (positions separated by
+/// spaces), the saga's row gets its whole list written rather than appended to.
+pub(crate) fn apply(
+    conn: &Connection,
+    commit: &Commit,
+    unsent: Option<String>,
+) -> rusqlite::Result<()> {
     let (service, saga) = (commit.service.as_str(), commit.saga_id.to_string());
+    // The saga's row takes the handled event's id and the positions of the steps whose
+    // output is still to be sent, with its first write.
+    let added = unsent_positions(commit);
+    let mut lists = RowLists {
+        handled: commit.handled.map(|handled| handled.event_id.to_string()),
+        whole_unsent: unsent.map(|before| match &added {
+            Some(added) if before.is_empty() => added.clone(),
+            Some(added) => format!("{before} {added}"),
+            None => before,
+        }),
+        unsent: added,
+    };
     for change in &commit.changes {
         match change {
-            JournalChange::Created(header) => write_header(
-                conn,
-                "INSERT INTO choreo_sagas (service, saga_id, deadline, status, abort_reason,
-                     initiated_here, abort_published, compensation_acknowledged, abort_event)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                service,
-                &saga,
-                header,
-            )
-            .map(drop)?,
-            JournalChange::Updated(header) => write_header(
-                conn,
-                "UPDATE choreo_sagas SET deadline = ?3, status = ?4, abort_reason = ?5,
-                     initiated_here = ?6, abort_published = ?7,
-                     compensation_acknowledged = ?8, abort_event = ?9
-                 WHERE service = ?1 AND saga_id = ?2",
-                service,
-                &saga,
-                header,
-            )
-            .map(drop)?,
+            JournalChange::Created(header) => {
+                write_header(conn, CREATE_SAGA, service, &saga, header, lists.take())?;
+            }
+            JournalChange::Updated(header) => {
+                write_header(conn, UPDATE_SAGA, service, &saga, header, lists.take())?;
+            }
             JournalChange::StepAdded { position, step } => {
                 let (compensation, error) = compensation(&step.compensation);
                 conn.prepare_cached(
                     "INSERT INTO choreo_steps (service, saga_id, position, input_id, output,
-                         withheld, published, compensation, compensation_error)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                         withheld, compensation, compensation_error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
                 .execute(params![
                     service,
@@ -229,7 +316,6 @@ pub(crate) fn apply(conn: &Connection, commit: &Commit) -> rusqlite::Result<()> 
                     step.input.map(|id| id.to_string()),
                     step.output.to_json(),
                     step.withheld,
-                    step.published,
                     compensation,
                     error,
                 ])?;
@@ -256,16 +342,29 @@ pub(crate) fn apply(conn: &Connection, commit: &Commit) -> rusqlite::Result<()> 
             }
         }
     }
-    if let Some(handled) = &commit.handled {
-        conn.prepare_cached(
-            "INSERT INTO choreo_inbox (service, event_id, saga_id, deadline) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![
-            service,
-            handled.event_id.to_string(),
-            saga,
-            nanos(handled.deadline.instant()),
-        ])?;
+    let RowLists {
+        handled,
+        unsent,
+        whole_unsent,
+    } = lists.take();
+    if let (Some(record), Some(_)) = (&commit.handled, &handled) {
+        conn.prepare_cached(RECORD_HANDLED)?
+            .execute(named_params! {
+                "?1": service,
+                "?2": saga,
+                "?3": nanos(record.deadline.instant()),
+                "?10": handled,
+                "?11": unsent,
+                "?12": whole_unsent,
+            })?;
+    } else if unsent.is_some() || whole_unsent.is_some() {
+        conn.prepare_cached(ADD_UNSENT)?.execute(named_params! {
+            "?1": service,
+            "?2": saga,
+            "?10": None::<String>,
+            "?11": unsent,
+            "?12": whole_unsent,
+        })?;
     }
     for outgoing in &commit.outbox {
         let (kind, reason) = match &outgoing.kind {
@@ -288,13 +387,49 @@ pub(crate) fn apply(conn: &Connection, commit: &Commit) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// Runs `sql`, which takes a saga's row as `?1` to `?9`, for `header`.
+/// What a handling adds to its saga row's lists, written with the row's first write.
+#[derive(Default)]
+struct RowLists {
+    /// The id of the event handled.
+    handled: Option<String>,
+    /// The positions of the steps added whose output is to be sent.
+    unsent: Option<String>,
+    /// Every position whose output is to be sent, the steps added included, when known.
+    whole_unsent: Option<String>,
+}
+
+impl RowLists {
+    fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
+}
+
+/// The positions, separated by spaces, of the steps `commit` adds whose output is to be
+/// sent; `None` if there are none.
+fn unsent_positions(commit: &Commit) -> Option<String> {
+    let mut positions = String::new();
+    for change in &commit.changes {
+        if let JournalChange::StepAdded { position, step } = change {
+            if !step.published && !step.withheld {
+                if !positions.is_empty() {
+                    positions.push(' ');
+                }
+                positions.push_str(&position.to_string());
+            }
+        }
+    }
+    (!positions.is_empty()).then_some(positions)
+}
+
+/// Runs `sql`, which takes a saga's row as `?1` to `?9` and what to write to its lists as
+/// `?10` to `?12`, for `header`.
 fn write_header(
     conn: &Connection,
     sql: &str,
     service: &str,
     saga: &str,
     header: &SagaHeader,
+    lists: RowLists,
 ) -> rusqlite::Result<usize> {
     let (status, reason) = status(&header.status);
     conn.prepare_cached(sql)?.execute(params![
@@ -307,6 +442,9 @@ fn write_header(
         header.abort_published,
         header.compensation_acknowledged,
         header.abort.as_deref().map(Envelope::to_json),
+        lists.handled,
+        lists.unsent,
+        lists.whole_unsent,
     ])
 }
 
@@ -315,8 +453,9 @@ pub(crate) fn mark_sent(conn: &Connection, service: &str, sent: &[Sent]) -> rusq
         match sent.kind {
             SentKind::Step { position } => {
                 conn.prepare_cached(
-                    "UPDATE choreo_steps SET published = 1
-                     WHERE service = ?1 AND saga_id = ?2 AND position = ?3",
+                    "UPDATE choreo_sagas
+                     SET unsent = trim(replace(' ' || unsent || ' ', ' ' || ?3 || ' ', ' '))
+                     WHERE service = ?1 AND saga_id = ?2",
                 )?
                 .execute(params![
                     service,
@@ -344,7 +483,7 @@ pub(crate) fn recover(conn: &Connection, service: &str) -> ReadResult<Recovery> 
     let mut recovery = Recovery::default();
     let mut statement = conn.prepare_cached(
         "SELECT saga_id, deadline, initiated_here FROM choreo_sagas
-         WHERE service = ?1 AND status = 'active' AND abort_published = 0",
+         WHERE service = ?1 AND recorded = 1 AND status = 'active' AND abort_published = 0",
     )?;
     let mut rows = statement.query([service])?;
     while let Some(row) = rows.next()? {
@@ -363,8 +502,11 @@ pub(crate) fn recover(conn: &Connection, service: &str) -> ReadResult<Recovery> 
         recovery.unfinished.push(saga_id(row.get(0)?)?);
     }
     let mut statement = conn.prepare_cached(
-        "SELECT saga_id, position, output FROM choreo_steps
-         WHERE service = ?1 AND published = 0 AND withheld = 0",
+        "SELECT t.saga_id, t.position, t.output
+         FROM choreo_sagas s JOIN choreo_steps t
+             ON t.service = s.service AND t.saga_id = s.saga_id
+         WHERE s.service = ?1 AND s.unsent <> ''
+             AND instr(' ' || s.unsent || ' ', ' ' || t.position || ' ') > 0",
     )?;
     let mut rows = statement.query([service])?;
     while let Some(row) = rows.next()? {
@@ -409,20 +551,42 @@ pub(crate) fn purge(
     service: &str,
     before: SystemTime,
 ) -> rusqlite::Result<Purged> {
-    const FINISHED: &str = "service = ?1 AND deadline < ?2
+    const FINISHED: &str = "service = ?1 AND deadline < ?2 AND recorded = 1
         AND (status = 'completed' OR (status = 'aborted' AND compensation_acknowledged = 1))";
+    // Rows that go: finished sagas, and rows of inbox ids only.
+    const GONE: &str = "service = ?1 AND deadline < ?2
+        AND (recorded = 0 OR status = 'completed'
+             OR (status = 'aborted' AND compensation_acknowledged = 1))";
+    // Every id in `handled` is 36 characters, and one space separates two.
+    const IDS: &str = "CASE handled WHEN '' THEN 0 ELSE (length(handled) + 1) / 37 END";
     let before = nanos(before);
+    let parameters = params![service, before];
     conn.prepare_cached(&format!(
         "DELETE FROM choreo_steps WHERE service = ?1 AND saga_id IN
              (SELECT saga_id FROM choreo_sagas WHERE {FINISHED})"
     ))?
-    .execute(params![service, before])?;
-    let sagas = conn
-        .prepare_cached(&format!("DELETE FROM choreo_sagas WHERE {FINISHED}"))?
-        .execute(params![service, before])?;
-    let handled = conn
-        .prepare_cached("DELETE FROM choreo_inbox WHERE service = ?1 AND deadline < ?2")?
-        .execute(params![service, before])?;
+    .execute(parameters)?;
+    let (sagas, mut handled): (i64, i64) = conn
+        .prepare_cached(&format!(
+            "SELECT COALESCE(sum(recorded), 0), COALESCE(sum({IDS}), 0)
+             FROM choreo_sagas WHERE {GONE}"
+        ))?
+        .query_row(parameters, |row| Ok((row.get(0)?, row.get(1)?)))?;
+    conn.prepare_cached(&format!("DELETE FROM choreo_sagas WHERE {GONE}"))?
+        .execute(parameters)?;
+    // The inbox ids of sagas kept (active, or aborted and not yet acknowledged) go too: their
+    // deadline passed long ago, so no step of theirs runs again anyway.
+    handled += conn
+        .prepare_cached(&format!(
+            "SELECT COALESCE(sum({IDS}), 0) FROM choreo_sagas
+             WHERE service = ?1 AND deadline < ?2 AND handled <> ''"
+        ))?
+        .query_row(parameters, |row| row.get::<_, i64>(0))?;
+    conn.prepare_cached(
+        "UPDATE choreo_sagas SET handled = ''
+         WHERE service = ?1 AND deadline < ?2 AND handled <> ''",
+    )?
+    .execute(parameters)?;
     Ok(Purged {
         sagas: sagas as u64,
         handled: handled as u64,

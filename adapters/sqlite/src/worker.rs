@@ -1,11 +1,15 @@
 //! The store's one connection and the work queued for it.
 //!
-//! Writes are queued; a blocking task drains the queue while it is not empty, so that the
-//! writes of every request that arrived meanwhile commit as one SQLite transaction (a group
-//! commit), each in a savepoint of its own so that one that fails fails alone. A handler's
-//! transaction holds the writing connection for itself: while it is open, other requests'
-//! writes wait. Draining on tokio's blocking pool also keeps paused-time tests honest: tokio
-//! does not auto-advance a paused clock while a blocking task runs.
+//! Writes are queued, and a task on the runtime drains the queue while it is not empty, so
+//! that the writes of every request that arrived meanwhile commit as one SQLite transaction
+//! (a group commit); should one fail, each is applied again alone, so that only it fails. The
+//! drainer first lets every task that is ready run, so that the handlings under way queue
+//! their writes into its group, and it yields between groups: a group of dozens of writes
+//! costs SQLite little more than one, while handing each group to a thread of its own cost
+//! more than SQLite's work (measured in docs/benchmarks.md). A group runs on the runtime's
+//! thread, like any short synchronous work; a paused clock does not advance meanwhile. A
+//! handler's transaction holds the writing connection for itself: while it is open, other
+//! requests' writes wait.
 //!
 //! Most loads are answered by the store's cache of sagas in flight, which only the worker
 //! changes, once a write committed: a caller that stops waiting cannot leave it behind the
@@ -16,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::SystemTime;
 
 use choreo_core::store::{Commit, Purged, Sent};
@@ -25,6 +29,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::cache::Cache;
+use crate::marks::Marks;
 use crate::schema;
 
 /// A piece of user work on the connection, inside a handler's transaction; given `None`
@@ -68,6 +73,8 @@ struct Database {
     exclusive: Option<u64>,
     /// Writes waiting for it to end.
     deferred: VecDeque<Request>,
+    /// Step outputs sent, to be marked so with their saga's next write.
+    marks: Marks,
 }
 
 #[derive(Default)]
@@ -91,6 +98,7 @@ impl Worker {
                 cache,
                 exclusive: None,
                 deferred: VecDeque::new(),
+                marks: Marks::default(),
             }),
             reader: Mutex::new(reader),
             queue: Mutex::default(),
@@ -102,13 +110,13 @@ impl Worker {
         read(&lock(&self.reader))
     }
 
-    /// Queues `request`, and starts draining on tokio's blocking pool if nobody is.
+    /// Queues `request`, and starts a drainer if nobody drains.
     pub(crate) fn submit(self: &Arc<Self>, request: Request) {
         self.queue_and_drain(request, false);
     }
 
     /// Queues `request` from a destructor, which may run while its runtime shuts down and
-    /// refuses blocking tasks: a drainer that has to start starts on a thread of its own.
+    /// refuses new tasks: a drainer that has to start starts on a thread of its own.
     pub(crate) fn submit_detached(self: &Arc<Self>, request: Request) {
         self.queue_and_drain(request, true);
     }
@@ -121,11 +129,10 @@ impl Worker {
         }
         queue.draining = true;
         drop(queue);
-        let worker = Arc::clone(self);
-        let drain = move || worker.drain();
+        let drainer = Drainer::new(self);
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if !detached => drop(runtime.spawn_blocking(drain)),
-            _ => drop(std::thread::spawn(drain)),
+            Ok(runtime) if !detached => drop(runtime.spawn(drainer.run())),
+            _ => drop(drainer),
         }
     }
 
@@ -141,35 +148,92 @@ impl Worker {
             .unwrap_or_else(|_| Err(StoreError::new("the SQLite store's worker stopped")))
     }
 
-    fn drain(&self) {
-        loop {
-            let batch: VecDeque<Request> = {
-                let mut queue = lock(&self.queue);
-                if queue.pending.is_empty() {
-                    queue.draining = false;
-                    return;
-                }
-                std::mem::take(&mut queue.pending)
-            };
-
-            let mut database = lock(&self.database);
-            // A panic must not leave the queue without a drainer, nor the connection inside a
-            // transaction nobody will end.
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| database.process(batch)));
-            if result.is_err() {
-                tracing::error!(
-                    "the SQLite store's worker caught a panic; the requests of that batch failed"
-                );
-                if !database.conn.is_autocommit() {
-                    let _ = database.conn.execute_batch("ROLLBACK");
-                }
-                database.exclusive = None;
-                let waiting = std::mem::take(&mut database.deferred);
-                let mut queue = lock(&self.queue);
-                for request in waiting.into_iter().rev() {
-                    queue.pending.push_front(request);
-                }
+    /// Processes what is queued, as one group; `false` once there was nothing, and then
+    /// nobody drains any more.
+    fn drain_once(&self) -> bool {
+        let batch: VecDeque<Request> = {
+            let mut queue = lock(&self.queue);
+            if queue.pending.is_empty() {
+                queue.draining = false;
+                return false;
             }
+            std::mem::take(&mut queue.pending)
+        };
+
+        let mut database = lock(&self.database);
+        // A panic must not leave the queue without a drainer, nor the connection inside a
+        // transaction nobody will end.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| database.process(batch)));
+        if result.is_err() {
+            tracing::error!(
+                "the SQLite store's worker caught a panic; the requests of that batch failed"
+            );
+            if !database.conn.is_autocommit() {
+                let _ = control(&database.conn, "ROLLBACK");
+            }
+            database.exclusive = None;
+            let waiting = std::mem::take(&mut database.deferred);
+            let mut queue = lock(&self.queue);
+            for request in waiting.into_iter().rev() {
+                queue.pending.push_front(request);
+            }
+        }
+        true
+    }
+}
+
+/// A store dropped writes the marks still waiting: a restart then sends those outputs no
+/// more.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let database = match self.database.get_mut() {
+            Ok(database) => database,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let waiting = database.marks.take();
+        if waiting.is_empty() || !database.conn.is_autocommit() {
+            return;
+        }
+        let written = control(&database.conn, "BEGIN IMMEDIATE").and_then(|()| {
+            for (service, sent) in &waiting {
+                schema::mark_sent(&database.conn, service, sent)?;
+            }
+            control(&database.conn, "COMMIT")
+        });
+        if let Err(error) = written {
+            let _ = control(&database.conn, "ROLLBACK");
+            tracing::warn!(%error, "cannot mark sent events in the SQLite store; a restart sends them again");
+        }
+    }
+}
+
+/// Drains a worker's queue until it is empty: as a task on the runtime, or, should the
+/// runtime drop that task first (it is shutting down) or there be none, on a thread of its
+/// own, so that queued requests are never left without a drainer. Between groups it holds
+/// the worker weakly: a store whose every handle is dropped goes at once, writing its marks.
+struct Drainer(Option<Weak<Worker>>);
+
+impl Drainer {
+    fn new(worker: &Arc<Worker>) -> Self {
+        Self(Some(Arc::downgrade(worker)))
+    }
+
+    async fn run(mut self) {
+        while let Some(worker) = &self.0 {
+            // Every task ready now runs first: the handlings under way queue their writes
+            // into this group.
+            tokio::task::yield_now().await;
+            if !worker.upgrade().is_some_and(|worker| worker.drain_once()) {
+                self.0 = None;
+            }
+        }
+    }
+}
+
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        if let Some(worker) = self.0.take().and_then(|worker| worker.upgrade()) {
+            drop(std::thread::spawn(move || while worker.drain_once() {}));
         }
     }
 }
@@ -195,18 +259,37 @@ impl Database {
                 continue;
             }
             match request {
+                Request::Write(Write::MarkSent {
+                    service,
+                    sent,
+                    reply: Some(reply),
+                }) => {
+                    // The runtime's view changes now; the file's with the saga's next write.
+                    self.cache.sent(&service, &sent);
+                    let others = self.marks.add(&service, sent);
+                    if others.is_empty() {
+                        let _ = reply.send(Ok(()));
+                    } else {
+                        group.writes.push(Write::MarkSent {
+                            service,
+                            sent: others,
+                            reply: Some(reply),
+                        });
+                    }
+                }
+                Request::Write(Write::Flush { reply }) => {
+                    self.write_marks(&mut group);
+                    group.writes.push(Write::Flush { reply });
+                }
                 Request::Write(write) => group.writes.push(write),
                 Request::Begin { id, reply } => {
-                    group.finish(&self.conn, &self.cache);
-                    let begun = self
-                        .conn
-                        .execute_batch("BEGIN IMMEDIATE")
-                        .map_err(store_error);
+                    self.finish(&mut group);
+                    let begun = control(&self.conn, "BEGIN IMMEDIATE").map_err(store_error);
                     let began = begun.is_ok();
                     if reply.send(begun).is_err() {
                         // Its caller is gone: nobody would ever end it.
                         if began {
-                            let _ = self.conn.execute_batch("ROLLBACK");
+                            let _ = control(&self.conn, "ROLLBACK");
                         }
                     } else if began {
                         self.exclusive = Some(id);
@@ -227,7 +310,25 @@ impl Database {
                 }
             }
         }
-        group.finish(&self.conn, &self.cache);
+        if self.marks.due() {
+            self.write_marks(&mut group);
+        }
+        self.finish(&mut group);
+    }
+
+    /// Adds every waiting mark to `group`, to be written on its own.
+    fn write_marks(&mut self, group: &mut Group) {
+        for (service, sent) in self.marks.take() {
+            group.writes.push(Write::MarkSent {
+                service,
+                sent,
+                reply: None,
+            });
+        }
+    }
+
+    fn finish(&mut self, group: &mut Group) {
+        group.finish(&self.conn, &self.cache, &mut self.marks);
     }
 
     /// Drops a `Begin` of transaction `id` still waiting: its transaction was dropped
@@ -247,24 +348,25 @@ impl Database {
                 None
             }
             Request::CommitIn { id, commits, reply } if id == owner => {
+                self.cache.writing(&commits);
                 let applied = commits
                     .iter()
-                    .try_for_each(|commit| schema::apply(&self.conn, commit))
-                    .and_then(|()| self.conn.execute_batch("COMMIT"));
+                    .try_for_each(|commit| schema::apply(&self.conn, commit, None))
+                    .and_then(|()| control(&self.conn, "COMMIT"));
                 match applied {
                     Ok(()) => {
-                        self.cache.committed(&commits);
+                        self.cache.committed(commits);
                         let _ = reply.send(Ok(()));
                     }
                     Err(error) => {
-                        let _ = self.conn.execute_batch("ROLLBACK");
+                        let _ = control(&self.conn, "ROLLBACK");
                         let _ = reply.send(Err(store_error(error)));
                     }
                 }
                 Some(owner)
             }
             Request::Rollback { id, reply } if id == owner => {
-                let rolled_back = self.conn.execute_batch("ROLLBACK").map_err(store_error);
+                let rolled_back = control(&self.conn, "ROLLBACK").map_err(store_error);
                 if let Some(reply) = reply {
                     let _ = reply.send(rolled_back);
                 }
@@ -302,11 +404,14 @@ pub(crate) enum Write {
         commits: Vec<Commit>,
         reply: Reply<()>,
     },
+    /// Marks sent; with no reply, waiting marks written on their own.
     MarkSent {
         service: String,
         sent: Vec<Sent>,
-        reply: Reply<()>,
+        reply: Option<Reply<()>>,
     },
+    /// Writes every waiting mark, and answers once they are.
+    Flush { reply: Reply<()> },
     Purge {
         service: String,
         before: SystemTime,
@@ -316,18 +421,48 @@ pub(crate) enum Write {
 
 impl Write {
     /// Applies the write inside the caller's transaction; a purge says what it deleted.
-    fn apply(&self, conn: &Connection) -> rusqlite::Result<Option<Purged>> {
+    /// A commit of a saga whose marks wait writes them with its row: its list of unsent
+    /// outputs is written whole, as the cache holds it.
+    fn apply(
+        &self,
+        conn: &Connection,
+        cache: &Cache,
+        marks: &Marks,
+    ) -> rusqlite::Result<Option<Purged>> {
         match self {
-            Self::Commit { commits, .. } => commits
-                .iter()
-                .try_for_each(|commit| schema::apply(conn, commit))
-                .map(|()| None),
+            Self::Commit { commits, .. } => {
+                cache.writing(commits);
+                commits
+                    .iter()
+                    .try_for_each(|commit| {
+                        let unsent = marks
+                            .waiting_for(&commit.service, commit.saga_id)
+                            .then(|| cache.unsent(&commit.service, commit.saga_id))
+                            .flatten();
+                        schema::apply(conn, commit, unsent)
+                    })
+                    .map(|()| None)
+            }
             Self::MarkSent { service, sent, .. } => {
                 schema::mark_sent(conn, service, sent).map(|()| None)
             }
+            Self::Flush { .. } => Ok(None),
             Self::Purge {
                 service, before, ..
             } => schema::purge(conn, service, *before).map(Some),
+        }
+    }
+
+    /// Forgets the waiting marks this write wrote, once it committed.
+    fn wrote_marks(&self, cache: &Cache, marks: &mut Marks) {
+        if let Self::Commit { commits, .. } = self {
+            for commit in commits {
+                if marks.waiting_for(&commit.service, commit.saga_id)
+                    && cache.holds(&commit.service, commit.saga_id)
+                {
+                    marks.written(&commit.service, commit.saga_id);
+                }
+            }
         }
     }
 
@@ -338,7 +473,7 @@ impl Write {
         let _ = match self {
             Self::Commit { commits, reply } => {
                 if committed {
-                    cache.committed(&commits);
+                    cache.committed(commits);
                 }
                 reply.send(applied.map(drop)).is_ok()
             }
@@ -350,8 +485,16 @@ impl Write {
                 if committed {
                     cache.sent(&service, &sent);
                 }
-                reply.send(applied.map(drop)).is_ok()
+                match (reply, applied) {
+                    (Some(reply), applied) => reply.send(applied.map(drop)).is_ok(),
+                    (None, Err(error)) => {
+                        tracing::warn!(%service, %error, "cannot mark sent events in the SQLite store; a restart sends them again");
+                        false
+                    }
+                    (None, Ok(_)) => true,
+                }
             }
+            Self::Flush { reply } => reply.send(applied.map(drop)).is_ok(),
             Self::Purge {
                 service,
                 before,
@@ -376,12 +519,12 @@ struct Group {
 
 impl Group {
     /// Commits the group and answers its requests.
-    fn finish(&mut self, conn: &Connection, cache: &Cache) {
+    fn finish(&mut self, conn: &Connection, cache: &Cache, marks: &mut Marks) {
         let writes = std::mem::take(&mut self.writes);
         if writes.is_empty() {
             return;
         }
-        if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(error) = control(conn, "BEGIN IMMEDIATE") {
             let error = error.to_string();
             for write in writes {
                 write.answer(
@@ -395,25 +538,26 @@ impl Group {
         }
         let mut values = Vec::with_capacity(writes.len());
         for write in &writes {
-            match write.apply(conn) {
+            match write.apply(conn, cache, marks) {
                 Ok(value) => values.push(value),
                 Err(_) => {
-                    let _ = conn.execute_batch("ROLLBACK");
+                    let _ = control(conn, "ROLLBACK");
                     for write in writes {
-                        alone(conn, write, cache);
+                        alone(conn, write, cache, marks);
                     }
                     return;
                 }
             }
         }
-        match conn.execute_batch("COMMIT") {
+        match control(conn, "COMMIT") {
             Ok(()) => {
                 for (write, value) in writes.into_iter().zip(values) {
+                    write.wrote_marks(cache, marks);
                     write.answer(Ok(value), cache);
                 }
             }
             Err(error) => {
-                let _ = conn.execute_batch("ROLLBACK");
+                let _ = control(conn, "ROLLBACK");
                 let error = error.to_string();
                 for write in writes {
                     write.answer(
@@ -427,19 +571,26 @@ impl Group {
 }
 
 /// Applies `write` in a transaction of its own, and answers it.
-fn alone(conn: &Connection, write: Write, cache: &Cache) {
-    let applied = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
-        let applied = write.apply(conn);
+fn alone(conn: &Connection, write: Write, cache: &Cache, marks: &mut Marks) {
+    let applied = control(conn, "BEGIN IMMEDIATE").and_then(|()| {
+        let applied = write.apply(conn, cache, marks);
         match &applied {
-            Ok(_) => conn.execute_batch("COMMIT")?,
-            Err(_) => conn.execute_batch("ROLLBACK")?,
+            Ok(_) => control(conn, "COMMIT")?,
+            Err(_) => control(conn, "ROLLBACK")?,
         }
         applied
     });
     if applied.is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = control(conn, "ROLLBACK");
+    } else if applied.is_ok() {
+        write.wrote_marks(cache, marks);
     }
     write.answer(applied.map_err(store_error), cache);
+}
+
+/// Runs a transaction control statement, prepared once per connection.
+fn control(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(statement)?.execute([]).map(drop)
 }
 
 fn store_error(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
