@@ -63,3 +63,79 @@ async fn rabbitmq() -> RabbitMq {
 }
 
 choreo_testkit::conformance_tests!(rabbitmq);
+
+/// A message in the form choreo 0.1 wrote on RabbitMQ (the Kafka binding's `ce_` headers and a
+/// `content-type` header, no `content_type` property) still decodes, so that services upgraded
+/// one at a time keep understanding each other; what choreo writes now is the RabbitMQ
+/// binding's form, read back the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_the_older_header_form_still_decodes() {
+    use choreo::{Deadline, Envelope, EventId, SagaId, SagaKind, TraceContext};
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let subject = rabbitmq().await;
+    let transport = subject.transport().await;
+    let topic = format!("older.{}", uuid::Uuid::now_v7());
+    let mut subscription = transport
+        .subscribe("older-reader", std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now();
+    let envelope = |event_type: &str| Envelope {
+        id: EventId::new(),
+        source: "payments".into(),
+        event_type: event_type.into(),
+        time: now,
+        saga_id: SagaId::new(),
+        causation_id: Some(EventId::new()),
+        deadline: Deadline::after(now, Duration::from_secs(30)),
+        kind: SagaKind::Step,
+        trace: TraceContext::new_root(),
+        data: serde_json::value::to_raw_value(&serde_json::json!({"cents": 700})).unwrap(),
+    };
+    let older = envelope("payments.CreditReserved.v1");
+    let message = older.to_binary();
+    assert!(message.headers.iter().any(|(name, _)| name == "ce_id"));
+    let mut headers = FieldTable::default();
+    for (name, value) in message.headers {
+        headers.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    }
+    let connection = Connection::connect(subject.broker.url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "choreo.events".into(),
+            topic.as_str().into(),
+            BasicPublishOptions::default(),
+            &message.body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let current = envelope("payments.CreditCapped.v1");
+    transport.publish(&topic, current.clone()).await.unwrap();
+
+    for expected in [older, current] {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+            .await
+            .expect("a delivery within 30 s")
+            .unwrap();
+        assert_eq!(Envelope::decode(&delivery.message).unwrap(), expected);
+        delivery.ack().await.unwrap();
+    }
+}

@@ -17,6 +17,7 @@ use lapin::Acker;
 use lapin::{Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 
+use crate::binding;
 use crate::config::RabbitMqConfig;
 use crate::{open, refused, Inner};
 
@@ -50,16 +51,10 @@ impl Shared {
     }
 
     fn received(&self, generation: u64, delivery: lapin::message::Delivery) {
-        let mut headers = Vec::new();
-        if let Some(table) = delivery.properties.headers() {
-            for (name, value) in table.inner() {
-                let bytes = match value {
-                    AMQPValue::LongString(text) => text.as_bytes().to_vec(),
-                    other => format!("{other:?}").into_bytes(),
-                };
-                headers.push((name.to_string(), bytes));
-            }
-        }
+        let headers = binding::from_amqp(
+            delivery.properties.headers().as_ref(),
+            delivery.properties.content_type().as_ref(),
+        );
         let key = headers
             .iter()
             .find(|(name, _)| name == "ce_sagaid")

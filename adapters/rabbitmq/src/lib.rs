@@ -4,8 +4,9 @@
 //!   exchange for events (`choreo.events` by default); per consumer group (service) and topic a
 //!   durable queue `<group>:<topic>` bound with the topic as routing key, whose rejected
 //!   messages go (`x-dead-letter-exchange`) to the topic's dead-letter queue `<topic>.dlq`.
-//! - Publishing: persistent messages, CloudEvents attributes in AMQP headers (`ce_*`, as on
-//!   Kafka), publisher confirms; `publish` returns after the confirm and hands the envelope
+//! - Publishing: persistent messages in the CloudEvents RabbitMQ binding's binary mode
+//!   (attributes in `ce-*` headers, the data content type in the `content_type` property;
+//!   the older `ce_*` form is read too), publisher confirms; `publish` returns after the confirm and hands the envelope
 //!   back on a nack, a return (unroutable) or a broken connection. Concurrent publishes share
 //!   a channel, so confirms are pipelined.
 //! - Consuming: manual acks after the handler and its publishes succeeded, `basic_qos`
@@ -17,6 +18,7 @@
 //!   absorbs repeats. Publishing reconnects on its next call.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod binding;
 mod config;
 mod consumer;
 
@@ -29,7 +31,7 @@ use choreo_core::{
     TransportUrl,
 };
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
@@ -153,16 +155,13 @@ impl Inner {
     ) -> Result<(), TransportError> {
         let result = async {
             let channel = self.publishing_channel().await?;
-            let mut headers = FieldTable::default();
-            for (name, value) in &message.headers {
-                headers.insert(
-                    ShortString::from(name.as_str()),
-                    AMQPValue::LongString(LongString::from(value.clone())),
-                );
-            }
-            let properties = BasicProperties::default()
+            let (headers, content_type) = binding::to_amqp(message);
+            let mut properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_headers(headers);
+            if let Some(content_type) = content_type {
+                properties = properties.with_content_type(content_type);
+            }
             let confirm = channel
                 .basic_publish(
                     ShortString::from(self.config.exchange.as_str()),

@@ -1,0 +1,122 @@
+//! The CloudEvents RabbitMQ protocol binding, binary mode: each attribute is an AMQP header
+//! `ce-<name>`, except `datacontenttype`, which is the message's `content_type` property; the
+//! data is the body. This is what the CloudEvents SDKs' RabbitMQ bindings read and write.
+//!
+//! choreo 0.1 wrote the Kafka binding's names instead (`ce_<name>` and a `content-type`
+//! header); they are still read, so that services upgraded one at a time keep understanding
+//! each other (docs/wire-format.md says until when).
+
+use choreo_core::envelope::{CONTENT_TYPE_HEADER, HEADER_PREFIX};
+use choreo_core::RawMessage;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+/// The header prefix of the RabbitMQ binding.
+const AMQP_PREFIX: &str = "ce-";
+
+/// `message`'s attributes as AMQP headers, and its content type for the `content_type`
+/// property.
+pub(crate) fn to_amqp(message: &RawMessage) -> (FieldTable, Option<ShortString>) {
+    let mut headers = FieldTable::default();
+    let mut content_type = None;
+    for (name, value) in &message.headers {
+        if name == CONTENT_TYPE_HEADER {
+            content_type = Some(ShortString::from(String::from_utf8_lossy(value).as_ref()));
+            continue;
+        }
+        let name = match name.strip_prefix(HEADER_PREFIX) {
+            Some(attribute) => format!("{AMQP_PREFIX}{attribute}"),
+            None => name.clone(),
+        };
+        headers.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value.clone())),
+        );
+    }
+    (headers, content_type)
+}
+
+/// A received message's headers as the envelope reads them, in either form: `ce-<name>`
+/// headers are read as `ce_<name>`, and the `content_type` property as the `content-type`
+/// header unless the message carries one. An attribute that comes in both forms is then a
+/// repeated attribute, which the envelope refuses.
+pub(crate) fn from_amqp(
+    headers: Option<&FieldTable>,
+    content_type: Option<&ShortString>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut read = Vec::new();
+    for (name, value) in headers.into_iter().flat_map(FieldTable::inner) {
+        let bytes = match value {
+            AMQPValue::LongString(text) => text.as_bytes().to_vec(),
+            AMQPValue::ShortString(text) => text.as_str().as_bytes().to_vec(),
+            other => format!("{other:?}").into_bytes(),
+        };
+        let name = name.as_str();
+        let name = match name.get(..AMQP_PREFIX.len()) {
+            Some(prefix) if prefix.eq_ignore_ascii_case(AMQP_PREFIX) => {
+                format!(
+                    "{HEADER_PREFIX}{}",
+                    name[AMQP_PREFIX.len()..].to_ascii_lowercase()
+                )
+            }
+            _ => name.to_owned(),
+        };
+        read.push((name, bytes));
+    }
+    if let Some(content_type) = content_type {
+        if !read.iter().any(|(name, _)| name == CONTENT_TYPE_HEADER) {
+            read.push((
+                CONTENT_TYPE_HEADER.to_owned(),
+                content_type.as_str().as_bytes().to_vec(),
+            ));
+        }
+    }
+    read
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> RawMessage {
+        RawMessage {
+            headers: vec![
+                ("ce_id".into(), b"0192".to_vec()),
+                ("ce_sagaid".into(), b"0193".to_vec()),
+                (CONTENT_TYPE_HEADER.into(), b"application/json".to_vec()),
+            ],
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn attributes_go_out_as_ce_dash_headers_and_the_content_type_as_the_property() {
+        let (headers, content_type) = to_amqp(&message());
+        let names: Vec<&str> = headers.inner().keys().map(ShortString::as_str).collect();
+        assert_eq!(names, ["ce-id", "ce-sagaid"]);
+        assert_eq!(
+            content_type.as_ref().map(ShortString::as_str),
+            Some("application/json")
+        );
+    }
+
+    #[test]
+    fn both_the_binding_s_form_and_the_older_one_are_read_back() {
+        let (headers, content_type) = to_amqp(&message());
+        let mut read = from_amqp(Some(&headers), content_type.as_ref());
+        read.sort();
+        let mut sent = message().headers;
+        sent.sort();
+        assert_eq!(read, sent);
+
+        let mut older = FieldTable::default();
+        for (name, value) in message().headers {
+            older.insert(
+                ShortString::from(name),
+                AMQPValue::LongString(LongString::from(value)),
+            );
+        }
+        let mut read = from_amqp(Some(&older), None);
+        read.sort();
+        assert_eq!(read, sent);
+    }
+}
