@@ -1,6 +1,9 @@
 //! The order saga example, one service per process, on each broker: the same code as on
 //! memory, only `CHOREO_URL` changes. Each process exports its spans and metrics over
-//! OTLP/HTTP to a receiver in the test, where they join into one trace per saga (DESIGN §5).
+//! OTLP/HTTP to a receiver in the test, where they join into one trace per saga. And the same
+//! saga with its inventory written in Python (examples/polyglot/inventory.py). Every event of
+//! both is read by the official CloudEvents SDK and checked against the protocol of
+//! docs/wire-format.md and its JSON Schemas (tests/polyglot/read_events.py).
 #![cfg(any(feature = "kafka", feature = "rabbitmq"))]
 
 use std::collections::{BTreeSet, HashMap};
@@ -192,8 +195,197 @@ async fn on_rabbitmq_with_sqlite_stores_payments_killed_mid_saga_comes_back_and_
     let _ = std::fs::remove_dir_all(&directory);
 }
 
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_a_python_inventory_with_the_cloudevents_sdk_takes_part_in_the_saga() {
+    let broker = choreo_testkit::RabbitMqBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    play_with_python_inventory(broker.url()).await;
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_a_python_inventory_with_the_cloudevents_sdk_takes_part_in_the_saga() {
+    let broker = choreo_testkit::KafkaBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    play_with_python_inventory(&format!(
+        "{}?session.timeout.ms=2000&rdkafka.fetch.wait.max.ms=20",
+        broker.url()
+    ))
+    .await;
+}
+
+/// `script` of this repository run by `python3`, on the broker `url` names.
+fn python(script: &str, url: &str) -> tokio::process::Command {
+    let python = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import cloudevents.core.bindings.rabbitmq, aio_pika, confluent_kafka, jsonschema",
+        ])
+        .output();
+    assert!(
+        python.as_ref().is_ok_and(|output| output.status.success()),
+        "python3 with the packages of tests/polyglot/requirements.txt is needed \
+         (`python3 -m pip install -r tests/polyglot/requirements.txt`): {python:?}"
+    );
+    let mut command = tokio::process::Command::new("python3");
+    command
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script))
+        .env("CHOREO_URL", url.split('?').next().unwrap_or(url))
+        .kill_on_drop(true);
+    command
+}
+
+/// The Rust orders and payments of the example and the Python inventory play the three
+/// sagas; every event on the topic parses with the CloudEvents SDK, follows the protocol and
+/// stays in its saga's trace, Python's included.
+async fn play_with_python_inventory(url: &str) {
+    let reader = SdkReader::start(url).await;
+    let payments = start_service(
+        command(url, &[], &["--service", "payments"]),
+        "payments",
+        None,
+    )
+    .await;
+    let inventory = start_service(
+        python("examples/polyglot/inventory.py", url),
+        "inventory",
+        None,
+    )
+    .await;
+
+    let play = command(url, &[], &["--service", "orders", "--play"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(120), play.wait_with_output())
+        .await
+        .expect("the play finished")
+        .unwrap();
+    let stdout = assert_three_outcomes(&output);
+    let timeline = |order: &str| {
+        stdout
+            .split(&format!("order {order} "))
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .unwrap_or_else(|| panic!("no order {order}: {stdout}"))
+            .to_owned()
+    };
+    assert!(
+        timeline("2").contains(
+            "inventory  abort        choreo.SagaAborted.v1  (rejected: vinyl is out of stock)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        timeline("3").contains(
+            "inventory  compensated  choreo.SagaCompensated.v1  (undid inventory.StockReserved.v1)"
+        ),
+        "{stdout}"
+    );
+    reader.assert_the_three_sagas().await;
+
+    for mut service in [payments, inventory] {
+        service.start_kill().unwrap();
+        service.wait().await.unwrap();
+    }
+}
+
+/// tests/polyglot/read_events.py: reads every event of the saga topic with the CloudEvents
+/// SDK and checks it against the protocol of docs/wire-format.md and its JSON Schemas.
+struct SdkReader {
+    process: tokio::process::Child,
+    says: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl SdkReader {
+    /// Starts reading the topic; returns once the reader listens.
+    async fn start(url: &str) -> Self {
+        let mut process = python("tests/polyglot/read_events.py", url)
+            .args(["--expect", "16"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut says = BufReader::new(process.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), says.next_line()).await;
+        assert!(
+            matches!(&ready, Ok(Ok(Some(line))) if line == "ready"),
+            "the SDK reader did not start: {ready:?}"
+        );
+        Self { process, says }
+    }
+
+    /// Waits for the reader's verdict: the example's three sagas, sixteen events, each
+    /// emitted by the service it should be, every one valid.
+    async fn assert_the_three_sagas(mut self) {
+        let summary = tokio::time::timeout(Duration::from_secs(60), async {
+            let summary = self.says.next_line().await.unwrap();
+            let status = self.process.wait().await.unwrap();
+            let mut stderr = String::new();
+            let mut errors = self.process.stderr.take().unwrap();
+            errors.read_to_string(&mut stderr).await.unwrap();
+            assert!(status.success(), "{summary:?}\n{stderr}");
+            summary.unwrap_or_default()
+        })
+        .await
+        .expect("the SDK reader finished");
+        let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+        // Per saga, "<source> <sagakind> <type>" of each event; the order of the
+        // acknowledgements varies, so each saga's list is compared sorted.
+        let sorted = |events: Vec<String>| {
+            let mut events = events;
+            events.sort();
+            events
+        };
+        let mut sagas: Vec<Vec<String>> = summary["sagas"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|events| {
+                sorted(
+                    events
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|event| event.as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            })
+            .collect();
+        sagas.sort();
+        let saga = |events: &[&str]| sorted(events.iter().map(|e| (*e).to_owned()).collect());
+        let start = [
+            "orders start orders.OrderPlaced.v1",
+            "payments step payments.CreditReserved.v1",
+        ];
+        let acknowledged = [
+            "orders compensated choreo.SagaCompensated.v1",
+            "payments compensated choreo.SagaCompensated.v1",
+            "inventory compensated choreo.SagaCompensated.v1",
+        ];
+        let completed = [
+            "inventory step inventory.StockReserved.v1",
+            "orders complete orders.OrderConfirmed.v1",
+        ];
+        let rejected = ["inventory abort choreo.SagaAborted.v1"];
+        let timed_out = ["orders abort choreo.SagaAborted.v1"];
+        let mut expected = vec![
+            saga(&[&start[..], &completed[..]].concat()),
+            saga(&[&start[..], &rejected[..], &acknowledged[..]].concat()),
+            saga(&[&start[..], &timed_out[..], &acknowledged[..]].concat()),
+        ];
+        expected.sort();
+        assert_eq!(sagas, expected, "{summary}");
+    }
+}
+
 async fn play_across_processes(url: &str) {
     let receiver = OtlpReceiver::start().await;
+    let reader = SdkReader::start(url).await;
     let otlp = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
@@ -213,25 +405,8 @@ async fn play_across_processes(url: &str) {
         .await
         .expect("the play finished")
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("order 1 (should complete): COMPLETED"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(
-            "order 2 (should be rejected (out of stock) and compensated): COMPENSATED (rejected)"
-        ),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(
-            "order 3 (should time out (slow supplier) and be compensated): COMPENSATED (timed out)"
-        ),
-        "{stdout}"
-    );
+    let stdout = assert_three_outcomes(&output);
+    reader.assert_the_three_sagas().await;
 
     // Ctrl-C: each service shuts down and flushes what it has not exported yet.
     for child in &mut services {
@@ -252,6 +427,22 @@ async fn play_across_processes(url: &str) {
     assert_eq!(sagas.len(), 3, "{stdout}");
     receiver.assert_one_trace_per_saga(&sagas);
     receiver.assert_outcomes_counted();
+}
+
+/// The play's output, once it is checked that it ended well and that each of its three
+/// sagas ended as it should.
+fn assert_three_outcomes(output: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for outcome in [
+        "order 1 (should complete): COMPLETED",
+        "order 2 (should be rejected (out of stock) and compensated): COMPENSATED (rejected)",
+        "order 3 (should time out (slow supplier) and be compensated): COMPENSATED (timed out)",
+    ] {
+        assert!(stdout.contains(outcome), "{stdout}");
+    }
+    stdout
 }
 
 /// A minimal OTLP/HTTP (protobuf) receiver: keeps what it is sent, answers `200 OK`.
