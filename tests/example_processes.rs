@@ -28,25 +28,38 @@ fn example() -> PathBuf {
     profile_dir.join("examples").join("order_saga")
 }
 
+/// A Kafka broker of the kit, and its URL with a short group join and fetch wait, for
+/// sagas whose deadline is two seconds.
 #[cfg(feature = "kafka")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_kafka_the_example_completes_its_three_sagas_with_each_service_in_its_own_process() {
+async fn kafka() -> (choreo_testkit::KafkaBroker, String) {
     let broker = choreo_testkit::KafkaBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    play_across_processes(&format!(
+    let url = format!(
         "{}?session.timeout.ms=2000&rdkafka.fetch.wait.max.ms=20",
         broker.url()
-    ))
-    .await;
+    );
+    (broker, url)
+}
+
+#[cfg(feature = "rabbitmq")]
+async fn rabbitmq() -> choreo_testkit::RabbitMqBroker {
+    choreo_testkit::RabbitMqBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_the_example_completes_its_three_sagas_with_each_service_in_its_own_process() {
+    let (_broker, url) = kafka().await;
+    play_across_processes(&url).await;
 }
 
 #[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_rabbitmq_the_example_completes_its_three_sagas_with_each_service_in_its_own_process() {
-    let broker = choreo_testkit::RabbitMqBroker::start()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    let broker = rabbitmq().await;
     play_across_processes(broker.url()).await;
 }
 
@@ -108,9 +121,7 @@ async fn start_service(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_rabbitmq_with_sqlite_stores_payments_killed_mid_saga_comes_back_and_releases_the_credit(
 ) {
-    let broker = choreo_testkit::RabbitMqBroker::start()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    let broker = rabbitmq().await;
     let url = broker.url();
     let directory = std::env::temp_dir().join(format!("choreo-example-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&directory);
@@ -198,23 +209,15 @@ async fn on_rabbitmq_with_sqlite_stores_payments_killed_mid_saga_comes_back_and_
 #[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_rabbitmq_a_python_inventory_with_the_cloudevents_sdk_takes_part_in_the_saga() {
-    let broker = choreo_testkit::RabbitMqBroker::start()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    let broker = rabbitmq().await;
     play_with_python_inventory(broker.url()).await;
 }
 
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kafka_a_python_inventory_with_the_cloudevents_sdk_takes_part_in_the_saga() {
-    let broker = choreo_testkit::KafkaBroker::start()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    play_with_python_inventory(&format!(
-        "{}?session.timeout.ms=2000&rdkafka.fetch.wait.max.ms=20",
-        broker.url()
-    ))
-    .await;
+    let (_broker, url) = kafka().await;
+    play_with_python_inventory(&url).await;
 }
 
 /// `script` of this repository run by `python3`, on the broker `url` names.
