@@ -259,16 +259,7 @@ async fn play_with_python_inventory(url: &str) {
     )
     .await;
 
-    let play = command(url, &[], &["--service", "orders", "--play"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = tokio::time::timeout(Duration::from_secs(120), play.wait_with_output())
-        .await
-        .expect("the play finished")
-        .unwrap();
-    let stdout = assert_three_outcomes(&output);
+    let stdout = play_three_sagas(url, &[]).await;
     let timeline = |order: &str| {
         stdout
             .split(&format!("order {order} "))
@@ -399,16 +390,7 @@ async fn play_across_processes(url: &str) {
         services.push(started.await);
     }
 
-    let play = command(url, &otlp, &["--service", "orders", "--play"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = tokio::time::timeout(Duration::from_secs(120), play.wait_with_output())
-        .await
-        .expect("the play finished")
-        .unwrap();
-    let stdout = assert_three_outcomes(&output);
+    let stdout = play_three_sagas(url, &otlp).await;
     reader.assert_the_three_sagas().await;
 
     // Ctrl-C: each service shuts down and flushes what it has not exported yet.
@@ -432,9 +414,18 @@ async fn play_across_processes(url: &str) {
     receiver.assert_outcomes_counted();
 }
 
-/// The play's output, once it is checked that it ended well and that each of its three
-/// sagas ended as it should.
-fn assert_three_outcomes(output: &std::process::Output) -> String {
+/// Runs the example's orders service with `--play` and returns its output, once it is
+/// checked that the play ended well and each of its three sagas as it should.
+async fn play_three_sagas(url: &str, env: &[(&str, &str)]) -> String {
+    let play = command(url, env, &["--service", "orders", "--play"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(120), play.wait_with_output())
+        .await
+        .expect("the play finished")
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");

@@ -16,6 +16,7 @@ use choreo_core::store::{Commit, JournalChange, Loaded, Sent, SentKind};
 use choreo_core::{EventId, SagaId};
 
 use crate::known::Known;
+use crate::schema;
 
 /// One service's sagas in flight.
 type Sagas = HashMap<SagaId, Cached>;
@@ -73,16 +74,7 @@ impl Cache {
     pub(crate) fn unsent(&self, service: &str, saga: SagaId) -> Option<String> {
         let services = self.lock();
         let cached = services.get(service)?.get(&saga)?;
-        let mut positions = String::new();
-        for (position, step) in cached.record.steps.iter().enumerate() {
-            if !step.published && !step.withheld {
-                if !positions.is_empty() {
-                    positions.push(' ');
-                }
-                positions.push_str(&position.to_string());
-            }
-        }
-        Some(positions)
+        Some(schema::unsent_list(cached.record.steps.iter().enumerate()))
     }
 
     /// Notes, before they are written, that the file may now hold rows of the sagas of

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use crate::known::Known;
 use choreo_core::journal::{AbortReason, CompensationState, SagaRecord, SagaStatus, StepRecord};
 use choreo_core::store::{
     ActiveSaga, Commit, JournalChange, Outgoing, OutgoingKind, Purged, Recovery, SagaHeader, Sent,
@@ -12,6 +11,8 @@ use choreo_core::store::{
 };
 use choreo_core::{Deadline, Envelope, EventId, SagaId};
 use rusqlite::{named_params, params, Connection, OptionalExtension, Row};
+
+use crate::known::Known;
 
 /// Every migration, in order: (version, name, SQL).
 const MIGRATIONS: [(i64, &str, &str); 2] = [
@@ -407,18 +408,26 @@ impl RowLists {
 /// The positions, separated by spaces, of the steps `commit` adds whose output is to be
 /// sent; `None` if there are none.
 fn unsent_positions(commit: &Commit) -> Option<String> {
+    let added = commit.changes.iter().filter_map(|change| match change {
+        JournalChange::StepAdded { position, step } => Some((*position, step)),
+        _ => None,
+    });
+    Some(unsent_list(added)).filter(|positions| !positions.is_empty())
+}
+
+/// The `unsent` list of `steps` (position and step): the positions, separated by spaces, of
+/// those whose output is to be sent.
+pub(crate) fn unsent_list<'a>(steps: impl IntoIterator<Item = (usize, &'a StepRecord)>) -> String {
     let mut positions = String::new();
-    for change in &commit.changes {
-        if let JournalChange::StepAdded { position, step } = change {
-            if !step.published && !step.withheld {
-                if !positions.is_empty() {
-                    positions.push(' ');
-                }
-                positions.push_str(&position.to_string());
+    for (position, step) in steps {
+        if !step.published && !step.withheld {
+            if !positions.is_empty() {
+                positions.push(' ');
             }
+            positions.push_str(&position.to_string());
         }
     }
-    (!positions.is_empty()).then_some(positions)
+    positions
 }
 
 /// Runs `sql`, which takes a saga's row as `?1` to `?9` and what to write to its lists as
