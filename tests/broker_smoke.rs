@@ -1,5 +1,5 @@
 //! The broker kit starts real brokers through testcontainers, and plain rdkafka and lapin
-//! clients can use them, including after a RabbitMQ restart (DESIGN §7).
+//! clients can use them, including after a RabbitMQ restart (docs/testing.md).
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! Configuration errors are typed and say what to do (DESIGN §6), and a service definition
-//! that cannot work is refused before it runs.
+//! Configuration errors are typed and say what to do (docs/configuration.md), and a service
+//! definition that cannot work is refused before it runs.
 
 mod common;
 

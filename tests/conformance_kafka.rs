@@ -1,4 +1,5 @@
-//! The transport conformance suite (DESIGN §7) on Kafka, against a broker the test kit starts.
+//! The transport conformance suite (docs/testing.md) on Kafka, against a broker the test kit
+//! starts.
 #![cfg(feature = "kafka")]
 
 use std::sync::Arc;

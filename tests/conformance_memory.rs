@@ -1,4 +1,4 @@
-//! The transport conformance suite (DESIGN §7) on the in-memory transport.
+//! The transport conformance suite (docs/testing.md) on the in-memory transport.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! The transport conformance suite (DESIGN §7) on RabbitMQ, against a broker the test kit
+//! The transport conformance suite (docs/testing.md) on RabbitMQ, against a broker the test kit
 //! starts, including a real broker restart.
 #![cfg(feature = "rabbitmq")]
 

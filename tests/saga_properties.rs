@@ -1,5 +1,5 @@
-//! Property test (DESIGN §4.5, §4.6, §4.9): whatever the broker does to one saga's events
-//! (duplicates, any delivery order), every saga ends completed or fully compensated, no
+//! Property test (docs/concepts.md rules 5, 6 and 9): whatever the broker does to one saga's
+//! events (duplicates, any delivery order), every saga ends completed or fully compensated, no
 //! compensation runs twice and no step runs after its service saw the abort.
 
 mod common;

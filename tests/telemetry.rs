@@ -1,4 +1,5 @@
-//! One saga, one trace (DESIGN §5): the order saga's spans and metrics, on every transport.
+//! One saga, one trace (docs/observability.md): the order saga's spans and metrics, on every
+//! transport.
 //!
 //! Every span goes to one in-memory exporter behind a global subscriber; each test picks its
 //! own spans by saga id, so tests on different transports can run side by side.

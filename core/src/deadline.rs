@@ -1,4 +1,5 @@
-//! Saga deadlines and the timers that enforce them without an orchestrator (DESIGN §4.8).
+//! Saga deadlines and the timers that enforce them without an orchestrator (docs/concepts.md,
+//! rule 8).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;

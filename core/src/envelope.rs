@@ -1,6 +1,6 @@
 //! The wire format: every message is a CloudEvents 1.0 event with choreo's saga extensions
-//! (DESIGN §2), in binary mode (attributes in headers, `data` as the body) or structured mode
-//! (one JSON document).
+//! (docs/wire-format.md), in binary mode (attributes in headers, `data` as the body) or
+//! structured mode (one JSON document).
 //!
 //! Decoding is strict and total: every malformed input is an [`EnvelopeError`], never a panic.
 

@@ -81,7 +81,7 @@ impl Saga {
     }
 }
 
-/// Published once a saga must abort; every participant compensates (DESIGN §4.5).
+/// Published once a saga must abort; every participant compensates (docs/concepts.md, rule 5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaAborted {
     /// Why.

@@ -1,4 +1,4 @@
-//! One saga, one trace (DESIGN §5): the spans the runtime opens around every event it sends
+//! One saga, one trace (docs/observability.md): the spans the runtime opens around every event it sends
 //! and handles, the W3C context that joins them across services, and the saga metrics.
 //!
 //! Spans are [`tracing`] spans with target [`TARGET`]. With `tracing-opentelemetry`'s layer

@@ -1,6 +1,6 @@
 //! A queue that hands out messages so that those sharing a key (a saga id) are in flight one
 //! at a time and in order, while messages of other keys go ahead: the per-saga order every
-//! transport owes the runtime (DESIGN §4.9).
+//! transport owes the runtime (docs/concepts.md, rule 9).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
