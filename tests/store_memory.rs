@@ -28,3 +28,4 @@ async fn memory() -> Memory {
 }
 
 choreo_testkit::store_conformance_tests!(memory);
+choreo_testkit::shared_store_conformance_tests!(memory);

@@ -53,6 +53,7 @@ async fn postgres() -> Postgres {
 }
 
 choreo_testkit::store_conformance_tests!(postgres);
+choreo_testkit::shared_store_conformance_tests!(postgres);
 
 /// A fresh database on the shared server.
 async fn database() -> String {
@@ -315,7 +316,8 @@ async fn the_schema_is_migrated_once_and_tracked_apart_from_the_application_s_mi
         .fetch_one(&mut connection)
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(applied, 1);
+    // The saga state, then what several instances of a service need.
+    assert_eq!(applied, 2);
 }
 
 #[derive(Serialize, Deserialize)]
@@ -451,6 +453,7 @@ async fn the_store_goes_on_after_the_server_restarts() {
     let commit = choreo::store::Commit {
         service: "payments".to_owned(),
         saga_id: saga,
+        version: 0,
         changes: vec![choreo::store::JournalChange::Created(
             choreo::SagaRecord::new(
                 saga,

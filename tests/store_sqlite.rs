@@ -176,6 +176,7 @@ mod cancelled {
         Commit {
             service: "orders".into(),
             saga_id: record.saga_id,
+            version: 0,
             changes: Snapshot::changes(stored.map(Snapshot::of).as_ref(), record),
             handled: None,
             outbox: Vec::new(),
@@ -430,6 +431,7 @@ mod schema {
         let created = Commit {
             service: "payments".into(),
             saga_id: saga,
+            version: 0,
             changes: Snapshot::changes(None, &record),
             handled: None,
             outbox: Vec::new(),
@@ -468,6 +470,7 @@ mod schema {
         let added = Commit {
             service: "payments".into(),
             saga_id: saga,
+            version: 0,
             changes: Snapshot::changes(Some(&Snapshot::of(&stored)), &next),
             handled: Some(Handled {
                 event_id: handled,
@@ -508,4 +511,53 @@ mod schema {
             .unsent
             .is_empty());
     }
+}
+
+/// SQLite keeps one instance per service: a second instance of a service started on the
+/// same file (as a second process would be, with a store of its own) is refused, and the
+/// error points to PostgreSQL. Another service on the same file runs; once the first
+/// instance is gone, killed as a crash would, a new one starts.
+#[tokio::test(start_paused = true)]
+async fn a_second_instance_of_a_service_on_one_sqlite_file_is_refused() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct OrderPlaced {
+        order_id: u64,
+    }
+    impl choreo::Event for OrderPlaced {
+        const TYPE: &'static str = "orders.OrderPlaced.v1";
+    }
+
+    let subject = sqlite().await;
+    let saga = choreo::Saga::new("orders.saga").completes_on::<OrderPlaced>();
+    let transport: Arc<dyn choreo::Transport> = Arc::new(choreo::memory::MemoryTransport::new());
+    let instance = |name: &'static str| {
+        let (subject, saga, transport) = (&subject, &saga, Arc::clone(&transport));
+        async move {
+            choreo::Service::builder(name, saga)
+                .initiates::<OrderPlaced>()
+                .store(subject.open().await)
+                .build()
+                .unwrap()
+                .run(transport)
+                .await
+        }
+    };
+
+    let first = instance("orders").await.unwrap();
+    let refused = instance("orders").await.err().unwrap();
+    assert!(
+        matches!(&refused, choreo::RunError::AlreadyRunning(_)),
+        "{refused:?}"
+    );
+    let message = refused.to_string();
+    assert!(
+        message.contains("another instance of service `orders` is running on this SQLite file")
+            && message.contains("postgres://"),
+        "{message}"
+    );
+    let other = instance("billing").await.unwrap();
+
+    first.kill();
+    let again = instance("orders").await.unwrap();
+    drop((again, other));
 }

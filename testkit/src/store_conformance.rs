@@ -18,7 +18,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use choreo_core::journal::{AbortReason, CompensationState, SagaRecord, SagaStatus, StepRecord};
 use choreo_core::store::{
-    ActiveSaga, Commit, Handled, JournalChange, Outgoing, OutgoingKind, Purged, Recovery, Snapshot,
+    ActiveSaga, Claim, Commit, Handled, JournalChange, Outgoing, OutgoingKind, Purged, Recovery,
+    Snapshot,
 };
 use choreo_core::{
     Deadline, Envelope, EventId, SagaId, SagaKind, Store, StoreTransaction, TraceContext,
@@ -67,6 +68,19 @@ macro_rules! store_conformance_tests {
                 $crate::store_conformance::$check(&subject).await;
             }
         )*
+    };
+}
+
+/// Expands to one `#[tokio::test]` per check of what a store several instances of a service
+/// share must do besides ([`Store::is_shared`]): refuse commits from outdated versions, and
+/// hand out overdue work once per claim.
+#[macro_export]
+macro_rules! shared_store_conformance_tests {
+    ($subject:path) => {
+        $crate::store_conformance_tests!(@each $subject;
+            a_commit_from_an_outdated_version_is_a_conflict_and_applies_nothing,
+            overdue_deadlines_and_unsent_events_are_claimed_once_until_the_claim_runs_out,
+        );
     };
 }
 
@@ -123,6 +137,7 @@ fn creating(service: &str, record: &SagaRecord, handled: Option<&Envelope>) -> C
     Commit {
         service: service.to_owned(),
         saga_id: record.saga_id,
+        version: 0,
         changes: Snapshot::changes(None, record),
         handled: handled.map(|event| Handled {
             event_id: event.id,
@@ -132,11 +147,12 @@ fn creating(service: &str, record: &SagaRecord, handled: Option<&Envelope>) -> C
     }
 }
 
-/// The commit of what changed in `record` since `stored`.
-fn changing(service: &str, stored: &SagaRecord, record: &SagaRecord) -> Commit {
+/// The commit of what changed in `record` since `stored`, which is at `version`.
+fn changing(service: &str, version: u64, stored: &SagaRecord, record: &SagaRecord) -> Commit {
     Commit {
         service: service.to_owned(),
         saga_id: record.saga_id,
+        version,
         changes: Snapshot::changes(Some(&Snapshot::of(stored)), record),
         handled: None,
         outbox: Vec::new(),
@@ -210,14 +226,14 @@ pub async fn changes_touch_only_what_they_name(subject: &dyn StoreSubject) {
     let mut second = first.clone();
     second.steps.push(step(saga, "payments.PaymentCaptured.v1"));
     second.status = SagaStatus::Completed;
-    commit(&store, vec![changing(&service, &first, &second)]).await;
+    commit(&store, vec![changing(&service, 1, &first, &second)]).await;
     assert_eq!(load(&store, &service, saga).await.as_ref(), Some(&second));
 
     let mut third = second.clone();
     third.steps[1].compensation = CompensationState::Compensated;
     third.steps[0].compensation = CompensationState::NotRequired;
     third.compensation_acknowledged = true;
-    let changes = changing(&service, &second, &third);
+    let changes = changing(&service, 2, &second, &third);
     assert!(
         !changes
             .changes
@@ -241,6 +257,7 @@ pub async fn the_inbox_remembers_handled_events_per_service(subject: &dyn StoreS
     let only_inbox = Commit {
         service: service.clone(),
         saga_id: saga,
+        version: 0,
         changes: Vec::new(),
         handled: Some(Handled {
             event_id: event.id,
@@ -647,4 +664,196 @@ where
         );
     }
     outputs
+}
+
+/// Two handlings of one saga made from the same version: the first commit applies, the
+/// second is refused as a conflict and applies nothing (not its inbox id either); made
+/// again from the new version it applies. Creating a record another commit created is a
+/// conflict too.
+pub async fn a_commit_from_an_outdated_version_is_a_conflict_and_applies_nothing(
+    subject: &dyn StoreSubject,
+) {
+    let store = subject.open().await;
+    assert!(store.is_shared(), "the store says it can be shared");
+    let service = fresh_service();
+    let saga = SagaId::new();
+    let created = record(saga);
+    commit(&store, vec![creating(&service, &created, None)]).await;
+    let loaded = store
+        .load(&service, saga, None)
+        .await
+        .unwrap_or_else(|error| panic!("load: {error}"));
+    assert_eq!(loaded.version, 1, "one commit changed the record");
+
+    let (first_event, second_event) = (
+        envelope(saga, "inventory.StockReserved.v1", SagaKind::Step),
+        envelope(saga, "choreo.SagaAborted.v1", SagaKind::Abort),
+    );
+    let mut stepped = created.clone();
+    stepped
+        .steps
+        .push(step(saga, "payments.PaymentCaptured.v1"));
+    let mut first = changing(&service, 1, &created, &stepped);
+    first.handled = Some(Handled {
+        event_id: first_event.id,
+        deadline: first_event.deadline,
+    });
+    let mut aborted = created.clone();
+    aborted.status = SagaStatus::Aborted {
+        reason: AbortReason::Rejected,
+    };
+    aborted.steps[1].compensation = CompensationState::Compensated;
+    let mut second = changing(&service, 1, &created, &aborted);
+    second.handled = Some(Handled {
+        event_id: second_event.id,
+        deadline: second_event.deadline,
+    });
+    second.outbox.push(Outgoing {
+        envelope: envelope(saga, "choreo.SagaCompensated.v1", SagaKind::Compensated),
+        kind: OutgoingKind::Event,
+    });
+
+    commit(&store, vec![first]).await;
+    let refused = store.commit(vec![second.clone()], None).await;
+    assert!(
+        refused.as_ref().is_err_and(|error| error.is_conflict()),
+        "a commit from version 1 after another one must be a conflict: {refused:?}"
+    );
+    assert_eq!(load(&store, &service, saga).await.as_ref(), Some(&stepped));
+    assert!(!handled(&store, &service, &second_event).await);
+    assert!(
+        recover(&store, &service)
+            .await
+            .unsent
+            .iter()
+            .all(|unsent| unsent.kind != OutgoingKind::Event),
+        "the refused commit's outbox entry is not recorded"
+    );
+
+    // Made again from what the store holds now.
+    let mut aborted = stepped.clone();
+    aborted.status = SagaStatus::Aborted {
+        reason: AbortReason::Rejected,
+    };
+    aborted.steps[2].compensation = CompensationState::Compensated;
+    let mut again = changing(&service, 2, &stepped, &aborted);
+    again.handled = second.handled;
+    commit(&store, vec![again]).await;
+    assert_eq!(load(&store, &service, saga).await, Some(aborted));
+    assert!(handled(&store, &service, &second_event).await);
+    let loaded = store
+        .load(&service, saga, None)
+        .await
+        .unwrap_or_else(|error| panic!("load: {error}"));
+    assert_eq!(loaded.version, 3);
+
+    let twice = store
+        .commit(vec![creating(&service, &record(saga), None)], None)
+        .await;
+    assert!(
+        twice.as_ref().is_err_and(|error| error.is_conflict()),
+        "creating a record that exists must be a conflict: {twice:?}"
+    );
+}
+
+/// Active sagas past a deadline with no abort recorded, and events recorded before a time
+/// and not sent, are handed to one caller; again only once that claim ran out; never what
+/// is not overdue, aborted, finished or sent.
+pub async fn overdue_deadlines_and_unsent_events_are_claimed_once_until_the_claim_runs_out(
+    subject: &dyn StoreSubject,
+) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    // Every record's deadline is `now() + 30 s`, every event's time `now()`.
+    let overdue = record(SagaId::new());
+    let mut later = record(SagaId::new());
+    later.deadline = Deadline::after(now(), Duration::from_secs(300));
+    let mut aborting = record(SagaId::new());
+    aborting.abort_published = true;
+    let mut finished = record(SagaId::new());
+    finished.status = SagaStatus::Completed;
+    let mut recent = record(SagaId::new());
+    recent.status = SagaStatus::Completed;
+    for record in [&mut later, &mut aborting, &mut finished] {
+        for step in &mut record.steps {
+            step.published = true;
+        }
+    }
+    for step in &mut recent.steps {
+        step.output.time = now() + Duration::from_secs(60);
+    }
+    let abort = Outgoing {
+        envelope: envelope(aborting.saga_id, "choreo.SagaAborted.v1", SagaKind::Abort),
+        kind: OutgoingKind::Event,
+    };
+    let mut commits: Vec<Commit> = [&overdue, &later, &aborting, &finished, &recent]
+        .into_iter()
+        .map(|record| creating(&service, record, None))
+        .collect();
+    commits[2].outbox.push(abort.clone());
+    commit(&store, commits).await;
+
+    let claim = |at: SystemTime| Claim {
+        deadlines_before: now() + Duration::from_secs(60),
+        recorded_before: now() + Duration::from_secs(1),
+        now: at,
+        until: at + Duration::from_secs(10),
+        limit: 100,
+    };
+    let claimed = store
+        .claim(&service, &claim(now() + Duration::from_secs(70)))
+        .await
+        .unwrap_or_else(|error| panic!("claim: {error}"));
+    assert_eq!(
+        claimed.timers,
+        [ActiveSaga {
+            saga_id: overdue.saga_id,
+            deadline: overdue.deadline,
+            initiated_here: true,
+        }]
+    );
+    let mut unsent = claimed.unsent;
+    unsent.sort_by_key(|outgoing| outgoing.envelope.id);
+    let mut expected = vec![
+        Outgoing {
+            envelope: overdue.steps[0].output.clone(),
+            kind: OutgoingKind::Step { position: 0 },
+        },
+        Outgoing {
+            envelope: overdue.steps[1].output.clone(),
+            kind: OutgoingKind::Step { position: 1 },
+        },
+        abort.clone(),
+    ];
+    expected.sort_by_key(|outgoing| outgoing.envelope.id);
+    assert_eq!(unsent, expected);
+
+    let during = store
+        .claim(&service, &claim(now() + Duration::from_secs(75)))
+        .await
+        .unwrap_or_else(|error| panic!("claim: {error}"));
+    assert!(during.is_empty(), "claimed until 80 s: {during:?}");
+    assert!(
+        store
+            .claim(&fresh_service(), &claim(now() + Duration::from_secs(75)))
+            .await
+            .unwrap_or_else(|error| panic!("claim: {error}"))
+            .is_empty(),
+        "another service claims nothing of this one's"
+    );
+
+    store
+        .mark_sent(&service, &[abort.sent()])
+        .await
+        .unwrap_or_else(|error| panic!("mark sent: {error}"));
+    let after = store
+        .claim(&service, &claim(now() + Duration::from_secs(81)))
+        .await
+        .unwrap_or_else(|error| panic!("claim: {error}"));
+    assert_eq!(after.timers.len(), 1, "the claim ran out: {after:?}");
+    assert_eq!(
+        after.unsent.len(),
+        2,
+        "the abort was sent meanwhile: {after:?}"
+    );
 }

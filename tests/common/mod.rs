@@ -111,8 +111,8 @@ impl Backend {
 /// Expands named `async fn(Backend)` scenarios into one test per backend, in a module named
 /// after it: `memory`, `memory_sqlite`, `memory_postgres` (the stores on the in-memory
 /// transport), `kafka`, `rabbitmq` (the brokers with the memory store), `kafka_sqlite`,
-/// `rabbitmq_sqlite`, `rabbitmq_postgres`. Backends whose cargo features are off expand
-/// to nothing.
+/// `rabbitmq_sqlite`, `kafka_postgres`, `rabbitmq_postgres`. Backends whose cargo features
+/// are off expand to nothing.
 #[macro_export]
 macro_rules! scenarios {
     ($($backend:ident: [$($name:ident),* $(,)?];)*) => {
@@ -143,6 +143,11 @@ macro_rules! scenarios {
         $crate::scenarios!(@real rabbitmq_sqlite,
             $crate::common::Backend::RABBITMQ.on($crate::common::StoreKind::Sqlite),
             all(feature = "rabbitmq", feature = "sqlite"); $($name),*);
+    };
+    (@on kafka_postgres; $($name:ident),*) => {
+        $crate::scenarios!(@real kafka_postgres,
+            $crate::common::Backend::KAFKA.on($crate::common::StoreKind::Postgres),
+            all(feature = "kafka", feature = "postgres"); $($name),*);
     };
     (@on rabbitmq_postgres; $($name:ident),*) => {
         $crate::scenarios!(@real rabbitmq_postgres,
@@ -284,6 +289,7 @@ impl StepHandler<StockReserved> for Payments {
         self.0
             .record(&cx, "payments", "capture_payment", stock.order_id)
             .await?;
+        self.0.gate.at(stock.order_id).await;
         Ok(Step::done(PaymentCaptured {
             order_id: stock.order_id,
         }))
@@ -419,6 +425,11 @@ impl Harness {
                 harness
             }
         }
+    }
+
+    /// No service started yet, on `memory` (which may misbehave on purpose) and `store`.
+    pub async fn prepare_on_memory(memory: MemoryTransport, store: StoreKind) -> Self {
+        Self::on_memory(memory, Backend::MEMORY.on(store)).await
     }
 
     async fn on_memory(memory: MemoryTransport, backend: Backend) -> Self {

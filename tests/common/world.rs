@@ -151,10 +151,56 @@ impl Stalls {
     }
 }
 
+/// A point where payments' capture of one order waits, its business row written and not
+/// committed, until the test lets it go on.
+#[derive(Default)]
+pub struct Gate {
+    held: Mutex<Option<u64>>,
+    reached: AtomicBool,
+    reached_now: Notify,
+    opened: Notify,
+}
+
+impl Gate {
+    /// Makes the next capture of `order_id` wait at the gate.
+    pub fn hold(&self, order_id: u64) {
+        *self.held.lock().unwrap() = Some(order_id);
+        self.reached.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits there if the gate holds `order_id`, until [`open`](Self::open).
+    pub async fn at(&self, order_id: u64) {
+        let held = self.held.lock().unwrap().take_if(|held| *held == order_id);
+        if held.is_some() {
+            let opened = self.opened.notified();
+            self.reached.store(true, Ordering::SeqCst);
+            self.reached_now.notify_waiters();
+            opened.await;
+        }
+    }
+
+    /// Once a capture waits at the gate.
+    pub async fn reached(&self) {
+        loop {
+            let reached = self.reached_now.notified();
+            if self.reached.load(Ordering::SeqCst) {
+                return;
+            }
+            reached.await;
+        }
+    }
+
+    /// Lets the capture waiting at the gate go on.
+    pub fn open(&self) {
+        self.opened.notify_one();
+    }
+}
+
 /// The business side of the three services: their behaviour and a ledger of effects.
 pub struct World {
     pub behaviour: Mutex<Behaviour>,
     pub stalls: Stalls,
+    pub gate: Gate,
     ledger: Ledger,
     sequence: AtomicU64,
     attempts: Mutex<HashMap<(&'static str, u64), u32>>,
@@ -165,6 +211,7 @@ impl World {
         Self {
             behaviour: Mutex::default(),
             stalls: Stalls::default(),
+            gate: Gate::default(),
             ledger,
             sequence: AtomicU64::new(1),
             attempts: Mutex::default(),

@@ -15,6 +15,8 @@ use crate::sql;
 /// What a call's commits do to one saga's record, changes applied in order: the net write.
 #[derive(Default)]
 struct Net {
+    /// The version the changes were made from: the first commit's.
+    version: u64,
     /// The saga's own fields, and whether the record is created.
     header: Option<(bool, SagaHeader)>,
     /// Steps written whole, by position.
@@ -36,6 +38,11 @@ pub(crate) struct Batch {
     h_abort_published: Vec<bool>,
     h_acknowledged: Vec<bool>,
     h_abort: Vec<Option<String>>,
+    h_version: Vec<i64>,
+
+    t_service: Vec<String>,
+    t_saga: Vec<Uuid>,
+    t_version: Vec<i64>,
 
     s_service: Vec<String>,
     s_saga: Vec<Uuid>,
@@ -46,6 +53,7 @@ pub(crate) struct Batch {
     s_published: Vec<bool>,
     s_compensation: Vec<&'static str>,
     s_failure: Vec<Option<String>>,
+    s_recorded: Vec<i64>,
 
     c_service: Vec<String>,
     c_saga: Vec<Uuid>,
@@ -63,6 +71,7 @@ pub(crate) struct Batch {
     o_saga: Vec<Uuid>,
     o_reason: Vec<Option<String>>,
     o_envelope: Vec<String>,
+    o_recorded: Vec<i64>,
 }
 
 impl Batch {
@@ -77,7 +86,10 @@ impl Batch {
             for change in &commit.changes {
                 let net = nets.entry(key).or_insert_with(|| {
                     order.push(key);
-                    Net::default()
+                    Net {
+                        version: commit.version,
+                        ..Net::default()
+                    }
                 });
                 net.apply(change, commit)?;
             }
@@ -99,6 +111,9 @@ impl Batch {
                 batch.o_saga.push(outgoing.envelope.saga_id.as_uuid());
                 batch.o_reason.push(reason.map(str::to_owned));
                 batch.o_envelope.push(outgoing.envelope.to_json());
+                batch
+                    .o_recorded
+                    .push(codec::nanos_clamped(outgoing.envelope.time));
             }
         }
         for key in order {
@@ -117,9 +132,17 @@ impl Batch {
             && self.c_saga.is_empty()
             && self.i_event.is_empty()
             && self.o_event.is_empty()
+            && self.t_saga.is_empty()
     }
 
     fn add(&mut self, (service, saga): (&str, SagaId), net: Net) -> Result<(), StoreError> {
+        let version = i64::try_from(net.version)
+            .map_err(|_| StoreError::new(format!("saga {saga} has version {}", net.version)))?;
+        if net.header.is_none() {
+            self.t_service.push(service.to_owned());
+            self.t_saga.push(saga.as_uuid());
+            self.t_version.push(version);
+        }
         if let Some((created, header)) = net.header {
             let (status, reason) = codec::status(&header.status);
             self.h_created.push(created);
@@ -134,6 +157,7 @@ impl Batch {
             self.h_acknowledged.push(header.compensation_acknowledged);
             self.h_abort
                 .push(header.abort.as_ref().map(|abort| abort.to_json()));
+            self.h_version.push(version);
         }
         for (position, step) in net.steps {
             let (compensation, failure) = codec::compensation(&step.compensation);
@@ -146,6 +170,7 @@ impl Batch {
             self.s_published.push(step.published);
             self.s_compensation.push(compensation);
             self.s_failure.push(failure.map(str::to_owned));
+            self.s_recorded.push(codec::nanos_clamped(step.output.time));
         }
         for (position, state) in net.compensations {
             let (compensation, failure) = codec::compensation(&state);
@@ -194,6 +219,12 @@ impl Batch {
             .bind(&self.o_saga)
             .bind(&self.o_reason)
             .bind(&self.o_envelope)
+            .bind(&self.o_recorded)
+            .bind(&self.h_version)
+            .bind(&self.t_service)
+            .bind(&self.t_saga)
+            .bind(&self.t_version)
+            .bind(&self.s_recorded)
     }
 }
 

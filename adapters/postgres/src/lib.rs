@@ -71,8 +71,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use choreo_core::journal::{SagaRecord, StepRecord};
 use choreo_core::store::{
-    ActiveSaga, Commit, Loaded, Outgoing, OutgoingKind, Purged, Recovery, SagaHeader, Sent,
-    SentKind,
+    ActiveSaga, Claim, Claimed, Commit, Loaded, Outgoing, OutgoingKind, Purged, Recovery,
+    SagaHeader, Sent, SentKind,
 };
 use choreo_core::{
     Deadline, EventId, OpenStoreError, SagaId, Store, StoreError, StoreTransaction, StoreUrl,
@@ -262,6 +262,10 @@ impl Store for PostgresStore {
         true
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     async fn load(
         &self,
         service: &str,
@@ -394,6 +398,28 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn claim(&self, service: &str, claim: &Claim) -> Result<Claimed, StoreError> {
+        let failure = |error| failed(format!("claiming work left undone by `{service}`"), error);
+        let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
+        let rows = self
+            .again_if_broken(|| {
+                sqlx::query(sql::CLAIM)
+                    .bind(service)
+                    .bind(codec::nanos_clamped(claim.deadlines_before))
+                    .bind(codec::nanos_clamped(claim.recorded_before))
+                    .bind(codec::nanos_clamped(claim.until))
+                    .bind(codec::nanos_clamped(claim.now))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+            })
+            .await
+            .map_err(failure)?;
+        claimed(&rows).map_err(|error| match error {
+            Decode::Store(error) => error,
+            Decode::Sql(error) => failure(error),
+        })
+    }
+
     async fn purge(&self, service: &str, before: SystemTime) -> Result<Purged, StoreError> {
         let failure = |error| failed(format!("purging the state of `{service}`"), error);
         let row = self
@@ -476,6 +502,42 @@ fn recovered(
     Ok(recovery)
 }
 
+/// What [`sql::CLAIM`] claimed.
+fn claimed(rows: &[PgRow]) -> Result<Claimed, Decode> {
+    let mut claimed = Claimed::default();
+    for row in rows {
+        let event = |row: &PgRow| -> Result<_, Decode> {
+            let text: String = row.try_get("event")?;
+            Ok(codec::envelope_of(&text)?)
+        };
+        match row.try_get::<&str, _>("what")? {
+            "saga" => claimed.timers.push(ActiveSaga {
+                saga_id: SagaId::from(row.try_get::<Uuid, _>("saga_id")?),
+                deadline: Deadline::at(codec::instant(row.try_get("deadline_ns")?)),
+                initiated_here: row.try_get("initiated_here")?,
+            }),
+            "step" => {
+                let position: i32 = row.try_get("position")?;
+                claimed.unsent.push(Outgoing {
+                    envelope: event(row)?,
+                    kind: OutgoingKind::Step {
+                        position: usize::try_from(position)
+                            .map_err(|_| codec::corrupt(format!("step position {position}")))?,
+                    },
+                });
+            }
+            _ => {
+                let kind: String = row.try_get("kind")?;
+                claimed.unsent.push(Outgoing {
+                    envelope: event(row)?,
+                    kind: codec::outbox_kind_of(&kind, row.try_get("reason")?)?,
+                });
+            }
+        }
+    }
+    Ok(claimed)
+}
+
 /// The record and inbox flag of [`sql::LOAD`]'s row.
 fn loaded(saga: SagaId, row: &PgRow) -> Result<Loaded, Decode> {
     let handled: bool = row.try_get("handled")?;
@@ -483,8 +545,12 @@ fn loaded(saga: SagaId, row: &PgRow) -> Result<Loaded, Decode> {
         return Ok(Loaded {
             record: None,
             handled,
+            version: 0,
         });
     };
+    let version: i64 = row.try_get("version")?;
+    let version = u64::try_from(version)
+        .map_err(|_| codec::corrupt(format!("saga {saga} has version {version}")))?;
     let deadline: i64 = row.try_get("deadline_ns")?;
     let abort: Option<String> = row.try_get("abort_event")?;
     let mut record = SagaRecord::from_header(SagaHeader {
@@ -507,6 +573,7 @@ fn loaded(saga: SagaId, row: &PgRow) -> Result<Loaded, Decode> {
         return Ok(Loaded {
             record: Some(record),
             handled,
+            version,
         });
     }
     let inputs: Vec<Option<Uuid>> = row.try_get("inputs")?;
@@ -544,6 +611,7 @@ fn loaded(saga: SagaId, row: &PgRow) -> Result<Loaded, Decode> {
     Ok(Loaded {
         record: Some(record),
         handled,
+        version,
     })
 }
 
@@ -597,15 +665,25 @@ fn failed(what: String, error: sqlx::Error) -> StoreError {
     StoreError::new(Failure::new(what, error))
 }
 
-/// A failed commit; a record created twice says so in choreo's words.
+/// A failed commit; a record created twice, or changed from a version it no longer has,
+/// is a conflict with another instance, said in choreo's words.
 fn commit_failed(what: String, error: sqlx::Error) -> StoreError {
-    let constraint = error
-        .as_database_error()
-        .and_then(|database| database.constraint().map(str::to_owned));
+    let database = error.as_database_error();
+    let constraint = database.and_then(|database| database.constraint().map(str::to_owned));
+    let code = database.and_then(|database| database.code().map(|code| code.into_owned()));
+    if code.as_deref() == Some("40001") {
+        return StoreError::conflict(Failure::new(
+            format!("{what}: another instance changed the saga's record since it was loaded"),
+            error,
+        ));
+    }
+    if constraint.as_deref() == Some("choreo_sagas_pkey") {
+        return StoreError::conflict(Failure::new(
+            format!("{what}: the service already has a record of the saga it creates (another instance created it)"),
+            error,
+        ));
+    }
     let what = match constraint.as_deref() {
-        Some("choreo_sagas_pkey") => {
-            format!("{what}: the service already has a record of the saga it creates")
-        }
         Some("choreo_steps_service_saga_id_fkey") => {
             format!("{what}: a step is added to a saga the service has no record of")
         }

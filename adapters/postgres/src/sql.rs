@@ -7,7 +7,7 @@ pub(crate) const LOAD: &str = "
 SELECT
     EXISTS (SELECT 1 FROM choreo_inbox AS i WHERE i.service = $1 AND i.event_id = $3) AS handled,
     s.deadline_ns, s.status, s.abort_reason, s.initiated_here, s.abort_published,
-    s.compensation_acknowledged, s.abort_event,
+    s.compensation_acknowledged, s.abort_event, s.version,
     t.positions, t.inputs, t.outputs, t.withheld, t.published, t.compensations, t.failures
 FROM (SELECT) AS one
 LEFT JOIN choreo_sagas AS s ON s.service = $1 AND s.saga_id = $2
@@ -36,14 +36,21 @@ LEFT JOIN LATERAL (
 /// - `$20..$24` compensation changes of steps stored earlier: service, saga, position,
 ///   compensation, failure.
 /// - `$25..$27` inbox: service, event, deadline.
-/// - `$28..$33` outbox, in recording order: service, event, kind, saga, reason, envelope.
+/// - `$28..$34` outbox, in recording order: service, event, kind, saga, reason, envelope,
+///   recorded at.
+/// - `$35` the version each header of `$1..$10` was changed from (ignored for created ones);
+///   `$36..$38` records changed without a header change: service, saga, version.
+///
+/// A record changed from a version it no longer has (another instance committed meanwhile)
+/// fails the whole statement as a serialization failure (`choreo_conflict`); so does
+/// creating a record that exists (a primary key violation).
 pub(crate) const COMMIT: &str = "
 WITH headers AS (
     SELECT * FROM UNNEST(
         $1::bool[], $2::text[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
-        $7::bool[], $8::bool[], $9::bool[], $10::text[]
+        $7::bool[], $8::bool[], $9::bool[], $10::text[], $35::int8[]
     ) AS h (created, service, saga_id, deadline_ns, status, abort_reason,
-            initiated_here, abort_published, compensation_acknowledged, abort_event)
+            initiated_here, abort_published, compensation_acknowledged, abort_event, version)
 ),
 created AS (
     INSERT INTO choreo_sagas (service, saga_id, deadline_ns, status, abort_reason,
@@ -56,21 +63,30 @@ updated AS (
     UPDATE choreo_sagas AS s SET
         deadline_ns = h.deadline_ns, status = h.status, abort_reason = h.abort_reason,
         initiated_here = h.initiated_here, abort_published = h.abort_published,
-        compensation_acknowledged = h.compensation_acknowledged, abort_event = h.abort_event
+        compensation_acknowledged = h.compensation_acknowledged, abort_event = h.abort_event,
+        version = s.version + 1
     FROM headers AS h
     WHERE NOT h.created AND s.service = h.service AND s.saga_id = h.saga_id
+        AND s.version = h.version
+    RETURNING 1
+),
+touched AS (
+    UPDATE choreo_sagas AS s SET version = s.version + 1
+    FROM UNNEST($36::text[], $37::uuid[], $38::int8[]) AS t (service, saga_id, version)
+    WHERE s.service = t.service AND s.saga_id = t.saga_id AND s.version = t.version
+    RETURNING 1
 ),
 steps AS (
     INSERT INTO choreo_steps (service, saga_id, position, input_id, output, withheld,
-        published, compensation, compensation_failure)
+        published, compensation, compensation_failure, recorded_ns)
     SELECT * FROM UNNEST(
         $11::text[], $12::uuid[], $13::int4[], $14::uuid[], $15::text[],
-        $16::bool[], $17::bool[], $18::text[], $19::text[]
+        $16::bool[], $17::bool[], $18::text[], $19::text[], $39::int8[]
     )
     ON CONFLICT (service, saga_id, position) DO UPDATE SET
         input_id = EXCLUDED.input_id, output = EXCLUDED.output, withheld = EXCLUDED.withheld,
         published = EXCLUDED.published, compensation = EXCLUDED.compensation,
-        compensation_failure = EXCLUDED.compensation_failure
+        compensation_failure = EXCLUDED.compensation_failure, recorded_ns = EXCLUDED.recorded_ns
 ),
 compensations AS (
     UPDATE choreo_steps AS st SET
@@ -85,14 +101,19 @@ inbox AS (
     ON CONFLICT DO NOTHING
 ),
 outbox AS (
-    INSERT INTO choreo_outbox (service, event_id, kind, saga_id, reason, envelope)
-    SELECT o.service, o.event_id, o.kind, o.saga_id, o.reason, o.envelope
-    FROM UNNEST($28::text[], $29::uuid[], $30::text[], $31::uuid[], $32::text[], $33::text[])
-        WITH ORDINALITY AS o (service, event_id, kind, saga_id, reason, envelope, n)
+    INSERT INTO choreo_outbox (service, event_id, kind, saga_id, reason, envelope, recorded_ns)
+    SELECT o.service, o.event_id, o.kind, o.saga_id, o.reason, o.envelope, o.recorded_ns
+    FROM UNNEST($28::text[], $29::uuid[], $30::text[], $31::uuid[], $32::text[], $33::text[],
+            $34::int8[])
+        WITH ORDINALITY AS o (service, event_id, kind, saga_id, reason, envelope, recorded_ns, n)
     ORDER BY o.n
     ON CONFLICT DO NOTHING
 )
-SELECT 1";
+SELECT CASE
+    WHEN (SELECT count(*) FROM updated) + (SELECT count(*) FROM touched)
+        < (SELECT count(*) FROM headers WHERE NOT created) + cardinality($37::uuid[])
+    THEN choreo_conflict('a saga''s record changed since it was loaded')
+END";
 
 /// Marks step outputs published and deletes sent outbox entries. `$1` service; `$2..$3`
 /// steps: saga, position; `$4..$6` outbox: saga, event, kind.
@@ -110,6 +131,55 @@ outbox AS (
         AND o.saga_id = m.saga_id
 )
 SELECT 1";
+
+/// Claims, for one service, overdue deadlines, unsent step outputs and unsent outbox
+/// entries no live claim holds, skipping rows another transaction holds. `$1` service, `$2`
+/// deadlines before, `$3` recorded before, `$4` claimed until, `$5` now, `$6` the most of
+/// each. One row per claim: `what` says which columns are set.
+pub(crate) const CLAIM: &str = "
+WITH sagas AS (
+    UPDATE choreo_sagas AS s SET claimed_until_ns = $4
+    WHERE (s.service, s.saga_id) IN (
+        SELECT service, saga_id FROM choreo_sagas
+        WHERE service = $1 AND status = 'active' AND NOT abort_published AND deadline_ns < $2
+            AND (claimed_until_ns IS NULL OR claimed_until_ns < $5)
+        ORDER BY deadline_ns
+        LIMIT $6
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING s.saga_id, s.deadline_ns, s.initiated_here
+),
+steps AS (
+    UPDATE choreo_steps AS st SET claimed_until_ns = $4
+    WHERE (st.service, st.saga_id, st.position) IN (
+        SELECT service, saga_id, position FROM choreo_steps
+        WHERE service = $1 AND NOT published AND NOT withheld
+            AND COALESCE(recorded_ns, 0) < $3
+            AND (claimed_until_ns IS NULL OR claimed_until_ns < $5)
+        LIMIT $6
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING st.position, st.output
+),
+outbox AS (
+    UPDATE choreo_outbox AS o SET claimed_until_ns = $4
+    WHERE (o.service, o.event_id, o.kind) IN (
+        SELECT service, event_id, kind FROM choreo_outbox
+        WHERE service = $1 AND COALESCE(recorded_ns, 0) < $3
+            AND (claimed_until_ns IS NULL OR claimed_until_ns < $5)
+        ORDER BY seq
+        LIMIT $6
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING o.kind, o.reason, o.envelope
+)
+SELECT 'saga' AS what, saga_id, deadline_ns, initiated_here,
+    NULL::int4 AS position, NULL::text AS kind, NULL::text AS reason, NULL::text AS event
+FROM sagas
+UNION ALL
+SELECT 'step', NULL, NULL, NULL, position, NULL, NULL, output FROM steps
+UNION ALL
+SELECT 'outbox', NULL, NULL, NULL, NULL, kind, reason, envelope FROM outbox";
 
 /// Active sagas whose abort this service has not published: their timers. `$1` service.
 pub(crate) const RECOVER_TIMERS: &str = "

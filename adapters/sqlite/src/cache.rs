@@ -53,10 +53,13 @@ impl Cache {
             Some(cached) => Some(Loaded {
                 record: Some(cached.record.clone()),
                 handled: event.is_some_and(|event| cached.handled.contains(&event)),
+                // One instance per service: no versions are kept.
+                version: 0,
             }),
             None if !self.known.may_hold(service, saga) => Some(Loaded {
                 record: None,
                 handled: false,
+                version: 0,
             }),
             None => None,
         }

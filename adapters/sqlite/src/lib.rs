@@ -105,6 +105,22 @@ impl SqliteStore {
     }
 }
 
+/// The file whose lock an instance of `service` running on the database at `path` holds:
+/// beside it, named after both (characters a file name cannot hold percent-encoded).
+fn hold_path(path: &Path, service: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    for byte in service.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.".contains(&byte) {
+            name.push(char::from(byte).to_string());
+        } else {
+            name.push(format!("%{byte:02X}"));
+        }
+    }
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
 fn connect(config: &SqliteConfig) -> Result<Connection, Box<dyn std::error::Error + Send + Sync>> {
     if let Some(directory) = config
         .path
@@ -199,6 +215,8 @@ impl Store for SqliteStore {
         Ok(Loaded {
             record,
             handled: event.is_some_and(|event| handled.contains(&event)),
+            // One instance per service: no versions are kept.
+            version: 0,
         })
     }
 
@@ -256,6 +274,29 @@ impl Store for SqliteStore {
                 })
             })
             .await
+    }
+
+    async fn hold(&self, service: &str) -> Result<Box<dyn Any + Send + Sync>, StoreError> {
+        let path = hold_path(&self.path, service);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|error| {
+                StoreError::new(format!("cannot open `{}`: {error}", path.display()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::conflict(format!(
+                "another instance of service `{service}` is running on this SQLite file (it holds `{}`); SQLite keeps one instance per service: run several on a PostgreSQL store (`postgres://...`)",
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(error)) => Err(StoreError::new(format!(
+                "cannot lock `{}`: {error}",
+                path.display()
+            ))),
+        }
     }
 
     async fn recover(&self, service: &str) -> Result<Recovery, StoreError> {

@@ -48,14 +48,14 @@ impl Runtime {
 
     /// After a restart: finishes the compensation of a saga whose abort was handled in part.
     pub(super) async fn process_resume(&self, saga: SagaId) {
-        if let Err(error) = self.resume(saga).await {
+        if let Err(error) = self.again_on_conflict(|| self.resume(saga)).await {
             warn!(service = %self.name(), saga_id = %saga, %error, "cannot resume the compensation now; the abort's redelivery will");
         }
     }
 
     async fn resume(&self, saga: SagaId) -> Result<(), Infrastructure> {
         let loaded = self.store().load(self.name(), saga, None).await?;
-        let mut handling = Handling::new(saga, loaded.record);
+        let mut handling = Handling::new(saga, loaded.record, loaded.version);
         let Some(record) = handling.record() else {
             return Ok(());
         };

@@ -29,7 +29,7 @@ impl Runtime {
     /// The saga's timer fell due. Unless the saga ended meanwhile, abort it; like every
     /// other participant, this one compensates when the abort arrives.
     pub(super) async fn process_deadline(&self, saga: SagaId) {
-        if let Err(error) = self.on_deadline(saga).await {
+        if let Err(error) = self.again_on_conflict(|| self.on_deadline(saga)).await {
             warn!(service = %self.name(), saga_id = %saga, %error, "cannot record the timeout; retrying");
             self.timers
                 .arm(saga, self.now() + self.options().redelivery_delay);
@@ -38,7 +38,7 @@ impl Runtime {
 
     async fn on_deadline(&self, saga: SagaId) -> Result<(), Infrastructure> {
         let loaded = self.store().load(self.name(), saga, None).await?;
-        let mut handling = Handling::new(saga, loaded.record);
+        let mut handling = Handling::new(saga, loaded.record, loaded.version);
         let Some(record) = handling.record() else {
             return Ok(());
         };

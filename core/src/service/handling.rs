@@ -15,6 +15,8 @@ pub(super) struct Handling {
     saga_id: SagaId,
     /// What the store holds, as of the load or the last commit.
     stored: Option<Snapshot>,
+    /// The stored record's version (see [`Commit::version`]).
+    version: u64,
     record: Option<SagaRecord>,
     handled: Option<Handled>,
     outgoing: Vec<(Outgoing, Span)>,
@@ -24,11 +26,12 @@ pub(super) struct Handling {
 }
 
 impl Handling {
-    /// A handling of `saga`, whose record the store holds as `record`.
-    pub(super) fn new(saga_id: SagaId, record: Option<SagaRecord>) -> Self {
+    /// A handling of `saga`, whose record the store holds as `record`, at `version`.
+    pub(super) fn new(saga_id: SagaId, record: Option<SagaRecord>, version: u64) -> Self {
         Self {
             saga_id,
             stored: record.as_ref().map(Snapshot::of),
+            version,
             record,
             handled: None,
             outgoing: Vec::new(),
@@ -54,7 +57,7 @@ impl Handling {
 
     /// Starts a record for a saga the service starts.
     pub(super) fn start(record: SagaRecord) -> Self {
-        let mut handling = Self::new(record.saga_id, None);
+        let mut handling = Self::new(record.saga_id, None, 0);
         handling.record = Some(record);
         handling
     }
@@ -105,6 +108,7 @@ impl Handling {
         let commit = Commit {
             service: service.to_owned(),
             saga_id: self.saga_id,
+            version: self.version,
             changes,
             handled: self.handled.take(),
             // Step outputs are in their journal entries already.
@@ -125,12 +129,17 @@ impl Runtime {
     /// On error nothing of it was committed, and nothing is sent.
     pub(super) async fn commit(&self, handling: &mut Handling) -> Result<(), Infrastructure> {
         if let Some((commit, transaction)) = handling.prepare(self.name()) {
+            let changed = !commit.changes.is_empty();
             if let Err(error) = self.store().commit(vec![commit], transaction).await {
                 handling.outgoing.clear();
-                // It may have committed all the same: then only the store knows what to send.
-                self.outbox().rescan();
+                if !error.is_conflict() {
+                    // It may have committed all the same: then only the store knows what
+                    // to send. (A conflict is known to have applied nothing.)
+                    self.outbox().rescan();
+                }
                 return Err(error.into());
             }
+            handling.version += u64::from(changed);
         }
         self.committed(handling).await;
         Ok(())

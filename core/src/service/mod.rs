@@ -12,11 +12,14 @@ mod recovery;
 mod runtime;
 mod start;
 mod step;
+mod takeover;
 mod transaction;
 
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use opentelemetry::metrics::Meter;
 use tokio::sync::Semaphore;
@@ -135,6 +138,7 @@ impl Service {
     /// firing deadlines and sending what the store holds unsent, in the background.
     pub async fn run(self, transport: Arc<dyn Transport>) -> Result<RunningService, RunError> {
         let definition = self.definition;
+        let held = hold(&definition).await?;
         let recovery = definition.store.recover(&definition.name).await?;
         if !definition.store.is_durable() && transport.name() != "memory" {
             tracing::warn!(
@@ -147,24 +151,47 @@ impl Service {
         let tokens = Tokens::default();
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(definition.options.concurrency));
-        let runtime = Arc::new(Runtime::new(definition, transport, tokens.clone()));
+        let runtime = Arc::new(Runtime::new(definition, transport, tokens.clone(), held));
         for _ in 0..runtime.options().concurrency {
             tracker.spawn(Arc::clone(&runtime).work());
         }
         runtime.recover(recovery);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(Arc::clone(&runtime).consume(subscription, permits)),
             tokio::spawn(Arc::clone(&runtime).fire_deadlines()),
             tokio::spawn(Arc::clone(&runtime).relay()),
             tokio::spawn(Arc::clone(&runtime).mark_sent()),
             tokio::spawn(Arc::clone(&runtime).purge()),
         ];
+        if runtime.store().is_shared() {
+            tasks.push(tokio::spawn(Arc::clone(&runtime).take_over()));
+        }
         Ok(RunningService {
             runtime,
             tokens,
             tracker,
             tasks,
         })
+    }
+}
+
+/// How long a starting service waits for an instance of itself that is stopping in the same
+/// process to let go of a store that keeps one instance per service.
+const HOLD_WAIT: Duration = Duration::from_secs(5);
+
+/// Reserves the store for this instance (see [`Store::hold`]), waiting a little for one
+/// that is going away.
+async fn hold(definition: &Definition) -> Result<Box<dyn Any + Send + Sync>, RunError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match definition.store.hold(&definition.name).await {
+            Ok(held) => return Ok(held),
+            Err(error) if error.is_conflict() && started.elapsed() < HOLD_WAIT => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) if error.is_conflict() => return Err(RunError::AlreadyRunning(error)),
+            Err(error) => return Err(RunError::Store(error)),
+        }
     }
 }
 
@@ -289,6 +316,9 @@ pub enum RunError {
     /// Its store could not give back what it kept.
     #[error("cannot recover the service's saga state: {0}")]
     Store(#[from] StoreError),
+    /// Its store keeps one instance per service, and another one is running on it.
+    #[error("cannot start: {0}")]
+    AlreadyRunning(StoreError),
     /// It could not join its consumer group.
     #[error(transparent)]
     Transport(#[from] TransportError),

@@ -28,6 +28,12 @@ pub struct ServiceOptions {
     pub retention: Duration,
     /// How often records past the retention are purged.
     pub purge_interval: Duration,
+    /// With a store several instances share: how long work an instance holds may wait for
+    /// it before any instance takes it over: an abort not recorded this long after the
+    /// saga's deadline and grace, an event recorded this long ago and still unsent. Each
+    /// instance looks twice per period. Taken-over work runs once more at worst, which the
+    /// saga rules make harmless (docs/deployment.md).
+    pub takeover_after: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -41,6 +47,7 @@ impl Default for ServiceOptions {
             shutdown_timeout: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3_600),
             purge_interval: Duration::from_secs(60),
+            takeover_after: Duration::from_secs(10),
         }
     }
 }
@@ -85,6 +92,12 @@ impl ServiceOptions {
     /// Sets [`retention`](Self::retention).
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// Sets [`takeover_after`](Self::takeover_after) (at least a millisecond).
+    pub fn takeover_after(mut self, after: Duration) -> Self {
+        self.takeover_after = after.max(Duration::from_millis(1));
         self
     }
 

@@ -2,6 +2,7 @@
 //! decoded, deduplicated, handled by the saga rules (one module each), committed, settled.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -30,6 +31,10 @@ use crate::telemetry::{self, DeadLetterReason, HandlerLabel, Metrics};
 use crate::trace::TraceContext;
 use crate::transport::{Delivery, PublishError, Subscription, Transport, TransportError};
 
+/// How many times in a row a handling is made again after losing a race with another
+/// instance (see [`Runtime::again_on_conflict`]).
+const CONFLICT_ATTEMPTS: u32 = 8;
+
 /// A running service's shared state.
 pub(crate) struct Runtime {
     definition: Definition,
@@ -39,6 +44,8 @@ pub(crate) struct Runtime {
     outbox: Outbox,
     tokens: Tokens,
     pub(super) metrics: Metrics,
+    /// The store's reservation for this instance ([`Store::hold`]), let go with the runtime.
+    _held: Box<dyn Any + Send + Sync>,
 }
 
 /// How a running service is told to stop.
@@ -84,6 +91,7 @@ impl Runtime {
         definition: Definition,
         transport: Arc<dyn Transport>,
         tokens: Tokens,
+        held: Box<dyn Any + Send + Sync>,
     ) -> Self {
         let meter = definition.meter.clone().unwrap_or_else(|| {
             opentelemetry::global::meter_with_scope(
@@ -101,6 +109,7 @@ impl Runtime {
             queues: SagaQueues::default(),
             outbox: Outbox::default(),
             tokens,
+            _held: held,
         }
     }
 
@@ -250,7 +259,7 @@ impl Runtime {
 
     /// Handles `envelope` and settles its delivery accordingly.
     async fn settle(&self, envelope: Envelope, delivery: Delivery) {
-        let settled = match self.handle(&envelope).await {
+        let settled = match self.again_on_conflict(|| self.handle(&envelope)).await {
             Ok(Settle::Ack) => delivery.ack().await,
             Ok(Settle::DeadLetter(reason)) => delivery.dead_letter(&reason).await,
             Err(error) => {
@@ -293,7 +302,7 @@ impl Runtime {
             info!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, "event ignored: its saga ended longer ago than the retention");
             return Ok(Settle::Ack);
         }
-        let mut handling = Handling::new(envelope.saga_id, loaded.record);
+        let mut handling = Handling::new(envelope.saga_id, loaded.record, loaded.version);
         if envelope.kind == SagaKind::Abort {
             return self.on_abort(envelope, handling).await;
         }
@@ -306,6 +315,30 @@ impl Runtime {
         }
         self.commit(&mut handling).await?;
         Ok(settle)
+    }
+
+    /// Runs `handling` again, from what the store holds now, while its commit loses a race
+    /// with another instance's handling of the same saga (a shared store's conflict); after
+    /// a few losses the error goes to the caller, to be tried later.
+    pub(super) async fn again_on_conflict<T, Fut>(
+        &self,
+        mut handling: impl FnMut() -> Fut,
+    ) -> Result<T, Infrastructure>
+    where
+        Fut: Future<Output = Result<T, Infrastructure>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match handling().await {
+                Err(Infrastructure::Store(error))
+                    if error.is_conflict() && attempt < CONFLICT_ATTEMPTS =>
+                {
+                    debug!(service = %self.name(), %error, attempt, "another instance changed the saga meanwhile; handling again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Whether a saga with `deadline` is older than the retention: its records may be gone.

@@ -1,14 +1,14 @@
 //! The in-memory store: the default, lost when the process ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 
 use super::{
-    ActiveSaga, Commit, JournalChange, Loaded, Outgoing, OutgoingKind, Purged, Recovery, Sent,
-    SentKind, Store, StoreError, StoreTransaction,
+    ActiveSaga, Claim, Claimed, Commit, JournalChange, Loaded, Outgoing, OutgoingKind, Purged,
+    Recovery, Sent, SentKind, Store, StoreError, StoreTransaction,
 };
 use crate::deadline::Deadline;
 use crate::ids::{EventId, SagaId};
@@ -16,9 +16,10 @@ use crate::journal::{SagaRecord, SagaStatus};
 
 /// Saga state in process memory, per service: what `memory://` opens.
 ///
-/// Nothing survives the process, and a second instance of a service cannot see the first
-/// one's sagas; it has no database transaction for handlers to write in. For tests and for
-/// services whose sagas may be lost with them.
+/// Nothing survives the process, and an instance of a service in another process cannot
+/// see this one's sagas; it has no database transaction for handlers to write in. For tests
+/// and for services whose sagas may be lost with them. Instances of a service inside one
+/// process may share one, as they would share a database ([`Store::is_shared`]).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     services: Mutex<HashMap<String, ServiceState>>,
@@ -27,9 +28,20 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct ServiceState {
     records: HashMap<SagaId, SagaRecord>,
+    /// Commits that changed each record.
+    versions: HashMap<SagaId, u64>,
+    /// Until when each claimed saga or unsent event is claimed.
+    claims: HashMap<ClaimOn, SystemTime>,
     inbox: HashMap<EventId, Deadline>,
     /// Runtime events and dead letters not yet sent, in the order they were recorded.
     outbox: Vec<Outgoing>,
+}
+
+/// What a claim is on: an overdue saga, or an unsent event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ClaimOn {
+    Saga(SagaId),
+    Unsent(Sent),
 }
 
 impl MemoryStore {
@@ -76,6 +88,10 @@ impl Store for MemoryStore {
         false
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     async fn load(
         &self,
         service: &str,
@@ -88,6 +104,10 @@ impl Store for MemoryStore {
             record: state.and_then(|state| state.records.get(&saga)).cloned(),
             handled: event
                 .is_some_and(|event| state.is_some_and(|state| state.inbox.contains_key(&event))),
+            version: state
+                .and_then(|state| state.versions.get(&saga))
+                .copied()
+                .unwrap_or(0),
         })
     }
 
@@ -110,20 +130,41 @@ impl Store for MemoryStore {
         }
         let mut services = self.lock();
         // Checked first, so that a commit that cannot apply in full applies not at all.
-        let mut creating = std::collections::HashSet::new();
+        let mut versions: HashMap<(&str, SagaId), u64> = HashMap::new();
+        let mut creating = HashSet::new();
         for commit in &commits {
+            if commit.changes.is_empty() {
+                continue;
+            }
+            let key = (commit.service.as_str(), commit.saga_id);
+            let state = services.get(&commit.service);
+            let exists = creating.contains(&key)
+                || state.is_some_and(|state| state.records.contains_key(&commit.saga_id));
+            let version = versions.entry(key).or_insert_with(|| {
+                state
+                    .and_then(|state| state.versions.get(&commit.saga_id))
+                    .copied()
+                    .unwrap_or(0)
+            });
             let created = commit
                 .changes
                 .iter()
                 .any(|change| matches!(change, JournalChange::Created(_)));
-            let exists = services
-                .get(&commit.service)
-                .is_some_and(|state| state.records.contains_key(&commit.saga_id));
-            if created && (exists || !creating.insert((&commit.service, commit.saga_id))) {
-                return Err(StoreError::new(format!(
+            if created && exists {
+                return Err(StoreError::conflict(format!(
                     "service `{}` already has a record of saga {}",
                     commit.service, commit.saga_id
                 )));
+            }
+            if commit.version != *version {
+                return Err(StoreError::conflict(format!(
+                    "saga {} of `{}` is at version {version}, not {}: another instance changed it",
+                    commit.saga_id, commit.service, commit.version
+                )));
+            }
+            *version += 1;
+            if created {
+                creating.insert(key);
             }
         }
         for commit in commits {
@@ -138,6 +179,7 @@ impl Store for MemoryStore {
             return Ok(());
         };
         for sent in sent {
+            state.claims.remove(&ClaimOn::Unsent(*sent));
             match sent.kind {
                 SentKind::Step { position } => {
                     if let Some(step) = state
@@ -189,6 +231,67 @@ impl Store for MemoryStore {
         Ok(recovery)
     }
 
+    async fn claim(&self, service: &str, claim: &Claim) -> Result<Claimed, StoreError> {
+        let mut services = self.lock();
+        let Some(state) = services.get_mut(service) else {
+            return Ok(Claimed::default());
+        };
+        let mut claimed = Claimed::default();
+        let free = |claims: &HashMap<ClaimOn, SystemTime>, on: ClaimOn| {
+            claims.get(&on).is_none_or(|until| *until < claim.now)
+        };
+        let mut sagas: Vec<&SagaRecord> = state.records.values().collect();
+        sagas.sort_by_key(|record| (record.deadline, record.saga_id));
+        for record in sagas {
+            if record.status == SagaStatus::Active
+                && !record.abort_published
+                && record.deadline.instant() < claim.deadlines_before
+                && claimed.timers.len() < claim.limit
+                && free(&state.claims, ClaimOn::Saga(record.saga_id))
+            {
+                claimed.timers.push(ActiveSaga {
+                    saga_id: record.saga_id,
+                    deadline: record.deadline,
+                    initiated_here: record.initiated_here,
+                });
+            }
+        }
+        let steps = state.records.values().flat_map(|record| {
+            record
+                .steps
+                .iter()
+                .enumerate()
+                .filter(|(_, step)| !step.published && !step.withheld)
+                .map(|(position, step)| Outgoing {
+                    envelope: step.output.clone(),
+                    kind: OutgoingKind::Step { position },
+                })
+        });
+        for outgoing in steps.chain(state.outbox.iter().cloned()) {
+            if outgoing.envelope.time < claim.recorded_before
+                && claimed.unsent.len() < claim.limit
+                && free(&state.claims, ClaimOn::Unsent(outgoing.sent()))
+            {
+                claimed.unsent.push(outgoing);
+            }
+        }
+        let on = claimed
+            .timers
+            .iter()
+            .map(|saga| ClaimOn::Saga(saga.saga_id))
+            .chain(
+                claimed
+                    .unsent
+                    .iter()
+                    .map(|unsent| ClaimOn::Unsent(unsent.sent())),
+            );
+        let claims: Vec<ClaimOn> = on.collect();
+        for on in claims {
+            state.claims.insert(on, claim.until);
+        }
+        Ok(claimed)
+    }
+
     async fn purge(&self, service: &str, before: SystemTime) -> Result<Purged, StoreError> {
         let mut services = self.lock();
         let Some(state) = services.get_mut(service) else {
@@ -198,6 +301,13 @@ impl Store for MemoryStore {
         state
             .records
             .retain(|_, record| !(record.is_finished() && record.deadline.instant() < before));
+        let records = &state.records;
+        state.versions.retain(|saga, _| records.contains_key(saga));
+        state.claims.retain(|on, _| match on {
+            ClaimOn::Saga(saga) | ClaimOn::Unsent(Sent { saga_id: saga, .. }) => {
+                records.contains_key(saga)
+            }
+        });
         state
             .inbox
             .retain(|_, deadline| deadline.instant() >= before);
@@ -210,6 +320,9 @@ impl Store for MemoryStore {
 
 /// Applies one handling's changes to what `state` holds.
 fn apply(state: &mut ServiceState, commit: Commit) {
+    if !commit.changes.is_empty() {
+        *state.versions.entry(commit.saga_id).or_insert(0) += 1;
+    }
     for change in &commit.changes {
         match change {
             JournalChange::Created(header) => {

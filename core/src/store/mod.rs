@@ -16,6 +16,7 @@ mod memory;
 mod transaction;
 mod url;
 
+use std::any::Any;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -40,6 +41,7 @@ pub struct StoreError {
     #[source]
     source: BoxError,
     unsupported: bool,
+    conflict: bool,
 }
 
 impl StoreError {
@@ -48,6 +50,7 @@ impl StoreError {
         Self {
             source: error.into(),
             unsupported: false,
+            conflict: false,
         }
     }
 
@@ -57,6 +60,18 @@ impl StoreError {
         Self {
             source: what.into(),
             unsupported: true,
+            conflict: false,
+        }
+    }
+
+    /// A commit refused because the saga's record changed since it was loaded: another
+    /// instance of the service committed a handling of the same saga meanwhile. Nothing of
+    /// it was applied; the handling is made again from what the store holds now.
+    pub fn conflict(what: impl Into<BoxError>) -> Self {
+        Self {
+            source: what.into(),
+            unsupported: false,
+            conflict: true,
         }
     }
 
@@ -64,12 +79,21 @@ impl StoreError {
     pub fn is_unsupported(&self) -> bool {
         self.unsupported
     }
+
+    /// Whether the commit lost a race with another instance's ([`StoreError::conflict`]).
+    pub fn is_conflict(&self) -> bool {
+        self.conflict
+    }
 }
 
 /// One service's saga state: journal, inbox and outbox.
 ///
 /// The runtime serialises the handling of each saga inside a service, and commits each
 /// handling's changes in one call, so an implementation needs only make each call atomic.
+/// A store that several instances of a service may share ([`is_shared`](Self::is_shared))
+/// also serialises them: it refuses a commit made from an outdated version of the record
+/// ([`StoreError::conflict`]), and hands work a gone instance left behind to a live one
+/// ([`claim`](Self::claim)).
 /// [`MemoryStore`] is the reference; `choreo::testkit::store_conformance` checks a store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -78,6 +102,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether saga state outlives the process.
     fn is_durable(&self) -> bool;
+
+    /// Whether several instances of one service may use the store at once: it checks each
+    /// commit's [`Commit::version`] and implements [`claim`](Self::claim). A store that
+    /// says no keeps one instance per service.
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     /// The record of `saga` kept for `service`, and whether `event` (if given) was handled.
     async fn load(
@@ -105,8 +136,27 @@ pub trait Store: Send + Sync + 'static {
     /// them again. Losing this write only means sending them once more.
     async fn mark_sent(&self, service: &str, sent: &[Sent]) -> Result<(), StoreError>;
 
+    /// Reserves the store for one running instance of `service`, for as long as the
+    /// returned guard lives (the runtime holds it while the service runs). A store that
+    /// keeps one instance per service ([`is_shared`](Self::is_shared) false) but can be
+    /// reached from several processes refuses a second one with a
+    /// [conflict](StoreError::conflict) that says so. By default: nothing to reserve.
+    async fn hold(&self, service: &str) -> Result<Box<dyn Any + Send + Sync>, StoreError> {
+        let _ = service;
+        Ok(Box::new(()))
+    }
+
     /// What `service` must pick up again when it starts.
     async fn recover(&self, service: &str) -> Result<Recovery, StoreError>;
+
+    /// Claims, for `claim.until`, what no instance of `service` took care of: active sagas
+    /// whose deadline passed long ago with no abort recorded (their timer was in an instance
+    /// that is gone), and events recorded long ago and still unsent. What another call
+    /// claimed is not returned again until its claim runs out. Only shared stores need it.
+    async fn claim(&self, service: &str, claim: &Claim) -> Result<Claimed, StoreError> {
+        let _ = (service, claim);
+        Ok(Claimed::default())
+    }
 
     /// Deletes the records of finished sagas (completed, or aborted and acknowledged) whose
     /// deadline is before `before`, and inbox ids of events whose deadline is before it.
@@ -120,6 +170,9 @@ pub struct Loaded {
     pub record: Option<SagaRecord>,
     /// Whether the event asked about is in the inbox.
     pub handled: bool,
+    /// How many commits changed the record (0 without one): what a commit of changes made
+    /// from this load gives as its [`Commit::version`].
+    pub version: u64,
 }
 
 /// Everything one handling changed, applied at once.
@@ -129,6 +182,10 @@ pub struct Commit {
     pub service: String,
     /// The saga.
     pub saga_id: SagaId,
+    /// The record's version the changes were made from ([`Loaded::version`], one more
+    /// after each commit that changed it). A shared store refuses changes made from an
+    /// outdated version with [`StoreError::conflict`] and counts one more once they apply.
+    pub version: u64,
     /// Changes to the saga's record, in order.
     pub changes: Vec<JournalChange>,
     /// The event handled, for the inbox; `None` when no event was (a timer, a start).
@@ -272,6 +329,38 @@ pub struct ActiveSaga {
     pub deadline: Deadline,
     /// Whether this service started it.
     pub initiated_here: bool,
+}
+
+/// What [`Store::claim`] looks for. Instants are the runtime's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Active sagas whose deadline is before this and whose abort the service has not
+    /// recorded.
+    pub deadlines_before: SystemTime,
+    /// Unsent events recorded before this.
+    pub recorded_before: SystemTime,
+    /// The time now: claims that ran out before it may be taken again.
+    pub now: SystemTime,
+    /// Until when what is returned stays claimed.
+    pub until: SystemTime,
+    /// The most sagas, and the most events, one call returns.
+    pub limit: usize,
+}
+
+/// What [`Store::claim`] found and claimed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claimed {
+    /// Overdue sagas, to be aborted.
+    pub timers: Vec<ActiveSaga>,
+    /// Unsent events, to be sent.
+    pub unsent: Vec<Outgoing>,
+}
+
+impl Claimed {
+    /// Whether nothing was claimed.
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty() && self.unsent.is_empty()
+    }
 }
 
 /// What [`Store::purge`] deleted.
