@@ -206,6 +206,137 @@ async fn on_rabbitmq_with_sqlite_stores_payments_killed_mid_saga_comes_back_and_
     let _ = std::fs::remove_dir_all(&directory);
 }
 
+/// Two processes of every service on one PostgreSQL store (docs/deployment.md): payments
+/// and inventory twice, orders once plus the one that plays. The inventory process that is
+/// asking the slow supplier in the third saga is killed (SIGKILL); its delivery goes to the
+/// other inventory process, the saga times out, and the three sagas end as they do with one
+/// process each, the credit and the stock in the shared database as if nothing happened.
+#[cfg(all(feature = "rabbitmq", feature = "postgres"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_two_processes_per_service_on_one_postgres_store_play_through_a_sigkill() {
+    let broker = rabbitmq().await;
+    let url = broker.url();
+    let store = choreo_testkit::PostgresServer::shared()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+        .database()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let env = [("CHOREO_STORE", store.as_str()), ("RUST_LOG", "info")];
+    let process = |name: &str| command(url, &env, &["--service", name]);
+
+    let mut running = Vec::new();
+    for name in ["payments", "payments", "orders"] {
+        running.push(start_service(process(name), name, None).await);
+    }
+    let mut asking = Vec::new();
+    for _ in 0..2 {
+        let (lines, says) = tokio::sync::mpsc::unbounded_channel();
+        let inventory = start_service(process("inventory"), "inventory", Some(lines)).await;
+        asking.push((inventory, says));
+    }
+    let play = command(url, &env, &["--service", "orders", "--play"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Whichever inventory process got the espresso machine's saga is killed at the supplier.
+    let (first, second) = {
+        let mut iter = asking.into_iter();
+        (iter.next().unwrap(), iter.next().unwrap())
+    };
+    let (mut first_process, mut first_says) = first;
+    let (mut second_process, mut second_says) = second;
+    let supplier =
+        |line: Option<String>| line.is_some_and(|line| line.contains("asking the supplier"));
+    let first_asked = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                line = first_says.recv() => if supplier(line) { return true },
+                line = second_says.recv() => if supplier(line) { return false },
+            }
+        }
+    })
+    .await
+    .expect("an inventory process asked the supplier");
+    let (killed, survivor) = if first_asked {
+        (&mut first_process, second_process)
+    } else {
+        (&mut second_process, first_process)
+    };
+    killed.start_kill().unwrap(); // SIGKILL: no shutdown at all
+    killed.wait().await.unwrap();
+    running.push(survivor);
+
+    let output = tokio::time::timeout(Duration::from_secs(120), play.wait_with_output())
+        .await
+        .expect("the play finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "order 1 (should complete): COMPLETED",
+        "order 2 (should be rejected (out of stock) and compensated): COMPENSATED (rejected)",
+        "order 3 (should time out (slow supplier) and be compensated): COMPENSATED (timed out)",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+
+    use choreo::postgres::sqlx;
+    let pool = sqlx::PgPool::connect(&store).await.unwrap();
+    let credit: i64 =
+        sqlx::query_scalar("SELECT available_cents FROM credit WHERE account = 'main'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        credit, 6_000,
+        "10,000 cents less the completed order's 4,000"
+    );
+    let stock: Vec<(String, i32)> = sqlx::query_as("SELECT sku, available FROM stock ORDER BY sku")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let statuses: Vec<(i64, String)> =
+        sqlx::query_as("SELECT order_id, status FROM order_status ORDER BY order_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        [
+            (1, "confirmed".to_owned()),
+            (2, "cancelled".to_owned()),
+            (3, "cancelled".to_owned())
+        ]
+    );
+    let compensated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM choreo_sagas WHERE status = 'aborted' AND NOT compensation_acknowledged",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        compensated, 0,
+        "every participant acknowledged its compensations"
+    );
+    assert_eq!(
+        stock,
+        [
+            ("book".to_owned(), 2),
+            ("espresso-machine".to_owned(), 1),
+            ("vinyl".to_owned(), 0)
+        ],
+        "one book sold; the espresso machine, reserved or not, is back"
+    );
+    drop(running);
+}
+
 #[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_rabbitmq_a_python_inventory_with_the_cloudevents_sdk_takes_part_in_the_saga() {

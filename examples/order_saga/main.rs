@@ -17,7 +17,9 @@
 //! The transport comes from `CHOREO_URL` (default `memory://`) and each service's store
 //! from `CHOREO_STORE` (default `memory://`), where `{service}` stands for the service's
 //! name: `CHOREO_STORE=sqlite://data/{service}.db` gives each service a SQLite file that
-//! keeps its sagas and its business state (statuses, credit, stock) across restarts. The
+//! keeps its sagas and its business state (statuses, credit, stock) across restarts;
+//! `CHOREO_STORE=postgres://...` puts every service in one database, where several processes
+//! of each service may run side by side (start `--service payments` twice, and so on). The
 //! code does not change. With `OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318` each saga
 //! is one trace in any OTLP backend (Jaeger, Grafana Tempo, ...), across processes; see
 //! docs/observability.md.
