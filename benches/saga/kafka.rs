@@ -39,8 +39,11 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
     let choreo = crate::runtime::play(
         transport,
         "bench.kafka.choreo",
-        "memory://bench.kafka.{service}",
-        1,
+        crate::runtime::Setup {
+            store: "memory://bench.kafka.{service}",
+            instances: 1,
+            starters: 1,
+        },
         sagas,
         window,
         false,

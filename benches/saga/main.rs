@@ -237,7 +237,7 @@ async fn memory(flags: &Flags, report: &mut Report) {
 
 async fn memory_run(sagas: usize, window: usize, record_latency: bool, run: usize) -> Run {
     let store = format!("memory://bench.memory.{run}.{{service}}");
-    store_run(&store, 1, sagas, window, record_latency, run).await
+    store_run(&store, 1, 1, sagas, window, record_latency, run).await
 }
 
 /// Callers starting sagas at once in the store section, as the requests an initiating
@@ -246,10 +246,11 @@ async fn memory_run(sagas: usize, window: usize, record_latency: bool, run: usiz
 /// time, as their baselines do.
 const STORE_STARTERS: usize = 16;
 
-/// One run on the memory transport with the stores `store` names, its sagas started by
-/// `starters` callers at once.
+/// One run on the memory transport with the stores `store` names, `instances` of each
+/// service, its sagas started by `starters` callers at once.
 async fn store_run(
     store: &str,
+    instances: usize,
     starters: usize,
     sagas: usize,
     window: usize,
@@ -257,11 +258,15 @@ async fn store_run(
     run: usize,
 ) -> Run {
     let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
+    let setup = runtime::Setup {
+        store,
+        instances,
+        starters,
+    };
     runtime::play(
         transport,
         &format!("bench.memory.{run}"),
-        store,
-        starters,
+        setup,
         sagas,
         window,
         record_latency,
@@ -285,6 +290,7 @@ async fn stores(flags: &Flags, report: &mut Report) {
         let store = format!("memory://bench.stores.{run}.{{service}}");
         let memory = store_run(
             &store,
+            1,
             STORE_STARTERS,
             flags.store_sagas,
             flags.window,
@@ -295,6 +301,7 @@ async fn stores(flags: &Flags, report: &mut Report) {
         let store = format!("sqlite://{}/{run}/{{service}}.db", directory.display());
         let sqlite = store_run(
             &store,
+            1,
             STORE_STARTERS,
             flags.store_sagas,
             flags.window,
@@ -338,36 +345,68 @@ async fn stores(flags: &Flags, report: &mut Report) {
     postgres(flags, report, baseline).await;
 }
 
+/// Instances of each service in the PostgreSQL store's scale-out runs.
+#[cfg(feature = "postgres")]
+const SCALED_OUT: usize = 3;
+
+/// The PostgreSQL store with one instance of each service, and with [`SCALED_OUT`] on one
+/// database (docs/deployment.md), run by run in pairs as the SQLite store is.
 #[cfg(feature = "postgres")]
 async fn postgres(flags: &Flags, report: &mut Report, baseline: f64) {
     let server = choreo::testkit::PostgresServer::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    let mut runs = Vec::new();
+    let mut pairs = Vec::new();
     for run in 0..flags.runs {
-        let database = server
-            .database()
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        runs.push(
-            store_run(
+        let mut pair = Vec::new();
+        for (instances, number) in [(1, 500 + run), (SCALED_OUT, 600 + run)] {
+            let database = server
+                .database()
+                .await
+                .unwrap_or_else(|error| panic!("{error}"));
+            let played = store_run(
                 &database,
+                instances,
                 STORE_STARTERS,
                 flags.store_sagas,
                 flags.window,
                 false,
-                500 + run,
+                number,
             )
-            .await,
-        );
+            .await;
+            pair.push(played);
+        }
+        let scaled = pair.pop().unwrap_or_else(|| unreachable!("two runs"));
+        let single = pair.pop().unwrap_or_else(|| unreachable!("two runs"));
+        pairs.push((single, scaled));
     }
-    let postgres = median(runs);
+    let ratio =
+        |(single, scaled): &(Run, Run)| scaled.events_per_second() / single.events_per_second();
+    pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    report.notes.push(format!(
+        "PostgreSQL store, {SCALED_OUT} instances per service / 1, pair by pair: {}",
+        pairs
+            .iter()
+            .map(|pair| format!("{:.2}", ratio(pair)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let middle = pairs.len() / 2;
+    let (single, scaled) = pairs.swap_remove(middle);
     report.add(Row {
         key: "stores_postgres_events_per_second",
         what: "memory transport, PostgreSQL store (vs memory store)",
         unit: "events/s",
-        choreo: postgres.events_per_second(),
+        choreo: single.events_per_second(),
         raw: Some(baseline),
+        target: None,
+    });
+    report.add(Row {
+        key: "stores_postgres_3_instances_events_per_second",
+        what: "memory transport, PostgreSQL store, 3 instances per service (vs 1)",
+        unit: "events/s",
+        choreo: scaled.events_per_second(),
+        raw: Some(single.events_per_second()),
         target: None,
     });
 }

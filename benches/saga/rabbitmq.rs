@@ -32,8 +32,11 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
     let choreo = crate::runtime::play(
         transport,
         "bench.rabbitmq.choreo",
-        "memory://bench.rabbitmq.{service}",
-        1,
+        crate::runtime::Setup {
+            store: "memory://bench.rabbitmq.{service}",
+            instances: 1,
+            starters: 1,
+        },
         sagas,
         window,
         false,

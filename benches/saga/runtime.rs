@@ -14,50 +14,75 @@ use crate::events::{saga, services, Placed, Probe, EVENTS_PER_SAGA};
 use crate::report::Run;
 
 /// The three services running on `transport`, the initiator first, each with the store
-/// `store` names (`{service}` in it stands for the service's name).
+/// `store` names (`{service}` in it stands for the service's name), `instances` times over:
+/// each instance opens its store, as a process of its own would; memory stores, which live
+/// in one process, are shared by the instances of a service.
 async fn start(
     transport: &Arc<dyn Transport>,
     topic: &str,
     probe: &Arc<Probe>,
     store: &str,
+    instances: usize,
 ) -> Vec<RunningService> {
-    let mut stores: HashMap<&str, Arc<dyn Store>> = HashMap::new();
-    for name in ["alpha", "beta", "gamma"] {
-        let url = store.replace("{service}", name);
-        // A memory store of its own, gone with the run, rather than one `memory://` keeps.
-        let opened = if url.starts_with("memory://") {
-            Arc::new(MemoryStore::new())
-        } else {
-            choreo::open_store(&url)
-                .await
-                .unwrap_or_else(|error| panic!("cannot open the store {url}: {error}"))
-        };
-        stores.insert(name, opened);
-    }
     let saga = saga(topic, Duration::from_secs(3_600));
-    let stores = |name: &str| Arc::clone(&stores[name]);
-    let starting =
-        services(&saga, probe, stores).map(|(_, service)| service.run(Arc::clone(transport)));
+    let mut memory: HashMap<&str, Arc<dyn Store>> = HashMap::new();
+    let mut starting = Vec::new();
+    for _ in 0..instances {
+        let mut stores: HashMap<&str, Arc<dyn Store>> = HashMap::new();
+        for name in ["alpha", "beta", "gamma"] {
+            let url = store.replace("{service}", name);
+            // A memory store of its own, gone with the run, rather than one `memory://` keeps.
+            let opened = if url.starts_with("memory://") {
+                Arc::clone(
+                    memory
+                        .entry(name)
+                        .or_insert_with(|| Arc::new(MemoryStore::new())),
+                )
+            } else {
+                choreo::open_store(&url)
+                    .await
+                    .unwrap_or_else(|error| panic!("cannot open the store {url}: {error}"))
+            };
+            stores.insert(name, opened);
+        }
+        let stores = |name: &str| Arc::clone(&stores[name]);
+        starting.extend(
+            services(&saga, probe, stores).map(|(_, service)| service.run(Arc::clone(transport))),
+        );
+    }
     futures_util::future::try_join_all(starting)
         .await
         .expect("the services join the transport")
 }
 
-/// Plays `sagas` sagas with at most `window` in flight, started by `starters` callers at
-/// once, the services on stores `store` names; with `record_latency`, also the time of
-/// every hop (one saga at a time: a window of 1 admits one start at a time whatever the
-/// callers).
+/// How a run of [`play`] is set up.
+pub(crate) struct Setup<'a> {
+    /// The stores' URL; `{service}` stands for each service's name.
+    pub(crate) store: &'a str,
+    /// Instances of each service.
+    pub(crate) instances: usize,
+    /// Callers starting sagas at once, all through the first instance of the initiator.
+    pub(crate) starters: usize,
+}
+
+/// Plays `sagas` sagas with at most `window` in flight, as `setup` says; with
+/// `record_latency`, also the time of every hop (one saga at a time: a window of 1 admits
+/// one start at a time whatever the callers).
 pub(crate) async fn play(
     transport: Arc<dyn Transport>,
     topic: &str,
-    store: &str,
-    starters: usize,
+    setup: Setup<'_>,
     sagas: usize,
     window: usize,
     record_latency: bool,
 ) -> Run {
+    let Setup {
+        store,
+        instances,
+        starters,
+    } = setup;
     let probe = Probe::new(window, record_latency, None);
-    let mut running = start(&transport, topic, &probe, store).await;
+    let mut running = start(&transport, topic, &probe, store, instances).await;
     let initiator = Arc::new(running.remove(0));
     let started = Instant::now();
     let starters: Vec<_> = (0..starters)
@@ -98,6 +123,7 @@ pub(crate) async fn memory_per_open_saga(open: usize) -> f64 {
         "bench.open",
         &probe,
         "memory://bench.open.{service}",
+        1,
     )
     .await;
     // Warm up allocator pools and maps with a few sagas first.

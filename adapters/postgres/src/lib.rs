@@ -163,7 +163,8 @@ impl PostgresStore {
     /// they go back to the pool, not when they are taken), so after one every idle
     /// connection fails once. Only for calls that may be made twice: reads, writes that
     /// are idempotent, and a commit on its own (one statement; should one that landed be
-    /// made again, creating its record fails, which is the error it would have returned).
+    /// made again, it finds the record at a newer version and is refused as a conflict, so
+    /// the handling is made again from what landed).
     async fn again_if_broken<T, F, Fut>(&self, mut call: F) -> Result<T, sqlx::Error>
     where
         F: FnMut() -> Fut,

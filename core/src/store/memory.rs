@@ -240,22 +240,26 @@ impl Store for MemoryStore {
         let free = |claims: &HashMap<ClaimOn, SystemTime>, on: ClaimOn| {
             claims.get(&on).is_none_or(|until| *until < claim.now)
         };
-        let mut sagas: Vec<&SagaRecord> = state.records.values().collect();
-        sagas.sort_by_key(|record| (record.deadline, record.saga_id));
-        for record in sagas {
-            if record.status == SagaStatus::Active
-                && !record.abort_published
-                && record.deadline.instant() < claim.deadlines_before
-                && claimed.timers.len() < claim.limit
-                && free(&state.claims, ClaimOn::Saga(record.saga_id))
-            {
-                claimed.timers.push(ActiveSaga {
-                    saga_id: record.saga_id,
-                    deadline: record.deadline,
-                    initiated_here: record.initiated_here,
-                });
-            }
-        }
+        let mut overdue: Vec<&SagaRecord> = state
+            .records
+            .values()
+            .filter(|record| {
+                record.status == SagaStatus::Active
+                    && !record.abort_published
+                    && record.deadline.instant() < claim.deadlines_before
+                    && free(&state.claims, ClaimOn::Saga(record.saga_id))
+            })
+            .collect();
+        overdue.sort_by_key(|record| (record.deadline, record.saga_id));
+        claimed.timers = overdue
+            .into_iter()
+            .take(claim.limit)
+            .map(|record| ActiveSaga {
+                saga_id: record.saga_id,
+                deadline: record.deadline,
+                initiated_here: record.initiated_here,
+            })
+            .collect();
         let steps = state.records.values().flat_map(|record| {
             record
                 .steps
