@@ -21,6 +21,14 @@ fn takeover(h: &Harness) -> Duration {
     h.units(2)
 }
 
+/// No service started yet, on `backend`; services start with the take-over delay above.
+async fn prepare(backend: Backend) -> Harness {
+    let mut h = Harness::prepare(backend).await;
+    let takeover = takeover(&h);
+    h.tune(|options| options.takeover_after(takeover));
+    h
+}
+
 /// The latest instant the take-over may abort a saga whose `deadline` timer was in an
 /// instance that is gone: the grace, the take-over delay, half of it between two looks,
 /// and a second for the handling on a slow machine.
@@ -136,9 +144,8 @@ async fn two_instances_handling_one_saga_at_once_are_serialised_by_the_store() {
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_whose_instance_died_is_fired_by_another_instance() {
-    let mut h = Harness::prepare(Backend::MEMORY.on(StoreKind::Postgres)).await;
+    let mut h = prepare(Backend::MEMORY.on(StoreKind::Postgres)).await;
     let takeover = takeover(&h);
-    h.tune(|options| options.takeover_after(takeover));
     h.start_service("orders").await;
     let survivor = instance(&h, "orders").await;
 
@@ -191,9 +198,7 @@ async fn a_deadline_whose_instance_died_is_fired_by_another_instance() {
 /// the store and publishes it, under its recorded id; the saga completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_instance_died_unsent_is_sent_by_another_instance() {
-    let mut h = Harness::prepare(Backend::MEMORY.on(StoreKind::Postgres)).await;
-    let takeover = takeover(&h);
-    h.tune(|options| options.takeover_after(takeover));
+    let mut h = prepare(Backend::MEMORY.on(StoreKind::Postgres)).await;
     h.start_service("payments").await;
     h.start_service("inventory").await;
     let refusing = Arc::new(faults::Faulty::new(
@@ -287,9 +292,7 @@ async fn sagas_on_three_instances_of_each_service_survive_one_of_each_being_kill
     } else {
         1_000
     };
-    let mut h = Harness::prepare(backend).await;
-    let takeover = takeover(&h);
-    h.tune(|options| options.takeover_after(takeover));
+    let mut h = prepare(backend).await;
     let slow = h.units(10);
     h.world.set(|behaviour| {
         behaviour.credit_limit_cents = 10_000;

@@ -108,19 +108,47 @@ pub enum CrashPoint {
     AfterPublish,
 }
 
+/// Whether a handler reached a point where a test stops it, and a way to wait for that.
+#[derive(Default)]
+pub struct Reached {
+    reached: AtomicBool,
+    reached_now: Notify,
+}
+
+impl Reached {
+    fn reset(&self) {
+        self.reached.store(false, Ordering::SeqCst);
+    }
+
+    fn mark(&self) {
+        self.reached.store(true, Ordering::SeqCst);
+        self.reached_now.notify_waiters();
+    }
+
+    /// Once the point was reached.
+    pub async fn wait(&self) {
+        loop {
+            let reached = self.reached_now.notified();
+            if self.reached.load(Ordering::SeqCst) {
+                return;
+            }
+            reached.await;
+        }
+    }
+}
+
 /// A crash point armed once for one order: the first handling of it to reach the point
 /// stops there for good.
 #[derive(Default)]
 pub struct Stalls {
     armed: Mutex<Option<(CrashPoint, u64)>>,
-    reached: AtomicBool,
-    reached_now: Notify,
+    reached: Reached,
 }
 
 impl Stalls {
     pub fn arm(&self, point: CrashPoint, order_id: u64) {
         *self.armed.lock().unwrap() = Some((point, order_id));
-        self.reached.store(false, Ordering::SeqCst);
+        self.reached.reset();
     }
 
     /// Never returns if `point` is armed for `order_id`: disarms it and reports it reached.
@@ -134,20 +162,13 @@ impl Stalls {
             hit
         };
         if armed {
-            self.reached.store(true, Ordering::SeqCst);
-            self.reached_now.notify_waiters();
+            self.reached.mark();
             std::future::pending::<()>().await;
         }
     }
 
     pub async fn reached(&self) {
-        loop {
-            let reached = self.reached_now.notified();
-            if self.reached.load(Ordering::SeqCst) {
-                return;
-            }
-            reached.await;
-        }
+        self.reached.wait().await;
     }
 }
 
@@ -156,8 +177,7 @@ impl Stalls {
 #[derive(Default)]
 pub struct Gate {
     held: Mutex<Option<u64>>,
-    reached: AtomicBool,
-    reached_now: Notify,
+    reached: Reached,
     opened: Notify,
 }
 
@@ -165,7 +185,7 @@ impl Gate {
     /// Makes the next capture of `order_id` wait at the gate.
     pub fn hold(&self, order_id: u64) {
         *self.held.lock().unwrap() = Some(order_id);
-        self.reached.store(false, Ordering::SeqCst);
+        self.reached.reset();
     }
 
     /// Waits there if the gate holds `order_id`, until [`open`](Self::open).
@@ -173,21 +193,14 @@ impl Gate {
         let held = self.held.lock().unwrap().take_if(|held| *held == order_id);
         if held.is_some() {
             let opened = self.opened.notified();
-            self.reached.store(true, Ordering::SeqCst);
-            self.reached_now.notify_waiters();
+            self.reached.mark();
             opened.await;
         }
     }
 
     /// Once a capture waits at the gate.
     pub async fn reached(&self) {
-        loop {
-            let reached = self.reached_now.notified();
-            if self.reached.load(Ordering::SeqCst) {
-                return;
-            }
-            reached.await;
-        }
+        self.reached.wait().await;
     }
 
     /// Lets the capture waiting at the gate go on.
