@@ -24,7 +24,7 @@ impl StoreSubject for Memory {
 }
 
 async fn memory() -> Memory {
-    Memory(Arc::new(MemoryStore::new()))
+    Memory(Arc::new(MemoryStore::shared()))
 }
 
 choreo_testkit::store_conformance_tests!(memory);

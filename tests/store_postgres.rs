@@ -463,6 +463,7 @@ async fn the_store_goes_on_after_the_server_restarts() {
         )],
         handled: None,
         outbox: Vec::new(),
+        recorded: std::time::SystemTime::now(),
     };
     store
         .commit(vec![commit], None)

@@ -180,6 +180,7 @@ mod cancelled {
             changes: Snapshot::changes(stored.map(Snapshot::of).as_ref(), record),
             handled: None,
             outbox: Vec::new(),
+            recorded: std::time::SystemTime::now(),
         }
     }
 
@@ -435,6 +436,7 @@ mod schema {
             changes: Snapshot::changes(None, &record),
             handled: None,
             outbox: Vec::new(),
+            recorded: std::time::SystemTime::now(),
         };
         store.commit(vec![created], None).await.unwrap();
         assert_eq!(unsent_in_file(&subject, saga), "0");
@@ -477,6 +479,7 @@ mod schema {
                 deadline,
             }),
             outbox: Vec::new(),
+            recorded: std::time::SystemTime::now(),
         };
         store.commit(vec![added], None).await.unwrap();
         assert_eq!(

@@ -144,6 +144,7 @@ fn creating(service: &str, record: &SagaRecord, handled: Option<&Envelope>) -> C
             deadline: event.deadline,
         }),
         outbox: Vec::new(),
+        recorded: now(),
     }
 }
 
@@ -156,6 +157,7 @@ fn changing(service: &str, version: u64, stored: &SagaRecord, record: &SagaRecor
         changes: Snapshot::changes(Some(&Snapshot::of(stored)), record),
         handled: None,
         outbox: Vec::new(),
+        recorded: now(),
     }
 }
 
@@ -264,6 +266,7 @@ pub async fn the_inbox_remembers_handled_events_per_service(subject: &dyn StoreS
             deadline: event.deadline,
         }),
         outbox: Vec::new(),
+        recorded: now(),
     };
     commit(&store, vec![only_inbox]).await;
     assert!(handled(&store, &service, &event).await);
@@ -714,6 +717,17 @@ pub async fn a_commit_from_an_outdated_version_is_a_conflict_and_applies_nothing
     });
 
     commit(&store, vec![first]).await;
+    // A handling that changes nothing in the record, made from the old version: refused too,
+    // its inbox entry with it.
+    let mut unchanged = changing(&service, 1, &created, &created);
+    unchanged.handled = second.handled;
+    assert!(unchanged.changes.is_empty());
+    let refused = store.commit(vec![unchanged], None).await;
+    assert!(
+        refused.as_ref().is_err_and(|error| error.is_conflict()),
+        "a commit from version 1 that changes nothing must be a conflict too: {refused:?}"
+    );
+    assert!(!handled(&store, &service, &second_event).await);
     let refused = store.commit(vec![second.clone()], None).await;
     assert!(
         refused.as_ref().is_err_and(|error| error.is_conflict()),
@@ -779,9 +793,6 @@ pub async fn overdue_deadlines_and_unsent_events_are_claimed_once_until_the_clai
             step.published = true;
         }
     }
-    for step in &mut recent.steps {
-        step.output.time = now() + Duration::from_secs(60);
-    }
     let abort = Outgoing {
         envelope: envelope(aborting.saga_id, "choreo.SagaAborted.v1", SagaKind::Abort),
         kind: OutgoingKind::Event,
@@ -791,6 +802,8 @@ pub async fn overdue_deadlines_and_unsent_events_are_claimed_once_until_the_clai
         .map(|record| creating(&service, record, None))
         .collect();
     commits[2].outbox.push(abort.clone());
+    // Recorded a minute later: not long enough ago to be claimed.
+    commits[4].recorded = now() + Duration::from_secs(60);
     commit(&store, commits).await;
 
     let claim = |at: SystemTime| Claim {

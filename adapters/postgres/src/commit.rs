@@ -1,6 +1,7 @@
 //! Turning a call's commits into the arrays of the one statement that writes them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
 
 use choreo_core::journal::{CompensationState, StepRecord};
 use choreo_core::store::{Commit, JournalChange, SagaHeader};
@@ -15,8 +16,12 @@ use crate::sql;
 /// What a call's commits do to one saga's record, changes applied in order: the net write.
 #[derive(Default)]
 struct Net {
-    /// The version the changes were made from: the first commit's.
+    /// The version the first commit was made from.
     version: u64,
+    /// The version once the call's commits of the saga applied: one more per commit.
+    next: u64,
+    /// When the last of them was recorded.
+    recorded: Option<SystemTime>,
     /// The saga's own fields, and whether the record is created.
     header: Option<(bool, SagaHeader)>,
     /// Steps written whole, by position.
@@ -39,10 +44,12 @@ pub(crate) struct Batch {
     h_acknowledged: Vec<bool>,
     h_abort: Vec<Option<String>>,
     h_version: Vec<i64>,
+    h_next: Vec<i64>,
 
     t_service: Vec<String>,
     t_saga: Vec<Uuid>,
     t_version: Vec<i64>,
+    t_next: Vec<i64>,
 
     s_service: Vec<String>,
     s_saga: Vec<Uuid>,
@@ -83,15 +90,28 @@ impl Batch {
         let mut batch = Self::default();
         for commit in commits {
             let key = (commit.service.as_str(), commit.saga_id);
-            for change in &commit.changes {
+            if commit.is_versioned() {
                 let net = nets.entry(key).or_insert_with(|| {
                     order.push(key);
                     Net {
                         version: commit.version,
+                        next: commit.version,
                         ..Net::default()
                     }
                 });
-                net.apply(change, commit)?;
+                // Several commits of one saga in one call follow each other, each made from
+                // the version the one before leaves.
+                if commit.version != net.next {
+                    return Err(StoreError::conflict(format!(
+                        "saga {} of `{}` is committed from version {} after a commit that leaves it at {}",
+                        commit.saga_id, commit.service, commit.version, net.next
+                    )));
+                }
+                net.next += 1;
+                net.recorded = Some(commit.recorded);
+                for change in &commit.changes {
+                    net.apply(change, commit)?;
+                }
             }
             if let Some(handled) = &commit.handled {
                 batch.i_service.push(commit.service.clone());
@@ -111,9 +131,7 @@ impl Batch {
                 batch.o_saga.push(outgoing.envelope.saga_id.as_uuid());
                 batch.o_reason.push(reason.map(str::to_owned));
                 batch.o_envelope.push(outgoing.envelope.to_json());
-                batch
-                    .o_recorded
-                    .push(codec::nanos_clamped(outgoing.envelope.time));
+                batch.o_recorded.push(codec::nanos_clamped(commit.recorded));
             }
         }
         for key in order {
@@ -136,12 +154,16 @@ impl Batch {
     }
 
     fn add(&mut self, (service, saga): (&str, SagaId), net: Net) -> Result<(), StoreError> {
-        let version = i64::try_from(net.version)
-            .map_err(|_| StoreError::new(format!("saga {saga} has version {}", net.version)))?;
+        let number = |version: u64| {
+            i64::try_from(version)
+                .map_err(|_| StoreError::new(format!("saga {saga} has version {version}")))
+        };
+        let (version, next) = (number(net.version)?, number(net.next)?);
         if net.header.is_none() {
             self.t_service.push(service.to_owned());
             self.t_saga.push(saga.as_uuid());
             self.t_version.push(version);
+            self.t_next.push(next);
         }
         if let Some((created, header)) = net.header {
             let (status, reason) = codec::status(&header.status);
@@ -158,6 +180,7 @@ impl Batch {
             self.h_abort
                 .push(header.abort.as_ref().map(|abort| abort.to_json()));
             self.h_version.push(version);
+            self.h_next.push(next);
         }
         for (position, step) in net.steps {
             let (compensation, failure) = codec::compensation(&step.compensation);
@@ -170,7 +193,9 @@ impl Batch {
             self.s_published.push(step.published);
             self.s_compensation.push(compensation);
             self.s_failure.push(failure.map(str::to_owned));
-            self.s_recorded.push(codec::nanos_clamped(step.output.time));
+            self.s_recorded.push(codec::nanos_clamped(
+                net.recorded.unwrap_or(step.output.time),
+            ));
         }
         for (position, state) in net.compensations {
             let (compensation, failure) = codec::compensation(&state);
@@ -225,6 +250,8 @@ impl Batch {
             .bind(&self.t_saga)
             .bind(&self.t_version)
             .bind(&self.s_recorded)
+            .bind(&self.h_next)
+            .bind(&self.t_next)
     }
 }
 

@@ -317,11 +317,28 @@ impl Store for PostgresStore {
         };
         match transaction {
             None if batch.is_empty() => Ok(()),
-            None => self
-                .again_if_broken(|| batch.query().execute(&self.pool))
-                .await
-                .map(drop)
-                .map_err(|error| commit_failed(describe_commits(&commits), error)),
+            None => {
+                let attempts = std::sync::atomic::AtomicU32::new(0);
+                let result = self
+                    .again_if_broken(|| {
+                        attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        batch.query().execute(&self.pool)
+                    })
+                    .await;
+                result.map(drop).map_err(|error| {
+                    let failed = commit_failed(describe_commits(&commits), error);
+                    if failed.is_conflict() && attempts.into_inner() > 1 {
+                        // The attempt before may have landed, and this one found its own
+                        // changes: not a lost race, an outcome not known.
+                        StoreError::new(format!(
+                            "{}: the connection broke while it committed, so whether it landed is not known ({failed})",
+                            describe_commits(&commits)
+                        ))
+                    } else {
+                        failed
+                    }
+                })
+            }
             Some(mut transaction) => {
                 if !batch.is_empty() {
                     if let Err(error) = batch.query().execute(transaction.connection()).await {
@@ -402,17 +419,16 @@ impl Store for PostgresStore {
     async fn claim(&self, service: &str, claim: &Claim) -> Result<Claimed, StoreError> {
         let failure = |error| failed(format!("claiming work left undone by `{service}`"), error);
         let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
-        let rows = self
-            .again_if_broken(|| {
-                sqlx::query(sql::CLAIM)
-                    .bind(service)
-                    .bind(codec::nanos_clamped(claim.deadlines_before))
-                    .bind(codec::nanos_clamped(claim.recorded_before))
-                    .bind(codec::nanos_clamped(claim.until))
-                    .bind(codec::nanos_clamped(claim.now))
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-            })
+        // Not made again on a broken connection: one that landed would leave its claims
+        // unreturned; the next look claims what this one could not.
+        let rows = sqlx::query(sql::CLAIM)
+            .bind(service)
+            .bind(codec::nanos_clamped(claim.deadlines_before))
+            .bind(codec::nanos_clamped(claim.recorded_before))
+            .bind(codec::nanos_clamped(claim.until))
+            .bind(codec::nanos_clamped(claim.now))
+            .bind(limit)
+            .fetch_all(&self.pool)
             .await
             .map_err(failure)?;
         claimed(&rows).map_err(|error| match error {

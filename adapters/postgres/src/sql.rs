@@ -32,14 +32,15 @@ LEFT JOIN LATERAL (
 ///   initiated here, abort published, compensation acknowledged, abort event. Created ones
 ///   are inserted (an existing record is a primary key violation), the others updated.
 /// - `$11..$19` steps added (or written again at their position): service, saga, position,
-///   input, output, withheld, published, compensation, failure.
+///   input, output, withheld, published, compensation, failure; `$39` when each was recorded.
 /// - `$20..$24` compensation changes of steps stored earlier: service, saga, position,
 ///   compensation, failure.
 /// - `$25..$27` inbox: service, event, deadline.
 /// - `$28..$34` outbox, in recording order: service, event, kind, saga, reason, envelope,
 ///   recorded at.
-/// - `$35` the version each header of `$1..$10` was changed from (ignored for created ones);
-///   `$36..$38` records changed without a header change: service, saga, version.
+/// - `$35` the version each header of `$1..$10` was changed from (ignored for created ones),
+///   `$40` the version it is at once the call applied; `$36..$38` records changed or handled
+///   without a header change: service, saga, version; `$41` the version they are at then.
 ///
 /// A record changed from a version it no longer has (another instance committed meanwhile)
 /// fails the whole statement as a serialization failure (`choreo_conflict`); so does
@@ -48,15 +49,16 @@ pub(crate) const COMMIT: &str = "
 WITH headers AS (
     SELECT * FROM UNNEST(
         $1::bool[], $2::text[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
-        $7::bool[], $8::bool[], $9::bool[], $10::text[], $35::int8[]
+        $7::bool[], $8::bool[], $9::bool[], $10::text[], $35::int8[], $40::int8[]
     ) AS h (created, service, saga_id, deadline_ns, status, abort_reason,
-            initiated_here, abort_published, compensation_acknowledged, abort_event, version)
+            initiated_here, abort_published, compensation_acknowledged, abort_event, version,
+            next)
 ),
 created AS (
     INSERT INTO choreo_sagas (service, saga_id, deadline_ns, status, abort_reason,
-        initiated_here, abort_published, compensation_acknowledged, abort_event)
+        initiated_here, abort_published, compensation_acknowledged, abort_event, version)
     SELECT service, saga_id, deadline_ns, status, abort_reason,
-        initiated_here, abort_published, compensation_acknowledged, abort_event
+        initiated_here, abort_published, compensation_acknowledged, abort_event, next
     FROM headers WHERE created
 ),
 updated AS (
@@ -64,15 +66,16 @@ updated AS (
         deadline_ns = h.deadline_ns, status = h.status, abort_reason = h.abort_reason,
         initiated_here = h.initiated_here, abort_published = h.abort_published,
         compensation_acknowledged = h.compensation_acknowledged, abort_event = h.abort_event,
-        version = s.version + 1
+        version = h.next
     FROM headers AS h
     WHERE NOT h.created AND s.service = h.service AND s.saga_id = h.saga_id
         AND s.version = h.version
     RETURNING 1
 ),
 touched AS (
-    UPDATE choreo_sagas AS s SET version = s.version + 1
-    FROM UNNEST($36::text[], $37::uuid[], $38::int8[]) AS t (service, saga_id, version)
+    UPDATE choreo_sagas AS s SET version = t.next
+    FROM UNNEST($36::text[], $37::uuid[], $38::int8[], $41::int8[])
+        AS t (service, saga_id, version, next)
     WHERE s.service = t.service AND s.saga_id = t.saga_id AND s.version = t.version
     RETURNING 1
 ),
@@ -156,6 +159,7 @@ steps AS (
         WHERE service = $1 AND NOT published AND NOT withheld
             AND COALESCE(recorded_ns, 0) < $3
             AND (claimed_until_ns IS NULL OR claimed_until_ns < $5)
+        ORDER BY recorded_ns NULLS FIRST
         LIMIT $6
         FOR UPDATE SKIP LOCKED
     )

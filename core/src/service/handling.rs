@@ -1,6 +1,8 @@
 //! One handling's changes to one saga: gathered while the rules run, committed at once, and
 //! sent once committed.
 
+use std::time::SystemTime;
+
 use tracing::Span;
 
 use super::runtime::{Infrastructure, Runtime};
@@ -100,6 +102,7 @@ impl Handling {
     pub(super) fn prepare(
         &mut self,
         service: &str,
+        now: SystemTime,
     ) -> Option<(Commit, Option<Box<dyn StoreTransaction>>)> {
         let changes = match &self.record {
             Some(record) => Snapshot::changes(self.stored.as_ref(), record),
@@ -118,6 +121,7 @@ impl Handling {
                 .filter(|(outgoing, _)| !matches!(outgoing.kind, OutgoingKind::Step { .. }))
                 .map(|(outgoing, _)| outgoing.clone())
                 .collect(),
+            recorded: now,
         };
         let transaction = self.transaction.take();
         (!commit.is_empty() || transaction.is_some()).then_some((commit, transaction))
@@ -128,8 +132,8 @@ impl Runtime {
     /// Commits what `handling` gathered so far, then sends what it recorded for sending.
     /// On error nothing of it was committed, and nothing is sent.
     pub(super) async fn commit(&self, handling: &mut Handling) -> Result<(), Infrastructure> {
-        if let Some((commit, transaction)) = handling.prepare(self.name()) {
-            let changed = !commit.changes.is_empty();
+        if let Some((commit, transaction)) = handling.prepare(self.name(), self.now()) {
+            let versioned = commit.is_versioned();
             if let Err(error) = self.store().commit(vec![commit], transaction).await {
                 handling.outgoing.clear();
                 if !error.is_conflict() {
@@ -139,7 +143,7 @@ impl Runtime {
                 }
                 return Err(error.into());
             }
-            handling.version += u64::from(changed);
+            handling.version += u64::from(versioned);
         }
         self.committed(handling).await;
         Ok(())

@@ -151,7 +151,7 @@ impl Service {
         let tokens = Tokens::default();
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(definition.options.concurrency));
-        let runtime = Arc::new(Runtime::new(definition, transport, tokens.clone(), held));
+        let runtime = Arc::new(Runtime::new(definition, transport, tokens.clone()));
         for _ in 0..runtime.options().concurrency {
             tracker.spawn(Arc::clone(&runtime).work());
         }
@@ -171,12 +171,13 @@ impl Service {
             tokens,
             tracker,
             tasks,
+            _held: held,
         })
     }
 }
 
 /// How long a starting service waits for an instance of itself that is stopping in the same
-/// process to let go of a store that keeps one instance per service.
+/// process (or another process) to let go of a store that keeps one instance per service.
 const HOLD_WAIT: Duration = Duration::from_secs(5);
 
 /// Reserves the store for this instance (see [`Store::hold`]), waiting a little for one
@@ -307,6 +308,9 @@ pub struct RunningService {
     tokens: Tokens,
     tracker: TaskTracker,
     tasks: Vec<JoinHandle<()>>,
+    /// The store's reservation for this instance ([`Store::hold`]): let go when it stops,
+    /// however it stops.
+    _held: Box<dyn Any + Send + Sync>,
 }
 
 /// Why a service could not start.

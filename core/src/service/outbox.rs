@@ -1,7 +1,7 @@
 //! Sending what a handling recorded, once it is committed: at once, and again from the
 //! store's outbox until the broker takes it. Each event sent is marked so, in batches.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -20,7 +20,7 @@ const MARK_BATCH: usize = 512;
 
 /// What the runtime has still to send, and the sent events still to mark.
 pub(super) struct Outbox {
-    unsent: Mutex<VecDeque<Outgoing>>,
+    unsent: Mutex<Unsent>,
     /// Whether the store may hold unsent events the runtime does not know of: a commit
     /// failed in a way that may have committed all the same.
     rescan: AtomicBool,
@@ -42,10 +42,42 @@ impl Default for Outbox {
     }
 }
 
+/// The relay's queue: each event once, however often the store or a take-over hands it
+/// back while it waits (a broker that is down for long keeps it waiting).
+#[derive(Default)]
+struct Unsent {
+    queue: VecDeque<Outgoing>,
+    queued: HashSet<Sent>,
+}
+
+impl Unsent {
+    fn push_back(&mut self, outgoing: Outgoing) {
+        if self.queued.insert(outgoing.sent()) {
+            self.queue.push_back(outgoing);
+        }
+    }
+
+    fn push_front(&mut self, outgoing: Outgoing) {
+        if self.queued.insert(outgoing.sent()) {
+            self.queue.push_front(outgoing);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Outgoing> {
+        let outgoing = self.queue.pop_front()?;
+        self.queued.remove(&outgoing.sent());
+        Some(outgoing)
+    }
+}
+
 impl Outbox {
-    /// Queues `outgoing` for the relay.
+    /// Queues `outgoing` for the relay, but what it holds already.
     pub(super) fn retry(&self, outgoing: impl IntoIterator<Item = Outgoing>) {
-        self.lock().extend(outgoing);
+        let mut unsent = self.lock();
+        for outgoing in outgoing {
+            unsent.push_back(outgoing);
+        }
+        drop(unsent);
         self.more.notify_one();
     }
 
@@ -62,7 +94,7 @@ impl Outbox {
         let _ = self.marks.send(sent);
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Outgoing>> {
+    fn lock(&self) -> MutexGuard<'_, Unsent> {
         self.unsent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -14,12 +14,21 @@ impl Runtime {
     /// Re-arms the timers, queues the unsent events for the relay and the unfinished
     /// compensations for the workers. A deadline that passed while the service was down
     /// fires at once (after the grace, at a participant that did not start the saga).
+    ///
+    /// On a store other instances may share, an unfinished compensation may be another live
+    /// instance's work in progress: running it here too would run its side effects twice.
+    /// It is left to the broker, which delivers the abort of a compensation a gone instance
+    /// left unfinished again. Unsent events are sent (another instance may be sending them
+    /// too: their consumers drop the duplicate by its id).
     pub(super) fn recover(&self, recovery: Recovery) {
         let Recovery {
             timers,
-            unfinished,
+            mut unfinished,
             unsent,
         } = recovery;
+        if self.store().is_shared() {
+            unfinished.clear();
+        }
         if !(timers.is_empty() && unfinished.is_empty() && unsent.is_empty()) {
             info!(
                 service = %self.name(), store = self.store().name(),

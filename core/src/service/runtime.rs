@@ -44,8 +44,6 @@ pub(crate) struct Runtime {
     outbox: Outbox,
     tokens: Tokens,
     pub(super) metrics: Metrics,
-    /// The store's reservation for this instance ([`Store::hold`]), let go with the runtime.
-    _held: Box<dyn Any + Send + Sync>,
 }
 
 /// How a running service is told to stop.
@@ -91,7 +89,6 @@ impl Runtime {
         definition: Definition,
         transport: Arc<dyn Transport>,
         tokens: Tokens,
-        held: Box<dyn Any + Send + Sync>,
     ) -> Self {
         let meter = definition.meter.clone().unwrap_or_else(|| {
             opentelemetry::global::meter_with_scope(
@@ -109,7 +106,6 @@ impl Runtime {
             queues: SagaQueues::default(),
             outbox: Outbox::default(),
             tokens,
-            _held: held,
         }
     }
 

@@ -78,7 +78,7 @@ impl Runtime {
     /// Commits a start and publishes it: the saga is started from here on, even if the
     /// broker takes the event only later.
     pub(super) async fn commit_start(&self, mut handling: Handling) -> Result<(), StartError> {
-        if let Some((commit, _)) = handling.prepare(self.name()) {
+        if let Some((commit, _)) = handling.prepare(self.name(), self.now()) {
             self.store().commit(vec![commit], None).await?;
         }
         self.started(&handling);

@@ -82,9 +82,10 @@ impl SagaTransaction {
     pub async fn commit(mut self) -> Result<(), StoreError> {
         let service = self.runtime.name().to_owned();
         let mut starts = std::mem::take(starts(&mut self.starts));
+        let now = self.runtime.now();
         let commits = starts
             .iter_mut()
-            .filter_map(|start| start.prepare(&service))
+            .filter_map(|start| start.prepare(&service, now))
             .map(|(commit, _)| commit)
             .collect();
         let transaction = self.transaction.take()?;

@@ -19,10 +19,11 @@ use crate::journal::{SagaRecord, SagaStatus};
 /// Nothing survives the process, and an instance of a service in another process cannot
 /// see this one's sagas; it has no database transaction for handlers to write in. For tests
 /// and for services whose sagas may be lost with them. Instances of a service inside one
-/// process may share one, as they would share a database ([`Store::is_shared`]).
+/// process may share one made with [`MemoryStore::shared`], as they would share a database.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     services: Mutex<HashMap<String, ServiceState>>,
+    shared: bool,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +33,8 @@ struct ServiceState {
     versions: HashMap<SagaId, u64>,
     /// Until when each claimed saga or unsent event is claimed.
     claims: HashMap<ClaimOn, SystemTime>,
+    /// When each unsent event was recorded.
+    recorded: HashMap<Sent, SystemTime>,
     inbox: HashMap<EventId, Deadline>,
     /// Runtime events and dead letters not yet sent, in the order they were recorded.
     outbox: Vec<Outgoing>,
@@ -45,9 +48,19 @@ enum ClaimOn {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store for one instance of each service.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that several instances of a service in this process share: each
+    /// takes over what another left undone ([`Store::is_shared`]). Every memory store checks
+    /// versions; only a shared one makes its services look for work to take over.
+    pub fn shared() -> Self {
+        Self {
+            shared: true,
+            ..Self::default()
+        }
     }
 
     /// A copy of `service`'s record of `saga`, for tests and inspection.
@@ -89,7 +102,7 @@ impl Store for MemoryStore {
     }
 
     fn is_shared(&self) -> bool {
-        true
+        self.shared
     }
 
     async fn load(
@@ -133,7 +146,7 @@ impl Store for MemoryStore {
         let mut versions: HashMap<(&str, SagaId), u64> = HashMap::new();
         let mut creating = HashSet::new();
         for commit in &commits {
-            if commit.changes.is_empty() {
+            if !commit.is_versioned() {
                 continue;
             }
             let key = (commit.service.as_str(), commit.saga_id);
@@ -180,6 +193,7 @@ impl Store for MemoryStore {
         };
         for sent in sent {
             state.claims.remove(&ClaimOn::Unsent(*sent));
+            state.recorded.remove(sent);
             match sent.kind {
                 SentKind::Step { position } => {
                     if let Some(step) = state
@@ -271,14 +285,20 @@ impl Store for MemoryStore {
                     kind: OutgoingKind::Step { position },
                 })
         });
-        for outgoing in steps.chain(state.outbox.iter().cloned()) {
-            if outgoing.envelope.time < claim.recorded_before
-                && claimed.unsent.len() < claim.limit
+        let unclaimed = |outgoing: &Outgoing| {
+            let recorded = state
+                .recorded
+                .get(&outgoing.sent())
+                .copied()
+                .unwrap_or(outgoing.envelope.time);
+            recorded < claim.recorded_before
                 && free(&state.claims, ClaimOn::Unsent(outgoing.sent()))
-            {
-                claimed.unsent.push(outgoing);
-            }
-        }
+        };
+        let mut steps: Vec<Outgoing> = steps.filter(|step| unclaimed(step)).collect();
+        steps.sort_by_key(|step| step.envelope.id);
+        claimed.unsent.extend(steps.into_iter().take(claim.limit));
+        let outbox = state.outbox.iter().filter(|entry| unclaimed(entry));
+        claimed.unsent.extend(outbox.take(claim.limit).cloned());
         let on = claimed
             .timers
             .iter()
@@ -313,6 +333,9 @@ impl Store for MemoryStore {
             }
         });
         state
+            .recorded
+            .retain(|sent, _| records.contains_key(&sent.saga_id));
+        state
             .inbox
             .retain(|_, deadline| deadline.instant() >= before);
         Ok(Purged {
@@ -324,8 +347,23 @@ impl Store for MemoryStore {
 
 /// Applies one handling's changes to what `state` holds.
 fn apply(state: &mut ServiceState, commit: Commit) {
-    if !commit.changes.is_empty() {
+    if commit.is_versioned() {
         *state.versions.entry(commit.saga_id).or_insert(0) += 1;
+    }
+    for change in &commit.changes {
+        if let JournalChange::StepAdded { position, step } = change {
+            let sent = Sent {
+                saga_id: commit.saga_id,
+                event_id: step.output.id,
+                kind: SentKind::Step {
+                    position: *position,
+                },
+            };
+            state.recorded.insert(sent, commit.recorded);
+        }
+    }
+    for outgoing in &commit.outbox {
+        state.recorded.insert(outgoing.sent(), commit.recorded);
     }
     for change in &commit.changes {
         match change {

@@ -182,9 +182,12 @@ pub struct Commit {
     pub service: String,
     /// The saga.
     pub saga_id: SagaId,
-    /// The record's version the changes were made from ([`Loaded::version`], one more
-    /// after each commit that changed it). A shared store refuses changes made from an
-    /// outdated version with [`StoreError::conflict`] and counts one more once they apply.
+    /// The record's version the handling was made from ([`Loaded::version`]; 0 when the
+    /// service had no record). A commit that changes the record, or is made from a record
+    /// (version above 0) even if it changes nothing in it, is checked: a shared store refuses
+    /// it with [`StoreError::conflict`] if the record is no longer at this version, and counts
+    /// one more once it applies. So a handling decided on a record another instance changed
+    /// meanwhile never lands, not even its inbox entry or the handler's own writes.
     pub version: u64,
     /// Changes to the saga's record, in order.
     pub changes: Vec<JournalChange>,
@@ -194,12 +197,21 @@ pub struct Commit {
     /// outbox. Step outputs are not here: their [`JournalChange::StepAdded`] holds them,
     /// unpublished until marked sent.
     pub outbox: Vec<Outgoing>,
+    /// When the handling committed, by the service's clock: the time of the step outputs
+    /// and outbox entries it records, which [`Claim::recorded_before`] is compared with (an
+    /// event's own `time` may be much older: a dead letter is the event as it arrived).
+    pub recorded: SystemTime,
 }
 
 impl Commit {
     /// Whether it changes nothing.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && self.handled.is_none() && self.outbox.is_empty()
+    }
+
+    /// Whether a shared store checks [`version`](Self::version) and counts one more.
+    pub fn is_versioned(&self) -> bool {
+        !self.changes.is_empty() || self.version > 0
     }
 }
 
@@ -343,7 +355,7 @@ pub struct Claim {
     pub now: SystemTime,
     /// Until when what is returned stays claimed.
     pub until: SystemTime,
-    /// The most sagas, and the most events, one call returns.
+    /// The most sagas, the most step outputs and the most outbox entries one call returns.
     pub limit: usize,
 }
 
