@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use choreo::journal::{AbortReason, CompensationState, SagaStatus};
 use choreo::memory::{Chaos, MemoryTransport};
+use choreo::telemetry::metrics as names;
 use choreo::{Envelope, Event, RunningService, SagaKind, SagaOutcome};
 use common::*;
 
@@ -21,12 +22,23 @@ fn takeover(h: &Harness) -> Duration {
     h.units(2)
 }
 
-/// No service started yet, on `backend`; services start with the take-over delay above.
-async fn prepare(backend: Backend) -> Harness {
+/// No service started yet, on `backend`; services start with the take-over delay above and
+/// record their metrics in the second value.
+async fn prepare(backend: Backend) -> (Harness, Metered) {
     let mut h = Harness::prepare(backend).await;
     let takeover = takeover(&h);
     h.tune(|options| options.takeover_after(takeover));
-    h
+    let metered = Metered::in_memory();
+    h.meter = Some(metered.meter());
+    (h, metered)
+}
+
+/// Work of `kind` (`deadline` or `event`) service `service` took over.
+fn taken_over(metered: &Metered, service: &str, kind: &str) -> u64 {
+    metered.count(
+        names::TAKEOVERS,
+        &[("choreo.service", service), ("choreo.takeover.kind", kind)],
+    )
 }
 
 /// The latest instant the take-over may abort a saga whose `deadline` timer was in an
@@ -72,6 +84,8 @@ async fn two_instances_handling_one_saga_at_once_are_serialised_by_the_store() {
     // still being handled, as competing consumers do.
     let memory = MemoryTransport::with_chaos(Chaos::seeded(7).reorder(true));
     let mut h = Harness::prepare_on_memory(memory, StoreKind::Postgres).await;
+    let metered = Metered::in_memory();
+    h.meter = Some(metered.meter());
     h.start_service("orders").await;
     h.start_service("inventory").await;
     // One delivery at a time: while its capture waits at the gate, this instance takes
@@ -106,6 +120,12 @@ async fn two_instances_handling_one_saga_at_once_are_serialised_by_the_store() {
         ]),
         "the capture's business write was rolled back with its refused commit"
     );
+    assert_eq!(
+        metered.count(names::CONFLICTS, &[("choreo.service", "payments")]),
+        1,
+        "the capture lost its race once, and was then skipped"
+    );
+    assert_eq!(metered.count(names::CONFLICTS, &[]), 1);
     let payments = h.record("payments", saga).await.unwrap();
     assert_eq!(step_types(&payments), ["payments.CreditReserved.v1"]);
     assert_eq!(
@@ -140,7 +160,7 @@ async fn two_instances_handling_one_saga_at_once_are_serialised_by_the_store() {
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_whose_instance_died_is_fired_by_another_instance() {
-    let mut h = prepare(Backend::MEMORY.on(StoreKind::Postgres)).await;
+    let (mut h, metered) = prepare(Backend::MEMORY.on(StoreKind::Postgres)).await;
     let takeover = takeover(&h);
     h.start_service("orders").await;
     let survivor = instance(&h, "orders").await;
@@ -186,6 +206,7 @@ async fn a_deadline_whose_instance_died_is_fired_by_another_instance() {
     );
     assert_eq!(record.steps[0].compensation, CompensationState::Compensated);
     assert!(record.compensation_acknowledged && record.abort_published);
+    assert_eq!(taken_over(&metered, "orders", "deadline"), 1);
     drop(survivor);
 }
 
@@ -194,7 +215,7 @@ async fn a_deadline_whose_instance_died_is_fired_by_another_instance() {
 /// the store and publishes it, under its recorded id; the saga completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_instance_died_unsent_is_sent_by_another_instance() {
-    let mut h = prepare(Backend::MEMORY.on(StoreKind::Postgres)).await;
+    let (mut h, metered) = prepare(Backend::MEMORY.on(StoreKind::Postgres)).await;
     h.start_service("payments").await;
     h.start_service("inventory").await;
     let refusing = Arc::new(faults::Faulty::new(
@@ -234,6 +255,8 @@ async fn an_event_whose_instance_died_unsent_is_sent_by_another_instance() {
     );
     assert_eq!(h.effects(order_id).await, every_forward_step_once(order_id));
     assert_eq!(record.status, SagaStatus::Completed);
+    assert_eq!(taken_over(&metered, "orders", "event"), 1, "the start");
+    assert_eq!(taken_over(&metered, "orders", "deadline"), 0);
     drop(survivor);
 }
 
@@ -288,7 +311,7 @@ async fn sagas_on_three_instances_of_each_service_survive_one_of_each_being_kill
     } else {
         1_000
     };
-    let mut h = prepare(backend).await;
+    let (mut h, _) = prepare(backend).await;
     let slow = h.units(10);
     h.world.set(|behaviour| {
         behaviour.credit_limit_cents = 10_000;

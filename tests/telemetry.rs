@@ -16,8 +16,6 @@ use choreo::telemetry::metrics as names;
 use choreo::{AbortReason, Event, SagaAborted, SagaCompensated, SagaId, SagaOutcome};
 use common::*;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -284,12 +282,8 @@ async fn a_log_line_inside_a_handler_carries_the_saga_id_and_the_trace_id() {
 
 async fn three_sagas_are_three_traces_and_their_outcomes_are_counted(backend: Backend) {
     exported();
-    let metrics = InMemoryMetricExporter::default();
-    let meters = SdkMeterProvider::builder()
-        .with_reader(PeriodicReader::builder(metrics.clone()).build())
-        .build();
-    let meter = opentelemetry::metrics::MeterProvider::meter(&meters, "choreo-tests");
-    let h = Harness::start_metered(backend, Some(meter)).await;
+    let metered = Metered::in_memory();
+    let h = Harness::start_metered(backend, Some(metered.meter())).await;
     h.world.set(|b| {
         b.out_of_stock.insert("vinyl".into());
         b.slow_skus.insert("espresso".into(), backend.units(15));
@@ -411,10 +405,7 @@ async fn three_sagas_are_three_traces_and_their_outcomes_are_counted(backend: Ba
     assert_eq!(traces.len(), 3, "each saga is a trace of its own");
 
     // Metrics: the initiator counts sagas by outcome; each service its own work.
-    meters.force_flush().unwrap();
-    let exported = metrics.get_finished_metrics().unwrap();
-    let metrics = exported.last().expect("metrics were exported");
-    let count = |name: &str, attributes: &[(&str, &str)]| sum(metrics, name, attributes);
+    let count = |name: &str, attributes: &[(&str, &str)]| metered.count(name, attributes);
     assert_eq!(
         count(names::SAGAS_STARTED, &[("choreo.service", "orders")]),
         3
@@ -458,42 +449,4 @@ async fn three_sagas_are_three_traces_and_their_outcomes_are_counted(backend: Ba
     assert_eq!(count(names::DEAD_LETTERS, &[]), 0);
     assert_eq!(count(names::HANDLER_ERRORS, &[]), 0);
     assert_eq!(count(names::RETRIES, &[]), 0);
-}
-
-/// The sum of counter `name` (or the count of histogram `name`) over the data points that
-/// carry every one of `attributes`; zero when nothing was recorded.
-fn sum(metrics: &ResourceMetrics, name: &str, attributes: &[(&str, &str)]) -> u64 {
-    let matches = |point: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
-        let point: HashMap<String, String> = point
-            .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
-            .collect();
-        attributes
-            .iter()
-            .all(|(key, value)| point.get(*key).map(String::as_str) == Some(*value))
-    };
-    let mut total = 0;
-    for metric in metrics
-        .scope_metrics()
-        .flat_map(|scope| scope.metrics())
-        .filter(|metric| metric.name() == name)
-    {
-        match metric.data() {
-            AggregatedMetrics::U64(MetricData::Sum(sum)) => {
-                for point in sum.data_points() {
-                    if matches(&mut point.attributes()) {
-                        total += point.value();
-                    }
-                }
-            }
-            AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
-                for point in histogram.data_points() {
-                    if matches(&mut point.attributes()) {
-                        total += point.count();
-                    }
-                }
-            }
-            other => panic!("{name} has unexpected data {other:?}"),
-        }
-    }
-    total
 }

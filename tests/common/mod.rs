@@ -25,6 +25,8 @@ use choreo::{
     TokioClock, TraceContext, Transport,
 };
 use opentelemetry::metrics::Meter;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use serde::{Deserialize, Serialize};
 
 #[allow(unused_imports)]
@@ -1088,4 +1090,73 @@ impl DeadLetterLog {
             changed.await;
         }
     }
+}
+
+/// Metrics the services record, kept in memory for a test to count.
+pub struct Metered {
+    exporter: InMemoryMetricExporter,
+    provider: SdkMeterProvider,
+}
+
+impl Metered {
+    pub fn in_memory() -> Self {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        Self { exporter, provider }
+    }
+
+    /// The meter to give the services (`Harness::meter`).
+    pub fn meter(&self) -> Meter {
+        opentelemetry::metrics::MeterProvider::meter(&self.provider, "choreo-tests")
+    }
+
+    /// Counter `name`'s total (a histogram's count) over the points with `attributes`, as
+    /// recorded so far.
+    pub fn count(&self, name: &str, attributes: &[(&str, &str)]) -> u64 {
+        self.provider.force_flush().unwrap();
+        let exported = self.exporter.get_finished_metrics().unwrap();
+        exported
+            .last()
+            .map_or(0, |metrics| sum(metrics, name, attributes))
+    }
+}
+
+/// The sum of counter `name` (or the count of histogram `name`) over the data points that
+/// carry every one of `attributes`; zero when nothing was recorded.
+fn sum(metrics: &ResourceMetrics, name: &str, attributes: &[(&str, &str)]) -> u64 {
+    let matches = |point: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
+        let point: HashMap<String, String> = point
+            .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
+            .collect();
+        attributes
+            .iter()
+            .all(|(key, value)| point.get(*key).map(String::as_str) == Some(*value))
+    };
+    let mut total = 0;
+    for metric in metrics
+        .scope_metrics()
+        .flat_map(|scope| scope.metrics())
+        .filter(|metric| metric.name() == name)
+    {
+        match metric.data() {
+            AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                for point in sum.data_points() {
+                    if matches(&mut point.attributes()) {
+                        total += point.value();
+                    }
+                }
+            }
+            AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
+                for point in histogram.data_points() {
+                    if matches(&mut point.attributes()) {
+                        total += point.count();
+                    }
+                }
+            }
+            other => panic!("{name} has unexpected data {other:?}"),
+        }
+    }
+    total
 }

@@ -330,6 +330,7 @@ impl Runtime {
                     if error.is_conflict() && attempt < CONFLICT_ATTEMPTS =>
                 {
                     debug!(service = %self.name(), %error, attempt, "another instance changed the saga meanwhile; handling again");
+                    self.metrics.conflicted();
                     attempt += 1;
                 }
                 result => return result,

@@ -35,6 +35,8 @@ impl Runtime {
                         service = %self.name(), timers = claimed.timers.len(), unsent = claimed.unsent.len(),
                         "taking over overdue deadlines and unsent events no instance took care of"
                     );
+                    self.metrics
+                        .taken_over(claimed.timers.len(), claimed.unsent.len());
                     for saga in claimed.timers {
                         self.dispatch(saga.saga_id, Work::DeadlinePassed);
                     }

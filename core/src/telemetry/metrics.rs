@@ -29,6 +29,12 @@ pub const HANDLER_ERRORS: &str = "choreo.handler.errors";
 pub const DEAD_LETTERS: &str = "choreo.dead_letters";
 /// Compensations run, by `choreo.compensation.result`: `compensated` or `failed`.
 pub const COMPENSATIONS: &str = "choreo.compensations";
+/// Handlings made again because another instance of the service changed their saga's
+/// record first (a shared store's conflict; docs/deployment.md).
+pub const CONFLICTS: &str = "choreo.handling.conflicts";
+/// Work another instance left undone, claimed and done here, by `choreo.takeover.kind`:
+/// `deadline` (an overdue saga aborted) or `event` (an unsent event sent).
+pub const TAKEOVERS: &str = "choreo.takeovers";
 
 /// How a step ended, for [`STEP_DURATION`].
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +81,8 @@ pub(crate) struct Metrics {
     handler_errors: Counter<u64>,
     dead_letters: Counter<u64>,
     compensations: Counter<u64>,
+    conflicts: Counter<u64>,
+    takeovers: Counter<u64>,
 }
 
 impl Metrics {
@@ -118,6 +126,16 @@ impl Metrics {
                 "Messages sent to the dead-letter destination",
             ),
             compensations: counter(COMPENSATIONS, "{compensation}", "Compensations run"),
+            conflicts: counter(
+                CONFLICTS,
+                "{handling}",
+                "Handlings made again because another instance changed their saga first",
+            ),
+            takeovers: counter(
+                TAKEOVERS,
+                "{item}",
+                "Work another instance left undone, taken over here",
+            ),
         }
     }
 
@@ -184,6 +202,21 @@ impl Metrics {
             1,
             &self.with([KeyValue::new("choreo.dead_letter.reason", reason)]),
         );
+    }
+
+    pub(crate) fn conflicted(&self) {
+        self.conflicts.add(1, &self.common);
+    }
+
+    pub(crate) fn taken_over(&self, deadlines: usize, events: usize) {
+        for (kind, count) in [("deadline", deadlines), ("event", events)] {
+            if count > 0 {
+                self.takeovers.add(
+                    count as u64,
+                    &self.with([KeyValue::new("choreo.takeover.kind", kind)]),
+                );
+            }
+        }
     }
 
     pub(crate) fn compensated(&self, succeeded: bool) {
