@@ -80,6 +80,7 @@ macro_rules! shared_store_conformance_tests {
         $crate::store_conformance_tests!(@each $subject;
             a_commit_from_an_outdated_version_is_a_conflict_and_applies_nothing,
             overdue_deadlines_and_unsent_events_are_claimed_once_until_the_claim_runs_out,
+            instances_claiming_at_once_share_the_overdue_work_out,
         );
     };
 }
@@ -869,4 +870,57 @@ pub async fn overdue_deadlines_and_unsent_events_are_claimed_once_until_the_clai
         2,
         "the abort was sent meanwhile: {after:?}"
     );
+}
+
+/// Instances that look for work at the same moment each claim a part of it, never the same
+/// saga or event twice, and together all of it.
+pub async fn instances_claiming_at_once_share_the_overdue_work_out(subject: &dyn StoreSubject) {
+    let (first, second) = (subject.open().await, subject.open().await);
+    let service = fresh_service();
+    let records: Vec<SagaRecord> = (0..40).map(|_| record(SagaId::new())).collect();
+    let commits = records
+        .iter()
+        .map(|record| creating(&service, record, None))
+        .collect();
+    commit(&first, commits).await;
+
+    let at = now() + Duration::from_secs(70);
+    let claim = Claim {
+        deadlines_before: now() + Duration::from_secs(60),
+        recorded_before: now() + Duration::from_secs(1),
+        now: at,
+        until: at + Duration::from_secs(10),
+        limit: 25,
+    };
+    let claiming = |store: Arc<dyn Store>, service: String| async move {
+        store
+            .claim(&service, &claim)
+            .await
+            .unwrap_or_else(|error| panic!("claim: {error}"))
+    };
+    // Two at a time, each on a store of its own, as two instances would.
+    let (a, b) = tokio::join!(
+        claiming(Arc::clone(&first), service.clone()),
+        claiming(Arc::clone(&second), service.clone()),
+    );
+    let (c, d) = tokio::join!(claiming(first, service.clone()), claiming(second, service));
+    let mut sagas: Vec<SagaId> = [&a, &b, &c, &d]
+        .iter()
+        .flat_map(|claimed| claimed.timers.iter().map(|saga| saga.saga_id))
+        .collect();
+    sagas.sort();
+    let mut expected: Vec<SagaId> = records.iter().map(|record| record.saga_id).collect();
+    expected.sort();
+    assert_eq!(sagas, expected, "every overdue saga claimed exactly once");
+    let mut events: Vec<EventId> = [&a, &b, &c, &d]
+        .iter()
+        .flat_map(|claimed| claimed.unsent.iter().map(|unsent| unsent.envelope.id))
+        .collect();
+    events.sort();
+    let mut expected: Vec<EventId> = records
+        .iter()
+        .flat_map(|record| record.steps.iter().map(|step| step.output.id))
+        .collect();
+    expected.sort();
+    assert_eq!(events, expected, "every unsent event claimed exactly once");
 }
