@@ -14,14 +14,13 @@ use crate::codec;
 use crate::sql;
 
 /// What a call's commits do to one saga's record, changes applied in order: the net write.
-#[derive(Default)]
 struct Net {
     /// The version the first commit was made from.
     version: u64,
     /// The version once the call's commits of the saga applied: one more per commit.
     next: u64,
     /// When the last of them was recorded.
-    recorded: Option<SystemTime>,
+    recorded: SystemTime,
     /// The saga's own fields, and whether the record is created.
     header: Option<(bool, SagaHeader)>,
     /// Steps written whole, by position.
@@ -93,11 +92,7 @@ impl Batch {
             if commit.is_versioned() {
                 let net = nets.entry(key).or_insert_with(|| {
                     order.push(key);
-                    Net {
-                        version: commit.version,
-                        next: commit.version,
-                        ..Net::default()
-                    }
+                    Net::starting(commit)
                 });
                 // Several commits of one saga in one call follow each other, each made from
                 // the version the one before leaves.
@@ -108,7 +103,7 @@ impl Batch {
                     )));
                 }
                 net.next += 1;
-                net.recorded = Some(commit.recorded);
+                net.recorded = commit.recorded;
                 for change in &commit.changes {
                     net.apply(change, commit)?;
                 }
@@ -193,9 +188,7 @@ impl Batch {
             self.s_published.push(step.published);
             self.s_compensation.push(compensation);
             self.s_failure.push(failure.map(str::to_owned));
-            self.s_recorded.push(codec::nanos_clamped(
-                net.recorded.unwrap_or(step.output.time),
-            ));
+            self.s_recorded.push(codec::nanos_clamped(net.recorded));
         }
         for (position, state) in net.compensations {
             let (compensation, failure) = codec::compensation(&state);
@@ -256,6 +249,18 @@ impl Batch {
 }
 
 impl Net {
+    /// Nothing written yet, for the commits of `first`'s saga, made from its version.
+    fn starting(first: &Commit) -> Self {
+        Self {
+            version: first.version,
+            next: first.version,
+            recorded: first.recorded,
+            header: None,
+            steps: BTreeMap::new(),
+            compensations: BTreeMap::new(),
+        }
+    }
+
     fn apply(&mut self, change: &JournalChange, commit: &Commit) -> Result<(), StoreError> {
         match change {
             JournalChange::Created(header) => {

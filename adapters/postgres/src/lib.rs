@@ -486,11 +486,7 @@ fn recovered(
 ) -> Result<Recovery, Decode> {
     let mut recovery = Recovery::default();
     for row in timers {
-        recovery.timers.push(ActiveSaga {
-            saga_id: SagaId::from(row.try_get::<Uuid, _>("saga_id")?),
-            deadline: Deadline::at(codec::instant(row.try_get("deadline_ns")?)),
-            initiated_here: row.try_get("initiated_here")?,
-        });
+        recovery.timers.push(active_saga(row)?);
     }
     for row in unfinished {
         recovery
@@ -498,58 +494,55 @@ fn recovered(
             .push(SagaId::from(row.try_get::<Uuid, _>("saga_id")?));
     }
     for row in steps {
-        let position: i32 = row.try_get("position")?;
-        let output: String = row.try_get("output")?;
-        recovery.unsent.push(Outgoing {
-            envelope: codec::envelope_of(&output)?,
-            kind: OutgoingKind::Step {
-                position: usize::try_from(position)
-                    .map_err(|_| codec::corrupt(format!("step position {position}")))?,
-            },
-        });
+        recovery.unsent.push(unsent_step(row, "output")?);
     }
     for row in outbox {
-        let kind: String = row.try_get("kind")?;
-        let envelope: String = row.try_get("envelope")?;
-        recovery.unsent.push(Outgoing {
-            envelope: codec::envelope_of(&envelope)?,
-            kind: codec::outbox_kind_of(&kind, row.try_get("reason")?)?,
-        });
+        recovery.unsent.push(unsent_entry(row, "envelope")?);
     }
     Ok(recovery)
+}
+
+/// The timer of the active saga a row's `saga_id`, `deadline_ns` and `initiated_here` hold.
+fn active_saga(row: &PgRow) -> Result<ActiveSaga, Decode> {
+    Ok(ActiveSaga {
+        saga_id: SagaId::from(row.try_get::<Uuid, _>("saga_id")?),
+        deadline: Deadline::at(codec::instant(row.try_get("deadline_ns")?)),
+        initiated_here: row.try_get("initiated_here")?,
+    })
+}
+
+/// The unsent step output a row holds: its `position`, and its event in column `event`.
+fn unsent_step(row: &PgRow, event: &str) -> Result<Outgoing, Decode> {
+    let position: i32 = row.try_get("position")?;
+    let text: String = row.try_get(event)?;
+    Ok(Outgoing {
+        envelope: codec::envelope_of(&text)?,
+        kind: OutgoingKind::Step {
+            position: usize::try_from(position)
+                .map_err(|_| codec::corrupt(format!("step position {position}")))?,
+        },
+    })
+}
+
+/// The unsent outbox entry a row holds: its `kind`, `reason`, and its event in column
+/// `event`.
+fn unsent_entry(row: &PgRow, event: &str) -> Result<Outgoing, Decode> {
+    let kind: String = row.try_get("kind")?;
+    let text: String = row.try_get(event)?;
+    Ok(Outgoing {
+        envelope: codec::envelope_of(&text)?,
+        kind: codec::outbox_kind_of(&kind, row.try_get("reason")?)?,
+    })
 }
 
 /// What [`sql::CLAIM`] claimed.
 fn claimed(rows: &[PgRow]) -> Result<Claimed, Decode> {
     let mut claimed = Claimed::default();
     for row in rows {
-        let event = |row: &PgRow| -> Result<_, Decode> {
-            let text: String = row.try_get("event")?;
-            Ok(codec::envelope_of(&text)?)
-        };
         match row.try_get::<&str, _>("what")? {
-            "saga" => claimed.timers.push(ActiveSaga {
-                saga_id: SagaId::from(row.try_get::<Uuid, _>("saga_id")?),
-                deadline: Deadline::at(codec::instant(row.try_get("deadline_ns")?)),
-                initiated_here: row.try_get("initiated_here")?,
-            }),
-            "step" => {
-                let position: i32 = row.try_get("position")?;
-                claimed.unsent.push(Outgoing {
-                    envelope: event(row)?,
-                    kind: OutgoingKind::Step {
-                        position: usize::try_from(position)
-                            .map_err(|_| codec::corrupt(format!("step position {position}")))?,
-                    },
-                });
-            }
-            _ => {
-                let kind: String = row.try_get("kind")?;
-                claimed.unsent.push(Outgoing {
-                    envelope: event(row)?,
-                    kind: codec::outbox_kind_of(&kind, row.try_get("reason")?)?,
-                });
-            }
+            "saga" => claimed.timers.push(active_saga(row)?),
+            "step" => claimed.unsent.push(unsent_step(row, "event")?),
+            _ => claimed.unsent.push(unsent_entry(row, "event")?),
         }
     }
     Ok(claimed)

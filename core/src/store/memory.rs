@@ -219,27 +219,11 @@ impl Store for MemoryStore {
         };
         let mut recovery = Recovery::default();
         for record in state.records.values() {
-            match record.status {
-                SagaStatus::Active if !record.abort_published => {
-                    recovery.timers.push(ActiveSaga {
-                        saga_id: record.saga_id,
-                        deadline: record.deadline,
-                        initiated_here: record.initiated_here,
-                    });
-                }
-                SagaStatus::Aborted { .. } if !record.compensation_acknowledged => {
-                    recovery.unfinished.push(record.saga_id);
-                }
-                _ => {}
+            recovery.timers.extend(timer(record));
+            if record.is_aborted() && !record.compensation_acknowledged {
+                recovery.unfinished.push(record.saga_id);
             }
-            for (position, step) in record.steps.iter().enumerate() {
-                if !step.published && !step.withheld {
-                    recovery.unsent.push(Outgoing {
-                        envelope: step.output.clone(),
-                        kind: OutgoingKind::Step { position },
-                    });
-                }
-            }
+            recovery.unsent.extend(unsent_steps(record));
         }
         recovery.unsent.extend(state.outbox.iter().cloned());
         Ok(recovery)
@@ -254,37 +238,19 @@ impl Store for MemoryStore {
         let free = |claims: &HashMap<ClaimOn, SystemTime>, on: ClaimOn| {
             claims.get(&on).is_none_or(|until| *until < claim.now)
         };
-        let mut overdue: Vec<&SagaRecord> = state
+        let mut overdue: Vec<ActiveSaga> = state
             .records
             .values()
-            .filter(|record| {
-                record.status == SagaStatus::Active
-                    && !record.abort_published
-                    && record.deadline.instant() < claim.deadlines_before
-                    && free(&state.claims, ClaimOn::Saga(record.saga_id))
+            .filter_map(timer)
+            .filter(|saga| {
+                saga.deadline.instant() < claim.deadlines_before
+                    && free(&state.claims, ClaimOn::Saga(saga.saga_id))
             })
             .collect();
-        overdue.sort_by_key(|record| (record.deadline, record.saga_id));
-        claimed.timers = overdue
-            .into_iter()
-            .take(claim.limit)
-            .map(|record| ActiveSaga {
-                saga_id: record.saga_id,
-                deadline: record.deadline,
-                initiated_here: record.initiated_here,
-            })
-            .collect();
-        let steps = state.records.values().flat_map(|record| {
-            record
-                .steps
-                .iter()
-                .enumerate()
-                .filter(|(_, step)| !step.published && !step.withheld)
-                .map(|(position, step)| Outgoing {
-                    envelope: step.output.clone(),
-                    kind: OutgoingKind::Step { position },
-                })
-        });
+        overdue.sort_by_key(|saga| (saga.deadline, saga.saga_id));
+        overdue.truncate(claim.limit);
+        claimed.timers = overdue;
+        let steps = state.records.values().flat_map(unsent_steps);
         let unclaimed = |outgoing: &Outgoing| {
             let recorded = state
                 .recorded
@@ -343,6 +309,28 @@ impl Store for MemoryStore {
             handled: (handled - state.inbox.len()) as u64,
         })
     }
+}
+
+/// The timer of `record`'s saga, if it is active and the service recorded no abort of its own.
+fn timer(record: &SagaRecord) -> Option<ActiveSaga> {
+    (record.status == SagaStatus::Active && !record.abort_published).then_some(ActiveSaga {
+        saga_id: record.saga_id,
+        deadline: record.deadline,
+        initiated_here: record.initiated_here,
+    })
+}
+
+/// The step outputs of `record` neither published nor withheld.
+fn unsent_steps(record: &SagaRecord) -> impl Iterator<Item = Outgoing> + '_ {
+    record
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, step)| !step.published && !step.withheld)
+        .map(|(position, step)| Outgoing {
+            envelope: step.output.clone(),
+            kind: OutgoingKind::Step { position },
+        })
 }
 
 /// Applies one handling's changes to what `state` holds.
