@@ -525,6 +525,16 @@ impl Harness {
         self.options = Some(change(self.options()));
     }
 
+    /// Stores opened from here on hold at most `connections` connections each to the
+    /// database (the store URL's `pool.max_connections`); other stores are not pooled.
+    #[cfg(feature = "postgres")]
+    pub fn pool_store_connections(&mut self, connections: u32) {
+        if let Stores::Postgres(url) = &mut self.stores {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            url.push_str(&format!("{separator}pool.max_connections={connections}"));
+        }
+    }
+
     /// Waits for the first event of any saga, and returns that saga.
     pub async fn wait_for_a_saga(&self) -> SagaId {
         let deadline = tokio::time::Instant::now() + self.units(100);
