@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use choreo::memory::MemoryTransport;
-use choreo::{ConnectError, Context, HandlerError, Service, StartError, UrlError};
+use choreo::{ConnectError, Context, Service, StartError, UrlError};
 use common::*;
 
 #[tokio::test]
@@ -80,7 +80,7 @@ fn a_definition_that_cannot_work_is_refused_with_every_problem() {
             }))
         })
         .step(|_: OrderPlaced, _: Context| async { Ok(choreo::Step::done(())) })
-        .compensate(|_: StockReserved, _: Context| async { Ok::<_, HandlerError>(()) })
+        .compensate(|_: StockReserved, _: Context| async { Ok(()) })
         .build()
         .unwrap_err();
     assert_eq!(error.service, "payments");

@@ -22,7 +22,7 @@ pub fn test_url(broker: &KafkaBroker) -> String {
     )
 }
 
-#[async_trait::async_trait]
+#[choreo::async_trait]
 impl Subject for Kafka {
     async fn connect(&self) -> Arc<dyn Transport> {
         let url = TransportUrl::parse(&test_url(&self.broker)).unwrap();

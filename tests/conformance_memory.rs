@@ -8,7 +8,7 @@ use choreo_testkit::conformance::Subject;
 
 struct Memory(MemoryTransport);
 
-#[async_trait::async_trait]
+#[choreo::async_trait]
 impl Subject for Memory {
     async fn connect(&self) -> Arc<dyn Transport> {
         Arc::new(self.0.clone())

@@ -22,7 +22,7 @@ impl RabbitMq {
     }
 }
 
-#[async_trait::async_trait]
+#[choreo::async_trait]
 impl Subject for RabbitMq {
     async fn connect(&self) -> Arc<dyn Transport> {
         Arc::new(self.transport().await)

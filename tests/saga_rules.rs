@@ -828,3 +828,41 @@ async fn an_abort_after_completion_still_compensates_so_participants_agree_in_an
         ])
     );
 }
+
+/// `start_saga_within` sets the deadline a timeout after the start, by the service's clock,
+/// and every participant keeps that deadline.
+#[tokio::test(start_paused = true)]
+async fn a_saga_started_within_a_timeout_is_due_that_long_after_its_start() {
+    let h = Harness::start(Backend::MEMORY).await;
+    let order = OrderPlaced {
+        order_id: 1,
+        amount_cents: 2_500,
+        sku: "book".into(),
+    };
+    let timeout = Duration::from_secs(7);
+    let saga = h.running["orders"]
+        .start_saga_within(order, timeout)
+        .await
+        .unwrap();
+
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    assert_eq!(
+        h.flow(saga),
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", StockReserved::TYPE),
+            ev("payments", PaymentCaptured::TYPE),
+            ev("orders", OrderConfirmed::TYPE),
+        ]
+    );
+    // Started outside a transaction: no order row was created with it.
+    assert_eq!(h.effects(1).await, every_forward_step_once(1)[1..]);
+    let start = &h.log.events(saga)[0];
+    assert_eq!(start.deadline.instant(), start.time + timeout);
+    for service in SERVICES {
+        let record = h.record(service, saga).await.unwrap();
+        assert_eq!(record.deadline, start.deadline, "{service}");
+        assert_eq!(record.status, SagaStatus::Completed, "{service}");
+    }
+}

@@ -8,7 +8,7 @@ use choreo_testkit::store_conformance::StoreSubject;
 /// One store for every check of a test, as a process keeps it.
 struct Memory(Arc<MemoryStore>);
 
-#[async_trait::async_trait]
+#[choreo::async_trait]
 impl StoreSubject for Memory {
     async fn open(&self) -> Arc<dyn Store> {
         Arc::clone(&self.0) as Arc<dyn Store>

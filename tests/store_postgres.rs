@@ -20,7 +20,7 @@ struct Postgres {
     url: String,
 }
 
-#[async_trait::async_trait]
+#[choreo::async_trait]
 impl StoreSubject for Postgres {
     async fn open(&self) -> Arc<dyn Store> {
         Arc::new(open(&self.url).await)

@@ -26,7 +26,7 @@ impl Drop for Sqlite {
     }
 }
 
-#[async_trait::async_trait]
+#[choreo::async_trait]
 impl StoreSubject for Sqlite {
     async fn open(&self) -> Arc<dyn Store> {
         let url = format!("sqlite://{}", self.path().display());

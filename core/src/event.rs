@@ -27,16 +27,19 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 }
 
 /// What a step can emit when it succeeds: one event, or nothing (`()`).
+///
+/// Its constant has a name of its own, so that `MyEvent::TYPE` stays unambiguous where
+/// both traits are in scope.
 pub trait Emit: Send + 'static {
     /// The type of the emitted event, if the step emits one.
-    const TYPE: Option<&'static str>;
+    const EMITTED_TYPE: Option<&'static str>;
 
     /// The emitted event as JSON data, if any.
     fn into_data(self) -> Result<Option<Box<RawValue>>, serde_json::Error>;
 }
 
 impl<E: Event> Emit for E {
-    const TYPE: Option<&'static str> = Some(E::TYPE);
+    const EMITTED_TYPE: Option<&'static str> = Some(E::TYPE);
 
     fn into_data(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
         serde_json::value::to_raw_value(&self).map(Some)
@@ -44,9 +47,35 @@ impl<E: Event> Emit for E {
 }
 
 impl Emit for () {
-    const TYPE: Option<&'static str> = None;
+    const EMITTED_TYPE: Option<&'static str> = None;
 
     fn into_data(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::{Emit, Event};
+
+    #[derive(Serialize, Deserialize)]
+    struct CreditReserved {
+        order_id: u64,
+    }
+
+    impl Event for CreditReserved {
+        const TYPE: &'static str = "payments.CreditReserved.v1";
+    }
+
+    #[test]
+    fn an_event_type_is_unambiguous_with_both_traits_in_scope() {
+        assert_eq!(CreditReserved::TYPE, "payments.CreditReserved.v1");
+        assert_eq!(
+            CreditReserved::EMITTED_TYPE,
+            Some("payments.CreditReserved.v1")
+        );
+        assert_eq!(<() as Emit>::EMITTED_TYPE, None);
     }
 }

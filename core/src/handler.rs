@@ -136,7 +136,7 @@ struct TypedStep<H, E> {
 
 impl<E: Event, H: StepHandler<E>> ErasedStep for TypedStep<H, E> {
     fn output_type(&self) -> Option<&'static str> {
-        <H::Output as Emit>::TYPE
+        H::Output::EMITTED_TYPE
     }
 
     fn call(&self, data: &RawValue, cx: Context) -> BoxFuture<Result<StepOutcome, HandlerError>> {

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use choreo::async_trait;
 use choreo::transport::Acknowledge;
 use choreo::{
     Delivery, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,

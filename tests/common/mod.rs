@@ -807,7 +807,7 @@ impl Harness {
             .await;
         let saga = match timeout {
             None => tx.start_saga(order),
-            Some(timeout) => tx.start_saga_until(order, Deadline::after(self.clock.now(), timeout)),
+            Some(timeout) => tx.start_saga_within(order, timeout),
         }
         .unwrap();
         tx.commit().await.unwrap();

@@ -369,6 +369,17 @@ impl RunningService {
         self.start(event, now, deadline).await
     }
 
+    /// Starts a saga with `event` that must finish within `timeout` from now, by the
+    /// service's clock.
+    pub async fn start_saga_within<E: Event>(
+        &self,
+        event: E,
+        timeout: std::time::Duration,
+    ) -> Result<SagaId, StartError> {
+        let now = self.runtime.now();
+        self.start(event, now, Deadline::after(now, timeout)).await
+    }
+
     /// Starts a saga with `event` that must finish by `deadline`.
     pub async fn start_saga_until<E: Event>(
         &self,

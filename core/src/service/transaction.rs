@@ -55,6 +55,17 @@ impl SagaTransaction {
         self.start(event, now, deadline)
     }
 
+    /// Starts a saga with `event` that must finish within `timeout` from now, by the
+    /// service's clock, once this commits.
+    pub fn start_saga_within<E: Event>(
+        &mut self,
+        event: E,
+        timeout: std::time::Duration,
+    ) -> Result<SagaId, StartError> {
+        let now = self.runtime.now();
+        self.start(event, now, Deadline::after(now, timeout))
+    }
+
     /// Starts a saga with `event` that must finish by `deadline`, once this commits.
     pub fn start_saga_until<E: Event>(
         &mut self,
