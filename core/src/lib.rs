@@ -47,6 +47,7 @@ pub use crate::store::{
 pub use crate::trace::{InvalidTraceparent, TraceContext};
 pub use crate::transport::{Delivery, PublishError, Subscription, Transport, TransportError};
 pub use crate::url::{ConnectError, TransportUrl, UrlError, UrlOf};
+
 /// The attribute the [`Store`], [`StoreTransaction`], [`Transport`], [`Subscription`] and
 /// [`Acknowledge`](transport::Acknowledge) traits are written with: put
 /// `#[choreo::async_trait]` on an implementation of one; no dependency of your own needed.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tracing::{error, info, warn, Instrument, Span};
 
 use super::handling::Handling;
-use super::runtime::{to_raw, Failure, Infrastructure, Runtime, Settle};
+use super::runtime::{to_raw, Infrastructure, Runtime, Settle};
 use crate::context::Context;
 use crate::envelope::{Envelope, SagaKind};
 use crate::event::Event;
@@ -198,8 +198,12 @@ impl Runtime {
         );
         match result {
             Ok(()) => CompensationState::Compensated,
-            Err(Failure::GaveUp(error) | Failure::OutOfTime(error)) => {
-                let reason = format!("compensation of `{}` failed: {error}", output.event_type);
+            Err(failure) => {
+                let reason = format!(
+                    "compensation of `{}` failed: {}",
+                    output.event_type,
+                    failure.describe()
+                );
                 error!(service = %self.name(), saga_id = %output.saga_id, %reason, "dead-lettering the compensation");
                 self.metrics
                     .dead_lettered(DeadLetterReason::CompensationFailed);

@@ -78,10 +78,22 @@ pub(super) enum Infrastructure {
 
 /// How running a handler with retries ended, when it did not succeed.
 pub(super) enum Failure {
-    /// Permanent, or transient on every attempt.
-    GaveUp(HandlerError),
+    /// Permanent, or transient on every attempt: what went wrong, for people.
+    GaveUp(String),
     /// The deadline passed between attempts.
     OutOfTime(HandlerError),
+}
+
+impl Failure {
+    /// What went wrong, for people: the handler's error and why it was not tried again.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Self::GaveUp(detail) => detail.clone(),
+            Self::OutOfTime(error) => {
+                format!("{} (the deadline passed while retrying)", error.source())
+            }
+        }
+    }
 }
 
 impl Runtime {
@@ -481,13 +493,16 @@ impl Runtime {
             self.metrics
                 .handler_failed(handler, kind, backoff.is_some());
             if error.kind() == ErrorKind::Permanent {
-                return Err(Failure::GaveUp(error));
+                return Err(Failure::GaveUp(format!(
+                    "{} (a permanent error)",
+                    error.source()
+                )));
             }
             let Some(wait) = backoff else {
-                return Err(Failure::GaveUp(HandlerError::transient(format!(
+                return Err(Failure::GaveUp(format!(
                     "{} (gave up after {number} attempts)",
                     error.source()
-                ))));
+                )));
             };
             warn!(service = %self.name(), attempt = number, ?wait, %error, "retrying after a transient error");
             tokio::time::sleep(wait).await;

@@ -109,8 +109,12 @@ impl Runtime {
                 info!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "step rejected; aborting the saga");
                 self.record_abort(handling, Some(envelope), AbortReason::Rejected, reason)?;
             }
-            Err(Failure::GaveUp(error)) => {
-                let reason = format!("step for `{}` failed: {error}", envelope.event_type);
+            Err(failure @ Failure::GaveUp(_)) => {
+                let reason = format!(
+                    "step for `{}` failed: {}",
+                    envelope.event_type,
+                    failure.describe()
+                );
                 error!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "dead-lettering the event and aborting the saga");
                 self.metrics.dead_lettered(DeadLetterReason::StepFailed);
                 self.record_abort(
