@@ -655,17 +655,29 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_o
         .to_binary()
     };
     h.publish_raw(TOPIC, None, not_json.clone()).await;
+    let foreign = choreo::RawMessage {
+        headers: vec![],
+        body: b"hello".to_vec(),
+    };
+    h.publish_raw(TOPIC, None, foreign.clone()).await;
 
     let (order, saga) = h.place_order(2_500, "book").await;
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
     assert_eq!(h.effects(order).await.len(), 5);
 
-    // Each service's consumer group dead-lettered each bad message once, saying why.
-    let dead = h.dead_letters(2 * SERVICES.len()).await;
+    // Each service's consumer group dead-lettered each bad message once, saying why: a
+    // message that is not a CloudEvent, one missing attributes, one whose data is not JSON.
+    let dead = h.dead_letters(3 * SERVICES.len()).await;
     h.settle().await;
-    assert_eq!(h.dead_letters(0).await.len(), 2 * SERVICES.len());
+    assert_eq!(h.dead_letters(0).await.len(), 3 * SERVICES.len());
     for letter in &dead {
-        if letter.body == garbage.body {
+        if letter.body == foreign.body {
+            assert_eq!(
+                letter.reason,
+                "malformed event: not a CloudEvent: no `ce_` headers, \
+                 and the content type is not `application/cloudevents+json`"
+            );
+        } else if letter.body == garbage.body {
             assert_eq!(
                 letter.reason,
                 "malformed event: missing required attribute `specversion`"

@@ -177,6 +177,12 @@ pub enum EnvelopeError {
     /// A structured-mode message is not a JSON object of CloudEvents attributes.
     #[error("structured event is not a valid JSON object: {0}")]
     InvalidStructured(String),
+    /// The message has no CloudEvents attribute at all: something else was sent to the topic.
+    #[error(
+        "not a CloudEvent: no `ce_` headers, and the content type is not \
+         `application/cloudevents+json`"
+    )]
+    NotACloudEvent,
 }
 
 impl Envelope {
@@ -264,6 +270,9 @@ impl Envelope {
                 return Err(EnvelopeError::DuplicateAttribute(name.to_owned()));
             }
             attributes.push((name, value));
+        }
+        if attributes.is_empty() {
+            return Err(EnvelopeError::NotACloudEvent);
         }
         if let Some(content_type) = content_type {
             match find(&attributes, "datacontenttype") {

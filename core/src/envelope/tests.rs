@@ -183,6 +183,24 @@ fn a_body_that_is_not_json_is_rejected() {
 }
 
 #[test]
+fn a_message_without_cloudevents_attributes_is_not_a_cloudevent() {
+    for headers in [
+        vec![],
+        vec![("content-type".into(), b"text/plain".to_vec())],
+        vec![("x-trace".into(), b"1".to_vec())],
+    ] {
+        let message = RawMessage {
+            headers,
+            body: b"hello".to_vec(),
+        };
+        assert_eq!(
+            Envelope::decode(&message),
+            Err(EnvelopeError::NotACloudEvent)
+        );
+    }
+}
+
+#[test]
 fn malformed_structured_documents_are_rejected() {
     let structured = |body: &str| RawMessage {
         headers: vec![(
