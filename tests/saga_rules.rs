@@ -72,7 +72,8 @@ async fn a_completed_saga_propagates_ids_over_every_hop(backend: Backend) {
         ]
     );
 
-    // §4.1-2: one saga id, one deadline, one trace; each event caused by the one before.
+    // Rules 1-2 (docs/concepts.md): one saga id, one deadline, one trace; each event caused
+    // by the one before.
     let events = h.log.events(saga);
     let start = &events[0];
     assert_eq!(start.kind, SagaKind::Start);
@@ -90,11 +91,11 @@ async fn a_completed_saga_propagates_ids_over_every_hop(backend: Backend) {
 
     assert_eq!(h.effects(order).await, every_forward_step_once(order));
 
-    // §4.7: completion disarmed every timer: nothing happens after the deadline.
+    // Rule 7: completion disarmed every timer: nothing happens after the deadline.
     h.settle().await;
     assert_eq!(h.flow(saga).len(), 5);
 
-    // §4.3, §4.7: every participant recorded its steps and marked the saga completed.
+    // Rules 3 and 7: every participant recorded its steps and marked the saga completed.
     let orders = h.record("orders", saga).await.unwrap();
     assert_eq!(orders.status, SagaStatus::Completed);
     assert!(orders.initiated_here);
