@@ -73,6 +73,7 @@ pub mod memory {
 }
 
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The schemes this build can connect to.
 pub const SUPPORTED_SCHEMES: &[&str] = &[
@@ -116,6 +117,72 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Transport>, ConnectError> {
         #[cfg(feature = "rabbitmq")]
         "amqp" | "amqps" => Ok(Arc::new(rabbitmq::RabbitMqTransport::connect(&url).await?)),
         _ => Err(url.unsupported(SUPPORTED_SCHEMES).into()),
+    }
+}
+
+/// [`connect`], trying again while the broker cannot be reached, for up to `within`: what
+/// a service does at start, when its broker may come up after it (a deploy of both at once,
+/// a broker restarting). Each failed try is logged at WARN with the error (passwords
+/// redacted); tries are 0.5 s apart, doubling up to 10 s. A URL that cannot work fails at
+/// once; after `within`, the last failure is returned.
+pub async fn connect_within(
+    url: &str,
+    within: Duration,
+) -> Result<Arc<dyn Transport>, ConnectError> {
+    retrying(
+        within,
+        "broker",
+        || connect(url),
+        |error| matches!(error, ConnectError::Url(_)),
+    )
+    .await
+}
+
+/// [`open_store`], trying again while the database cannot be opened or reached, for up to
+/// `within`, as [`connect_within`] does.
+pub async fn open_store_within(
+    url: &str,
+    within: Duration,
+) -> Result<Arc<dyn Store>, OpenStoreError> {
+    retrying(
+        within,
+        "store",
+        || open_store(url),
+        |error| matches!(error, OpenStoreError::Url(_)),
+    )
+    .await
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `within` has passed.
+async fn retrying<T, E, Fut>(
+    within: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Fut,
+    for_good: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    const FIRST_WAIT: Duration = Duration::from_millis(500);
+    const LONGEST_WAIT: Duration = Duration::from_secs(10);
+    let give_up_at = tokio::time::Instant::now() + within;
+    let mut wait = FIRST_WAIT;
+    let mut number = 0_u32;
+    loop {
+        number += 1;
+        let error = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let left = give_up_at.saturating_duration_since(tokio::time::Instant::now());
+        if for_good(&error) || left.is_zero() {
+            return Err(error);
+        }
+        let wait_now = wait.min(left);
+        tracing::warn!(attempt = number, wait = ?wait_now, %error, "cannot reach the {what} yet; trying again");
+        tokio::time::sleep(wait_now).await;
+        wait = (wait * 2).min(LONGEST_WAIT);
     }
 }
 

@@ -6,8 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use choreo::memory::MemoryTransport;
-use choreo::{ConnectError, Context, Service, StartError, UrlError};
+use choreo::{ConnectError, Context, OpenStoreError, Service, StartError, UrlError};
 use common::*;
+use std::time::Duration;
 
 #[tokio::test]
 async fn memory_urls_connect_and_share_a_broker_per_name() {
@@ -210,7 +211,7 @@ async fn refused_in_time(url: &str, seconds: u64) -> String {
 }
 
 /// Logs written while `run` runs, on this thread.
-#[cfg(all(feature = "rabbitmq", feature = "sqlite"))]
+#[cfg(any(feature = "rabbitmq", feature = "sqlite"))]
 async fn logged<F: std::future::Future>(run: F) -> (F::Output, String) {
     #[derive(Clone, Default)]
     struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
@@ -279,4 +280,89 @@ async fn the_memory_store_on_a_broker_warns_that_sagas_die_with_the_process() {
     let (running, logs) = logged(payments(Arc::new(choreo::MemoryStore::new())).run(memory)).await;
     running.unwrap().shutdown().await;
     assert!(!logs.contains("process memory"), "{logs}");
+}
+
+/// `connect_within` and `open_store_within` do not try again what cannot work.
+#[tokio::test(start_paused = true)]
+async fn a_url_that_cannot_work_is_not_tried_again() {
+    let started = tokio::time::Instant::now();
+    let error = choreo::connect_within("localhost:9092", Duration::from_secs(3_600))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, ConnectError::Url(_)), "{error:?}");
+    let error = choreo::open_store_within("mysql://db/orders", Duration::from_secs(3_600))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, OpenStoreError::Url(_)), "{error:?}");
+    assert_eq!(started.elapsed(), Duration::ZERO, "nothing was waited for");
+}
+
+/// A store that cannot be opened is tried again, each failure logged, with waits doubling
+/// from half a second up to ten, until the time given; then the last failure is returned.
+#[cfg(feature = "sqlite")]
+#[tokio::test(start_paused = true)]
+async fn a_store_that_cannot_be_opened_is_tried_again_until_the_time_given() {
+    let started = tokio::time::Instant::now();
+    let (result, logs) = logged(choreo::open_store_within(
+        "sqlite:///dev/null/orders.db",
+        Duration::from_secs(30),
+    ))
+    .await;
+    let error = result.err().unwrap();
+    assert!(matches!(error, OpenStoreError::Open { .. }), "{error:?}");
+    // Tries at 0, 0.5, 1.5, 3.5, 7.5, 15.5, 25.5 and 30 s.
+    assert_eq!(started.elapsed(), Duration::from_secs(30));
+    assert_eq!(
+        logs.matches("cannot reach the store yet; trying again")
+            .count(),
+        7,
+        "{logs}"
+    );
+}
+
+/// A service that starts before its broker: while the broker refuses connections (here it
+/// closes the first two at once), each try is logged and another made; once the broker is
+/// up, `connect_within` returns a working transport.
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_starts_before_its_broker_connects_once_the_broker_is_up() {
+    let broker = choreo_testkit::RabbitMqBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let parsed = choreo::TransportUrl::parse(broker.url()).unwrap();
+    let upstream = format!("{}:{}", parsed.host().unwrap(), parsed.port().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let entrance = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        for connection in 0.. {
+            let (mut client, _) = listener.accept().await.unwrap();
+            if connection < 2 {
+                continue; // Dropped: closed before the broker said a word.
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    let url = format!("amqp://guest:guest@{entrance}/%2f?connect.timeout.ms=5000");
+
+    let (transport, logs) = logged(choreo::connect_within(&url, Duration::from_secs(60))).await;
+    let transport = transport.unwrap();
+    assert_eq!(
+        logs.matches("cannot reach the broker yet; trying again")
+            .count(),
+        2,
+        "{logs}"
+    );
+    assert!(!logs.contains("guest:guest"), "{logs}");
+
+    let service = Service::builder("payments", &saga(Backend::MEMORY.timeout()))
+        .step(|_: OrderPlaced, _: Context| async { Ok(choreo::Step::done(())) })
+        .build()
+        .unwrap();
+    service.run(transport).await.unwrap().shutdown().await;
 }

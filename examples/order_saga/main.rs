@@ -41,6 +41,9 @@ use crate::state::State;
 
 const SERVICES: [&str; 3] = ["orders", "payments", "inventory"];
 
+/// How long a process waits at start for its broker and store to come up.
+const STARTUP: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct OrderPlaced {
     order_id: u64,
@@ -183,7 +186,7 @@ async fn service(name: &str, memory: &Arc<state::Memory>) -> anyhow::Result<(Ser
     let url = template.replace("{service}", name);
     // The business tables first, then the store, which adds its own to the same database.
     let state = State::open(&url, memory).await?;
-    let store = choreo::open_store(&url).await?;
+    let store = choreo::open_store_within(&url, STARTUP).await?;
     let service = match name {
         "orders" => orders_service(state.clone(), store),
         "payments" => payments_service(state.clone(), store),
@@ -327,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let url = std::env::var("CHOREO_URL").unwrap_or_else(|_| "memory://".to_owned());
-    let transport = choreo::connect(&url).await?;
+    let transport = choreo::connect_within(&url, STARTUP).await?;
     let memory = Arc::default();
 
     let Some(name) = args.service else {
