@@ -886,3 +886,76 @@ async fn a_saga_started_within_a_timeout_is_due_that_long_after_its_start() {
         assert_eq!(record.status, SagaStatus::Completed, "{service}");
     }
 }
+
+/// Waiting for a saga's outcome gives up after the time given, saying what is missing: here
+/// an acknowledgement from a participant whose name is misspelt, so that no event ever came
+/// from it.
+#[tokio::test(start_paused = true)]
+async fn waiting_for_an_outcome_names_what_is_missing_when_it_gives_up() {
+    let h = Harness::start(Backend::MEMORY).await;
+    let (order, saga) = h.place_order(50_000, "book").await;
+    let rejected = SagaOutcome::Compensated {
+        reason: AbortReason::Rejected,
+        failed: vec![],
+    };
+    assert_eq!(h.outcome(saga).await, rejected);
+
+    let waited = Duration::from_secs(5);
+    let not_ended = h
+        .log
+        .wait_for_outcome(saga, &["orders", "payment"], waited)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (
+            not_ended.aborted,
+            not_ended.unacknowledged.clone(),
+            not_ended.never_seen.clone(),
+            not_ended.seen.clone(),
+        ),
+        (
+            true,
+            vec!["payment".to_owned()],
+            vec!["payment".to_owned()],
+            vec!["inventory".into(), "orders".into(), "payments".into()],
+        )
+    );
+    assert_eq!(not_ended.timeline, h.log.timeline(saga));
+    let message = not_ended.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "saga {saga} did not end within 5s; aborted, no acknowledgement yet from payment; \
+             no event on the topic ever came from payment (events came from inventory, orders, \
+             payments): a misspelt participant?; its events:\n"
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        h.log
+            .wait_for_outcome(saga, &SERVICES, waited)
+            .await
+            .unwrap(),
+        rejected
+    );
+    let flow = h.flow(saga);
+    assert_eq!(
+        flow[..2],
+        [ev("orders", OrderPlaced::TYPE), ev("payments", ABORTED)]
+    );
+    // The acknowledgements, in any order.
+    assert_eq!(
+        sorted(flow[2..].to_vec()),
+        sorted(
+            SERVICES
+                .map(|service| ev(service, "choreo.SagaCompensated.v1"))
+                .to_vec()
+        )
+    );
+    assert_eq!(
+        h.effects(order).await,
+        [
+            effect("orders", "create_order", order),
+            effect("orders", "cancel_order", order),
+        ]
+    );
+}

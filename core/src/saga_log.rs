@@ -42,6 +42,57 @@ struct LogInner {
     changed: watch::Sender<u64>,
 }
 
+/// A saga that did not end within the time [`SagaLog::wait_for_outcome`] was given: who it
+/// still waits for, and every event of it seen so far.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct NotEnded {
+    /// The saga.
+    pub saga: SagaId,
+    /// How long it was waited for.
+    pub waited: Duration,
+    /// Whether an abort was seen: then the saga waits for acknowledgements.
+    pub aborted: bool,
+    /// After an abort, the participants whose acknowledgement has not been seen.
+    pub unacknowledged: Vec<String>,
+    /// Participants no event on the topic ever came from, of any saga: often a misspelt
+    /// name.
+    pub never_seen: Vec<String>,
+    /// The services events on the topic came from.
+    pub seen: Vec<String>,
+    /// The saga's events so far, one line each (see [`SagaLog::timeline`]).
+    pub timeline: String,
+}
+
+impl NotEnded {
+    fn describe(&self) -> String {
+        let mut out = format!("saga {} did not end within {:?}", self.saga, self.waited);
+        if self.timeline.is_empty() {
+            out.push_str("; no event of it was seen");
+        } else if self.aborted {
+            let _ = write!(
+                out,
+                "; aborted, no acknowledgement yet from {}",
+                self.unacknowledged.join(", ")
+            );
+        } else {
+            out.push_str("; neither completed nor aborted");
+        }
+        if !self.never_seen.is_empty() {
+            let _ = write!(
+                out,
+                "; no event on the topic ever came from {} (events came from {}): a misspelt participant?",
+                self.never_seen.join(", "),
+                self.seen.join(", ")
+            );
+        }
+        if !self.timeline.is_empty() {
+            let _ = write!(out, "; its events:\n{}", self.timeline);
+        }
+        out
+    }
+}
+
 impl SagaLog {
     /// Starts recording `saga`'s topic as consumer group `group`.
     pub async fn start(
@@ -114,17 +165,65 @@ impl SagaLog {
         outcome_of(&self.events(saga), participants)
     }
 
-    /// Waits until the saga has ended (see [`outcome`](Self::outcome)).
-    pub async fn wait_for_outcome(&self, saga: SagaId, participants: &[&str]) -> SagaOutcome {
+    /// Waits up to `timeout` for the saga to end (see [`outcome`](Self::outcome)). If it
+    /// does not, the error says what it still waits for (which participants have not
+    /// acknowledged an abort, which were never heard from at all) and shows its events.
+    pub async fn wait_for_outcome(
+        &self,
+        saga: SagaId,
+        participants: &[&str],
+        timeout: Duration,
+    ) -> Result<SagaOutcome, NotEnded> {
         let mut changed = self.changed.clone();
-        loop {
-            if let Some(outcome) = self.outcome(saga, participants) {
-                return outcome;
+        let ended = async {
+            loop {
+                if let Some(outcome) = self.outcome(saga, participants) {
+                    return outcome;
+                }
+                if changed.changed().await.is_err() {
+                    // The recorder is gone; nothing more will arrive.
+                    std::future::pending::<()>().await;
+                }
             }
-            if changed.changed().await.is_err() {
-                // The recorder is gone; nothing more will arrive.
-                std::future::pending::<()>().await;
-            }
+        };
+        match tokio::time::timeout(timeout, ended).await {
+            Ok(outcome) => Ok(outcome),
+            Err(_) => Err(self.not_ended(saga, participants, timeout)),
+        }
+    }
+
+    fn not_ended(&self, saga: SagaId, participants: &[&str], waited: Duration) -> NotEnded {
+        let (events, seen) = {
+            let all = self.inner.lock();
+            let seen: std::collections::BTreeSet<String> = all
+                .values()
+                .flatten()
+                .map(|event| event.source.clone())
+                .collect();
+            (all.get(&saga).cloned().unwrap_or_default(), seen)
+        };
+        let acknowledged: Vec<String> = events
+            .iter()
+            .filter(|event| event.kind == SagaKind::Compensated)
+            .filter_map(|event| serde_json::from_str::<SagaCompensated>(event.data.get()).ok())
+            .map(|ack| ack.service)
+            .collect();
+        let missing = |names: &dyn Fn(&str) -> bool| {
+            participants
+                .iter()
+                .filter(|participant| !names(participant))
+                .map(|participant| (*participant).to_owned())
+                .collect::<Vec<_>>()
+        };
+        let never_seen = missing(&|name| seen.contains(name));
+        NotEnded {
+            saga,
+            waited,
+            aborted: events.iter().any(|event| event.kind == SagaKind::Abort),
+            unacknowledged: missing(&|name| acknowledged.iter().any(|ack| ack == name)),
+            never_seen,
+            seen: seen.into_iter().collect(),
+            timeline: self.timeline(saga),
         }
     }
 

@@ -237,14 +237,10 @@ async fn play(
 
     let mut surprises = Vec::new();
     for (order_id, saga, expectation, expected) in sagas {
-        let outcome = tokio::time::timeout(
-            Duration::from_secs(30),
-            log.wait_for_outcome(saga, &SERVICES),
-        )
-        .await
-        .with_context(|| {
-            format!("saga {saga} did not end in 30 s; are all three services running?")
-        })?;
+        let outcome = log
+            .wait_for_outcome(saga, &SERVICES, Duration::from_secs(30))
+            .await
+            .context("are all three services running?")?;
         let aborted = match &outcome {
             SagaOutcome::Completed => None,
             SagaOutcome::Compensated { reason, .. } => Some(*reason),

@@ -816,18 +816,10 @@ impl Harness {
 
     /// Waits (on paused time: instantly) for the saga to end, acknowledged by `participants`.
     pub async fn outcome_among(&self, saga: SagaId, participants: &[&str]) -> SagaOutcome {
-        match tokio::time::timeout(
-            self.units(200),
-            self.log.wait_for_outcome(saga, participants),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => panic!(
-                "saga {saga} did not end; its events so far:\n{}",
-                self.log.timeline(saga)
-            ),
-        }
+        self.log
+            .wait_for_outcome(saga, participants, self.units(200))
+            .await
+            .unwrap_or_else(|not_ended| panic!("{not_ended}"))
     }
 
     pub async fn outcome(&self, saga: SagaId) -> SagaOutcome {
