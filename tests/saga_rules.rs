@@ -713,7 +713,13 @@ async fn shutdown_finishes_in_flight_work_and_leaves_the_rest_for_redelivery(bac
     let b = h.place_order_within(200, "slow", patient).await;
     let c = h.place_order_within(300, "slow", patient).await;
 
-    tokio::time::sleep(backend.units(1)).await;
+    // Once inventory is inside the slow step of one of them, it stops.
+    h.wait_until(|| {
+        [a, b, c]
+            .iter()
+            .any(|(order, _)| h.world.attempts("reserve_stock", *order) > 0)
+    })
+    .await;
     h.running.remove("inventory").unwrap().shutdown().await;
 
     // The event in flight was finished and acked; the others were not touched.
