@@ -61,16 +61,7 @@ async fn a_completed_saga_propagates_ids_over_every_hop(backend: Backend) {
     let (order, saga) = h.place_order(2_500, "book").await;
 
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
-    assert_eq!(
-        h.flow(saga),
-        [
-            ev("orders", OrderPlaced::TYPE),
-            ev("payments", CreditReserved::TYPE),
-            ev("inventory", StockReserved::TYPE),
-            ev("payments", PaymentCaptured::TYPE),
-            ev("orders", OrderConfirmed::TYPE),
-        ]
-    );
+    assert_eq!(h.flow(saga), completed_flow());
 
     // Rules 1-2 (docs/concepts.md): one saga id, one deadline, one trace; each event caused
     // by the one before.
@@ -872,16 +863,7 @@ async fn a_saga_started_within_a_timeout_is_due_that_long_after_its_start() {
         .unwrap();
 
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
-    assert_eq!(
-        h.flow(saga),
-        [
-            ev("orders", OrderPlaced::TYPE),
-            ev("payments", CreditReserved::TYPE),
-            ev("inventory", StockReserved::TYPE),
-            ev("payments", PaymentCaptured::TYPE),
-            ev("orders", OrderConfirmed::TYPE),
-        ]
-    );
+    assert_eq!(h.flow(saga), completed_flow());
     // Started outside a transaction: no order row was created with it.
     assert_eq!(h.effects(1).await, every_forward_step_once(1)[1..]);
     let start = &h.log.events(saga)[0];

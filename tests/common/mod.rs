@@ -254,6 +254,17 @@ pub fn every_forward_step_once(order_id: u64) -> Vec<Effect> {
     ]
 }
 
+/// `(source, type)` of the events of a completed order saga, in order.
+pub fn completed_flow() -> Vec<(String, String)> {
+    vec![
+        ev("orders", OrderPlaced::TYPE),
+        ev("payments", CreditReserved::TYPE),
+        ev("inventory", StockReserved::TYPE),
+        ev("payments", PaymentCaptured::TYPE),
+        ev("orders", OrderConfirmed::TYPE),
+    ]
+}
+
 /// Payments as a stateful handler, to exercise the `StepHandler` trait as users write it.
 #[derive(Clone)]
 struct Payments(Arc<World>);
