@@ -139,3 +139,76 @@ async fn a_message_in_the_older_header_form_still_decodes() {
         delivery.ack().await.unwrap();
     }
 }
+
+/// An observer (a saga log) receives every event without taking any from the services'
+/// groups, and its queue goes when it stops, so nothing keeps filling after it; a group's
+/// queue stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_queue_goes_with_the_observer() {
+    use choreo::{Deadline, Envelope, EventId, SagaId, SagaKind, TraceContext};
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    use lapin::{Connection, ConnectionProperties};
+
+    let subject = rabbitmq().await;
+    let transport = subject.transport().await;
+    let topic = format!("observed.{}", uuid::Uuid::now_v7());
+    let topics = std::slice::from_ref(&topic);
+    let mut group = transport.subscribe("payments", topics).await.unwrap();
+    let mut observer = transport.observe("log", topics).await.unwrap();
+    let now = std::time::SystemTime::now();
+    let event = Envelope {
+        id: EventId::new(),
+        source: "orders".into(),
+        event_type: "orders.OrderPlaced.v1".into(),
+        time: now,
+        saga_id: SagaId::new(),
+        causation_id: None,
+        deadline: Deadline::after(now, Duration::from_secs(30)),
+        kind: SagaKind::Start,
+        trace: TraceContext::new_root(),
+        data: serde_json::value::to_raw_value(&serde_json::json!({"order_id": 1})).unwrap(),
+    };
+    transport.publish(&topic, event.clone()).await.unwrap();
+    for subscription in [&mut observer, &mut group] {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+            .await
+            .expect("a delivery within 30 s")
+            .unwrap();
+        assert_eq!(Envelope::decode(&delivery.message).unwrap(), event);
+        delivery.ack().await.unwrap();
+    }
+
+    drop(observer);
+    let connection = Connection::connect(subject.broker.url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    // A passive declaration fails (and closes its channel) once the queue is gone.
+    let exists = |queue: String| {
+        let connection = &connection;
+        async move {
+            let channel = connection.create_channel().await.unwrap();
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .is_ok()
+        }
+    };
+    let gone_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    while exists(format!("log:{topic}")).await {
+        assert!(
+            tokio::time::Instant::now() < gone_by,
+            "the observer's queue stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        exists(format!("payments:{topic}")).await,
+        "a group's queue stays"
+    );
+    drop(group);
+}

@@ -29,8 +29,8 @@ pub enum SagaOutcome {
     },
 }
 
-/// Records the events of every saga on one topic, in the order its consumer group received
-/// them. Consumes as its own group, so it sees every event and takes none from services.
+/// Records the events of every saga on one topic, in the order it received them, as an
+/// observer of its own, so it sees every event and takes none from services.
 pub struct SagaLog {
     inner: Arc<LogInner>,
     changed: watch::Receiver<u64>,
@@ -94,15 +94,15 @@ impl NotEnded {
 }
 
 impl SagaLog {
-    /// Starts recording `saga`'s topic as consumer group `group`.
+    /// Starts recording `saga`'s topic as observer `name`
+    /// ([`Transport::observe`]): it sees every event and takes none from the services, and
+    /// the broker keeps nothing for it once the log is dropped.
     pub async fn start(
         transport: Arc<dyn Transport>,
         saga: &Saga,
-        group: &str,
+        name: &str,
     ) -> Result<Self, TransportError> {
-        let mut subscription = transport
-            .subscribe(group, &[saga.topic().to_owned()])
-            .await?;
+        let mut subscription = transport.observe(name, &[saga.topic().to_owned()]).await?;
         let (changed, receiver) = watch::channel(0);
         let inner = Arc::new(LogInner {
             events: Mutex::new(HashMap::new()),

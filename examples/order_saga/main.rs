@@ -205,7 +205,7 @@ async fn play(
     transport: Arc<dyn Transport>,
     states: Option<&HashMap<&str, State>>,
 ) -> anyhow::Result<()> {
-    let log = SagaLog::start(transport, &order_saga(), "order-saga-timeline").await?;
+    let log = SagaLog::start(transport, &order_saga(), "order-saga-log").await?;
     let plays = [
         ("book", 4_000, "complete", None),
         (

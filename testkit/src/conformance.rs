@@ -61,6 +61,7 @@ macro_rules! conformance_tests {
             events_of_one_key_keep_their_order_in_a_group,
             competing_consumers_split_the_work_and_handle_each_event_once,
             every_group_gets_every_event,
+            an_observer_sees_every_event_and_takes_none_from_the_groups,
             a_malformed_message_is_dead_lettered_and_the_consumer_goes_on,
             closing_a_consumer_loses_no_acked_event,
             consumers_continue_after_the_broker_restarts,
@@ -117,6 +118,13 @@ async fn subscribe(
         .subscribe(group, &[topic.to_owned()])
         .await
         .unwrap_or_else(|error| panic!("subscribe {group} to {topic}: {error}"))
+}
+
+async fn observe(transport: &Arc<dyn Transport>, name: &str, topic: &str) -> Box<dyn Subscription> {
+    transport
+        .observe(name, &[topic.to_owned()])
+        .await
+        .unwrap_or_else(|error| panic!("observe {topic} as {name}: {error}"))
 }
 
 async fn publish(transport: &Arc<dyn Transport>, topic: &str, envelope: &Envelope) {
@@ -286,6 +294,29 @@ pub async fn every_group_gets_every_event(subject: &dyn Subject) {
         let mut got: Vec<u32> = Vec::new();
         for _ in 0..5 {
             let delivery = receive(subject, group, "the group's next event").await;
+            got.push(number(&decoded(&delivery)));
+            ack(delivery).await;
+        }
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+    }
+}
+
+/// An observer receives every event of its topic and takes none from a group; a second
+/// observer of another name receives them all too.
+pub async fn an_observer_sees_every_event_and_takes_none_from_the_groups(subject: &dyn Subject) {
+    let transport = subject.connect().await;
+    let topic = fresh_topic();
+    let mut billing = subscribe(&transport, "billing", &topic).await;
+    let mut log = observe(&transport, "log", &topic).await;
+    let mut monitor = observe(&transport, "monitor", &topic).await;
+    for n in 0..5 {
+        publish(&transport, &topic, &event(SagaId::new(), n)).await;
+    }
+    for reader in [&mut log, &mut monitor, &mut billing] {
+        let mut got: Vec<u32> = Vec::new();
+        for _ in 0..5 {
+            let delivery = receive(subject, reader, "the reader's next event").await;
             got.push(number(&decoded(&delivery)));
             ack(delivery).await;
         }

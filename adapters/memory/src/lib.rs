@@ -275,6 +275,28 @@ impl Transport for MemoryTransport {
             bus: Arc::clone(&self.bus),
             groups,
             next_group: 0,
+            observer: None,
+        }))
+    }
+
+    /// The observer's groups go when it is dropped, with whatever they held.
+    async fn observe(
+        &self,
+        name: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        if self.bus.is_closed() {
+            return Err(TransportError::Closed);
+        }
+        let groups = topics
+            .iter()
+            .map(|topic| self.bus.group(topic, name))
+            .collect();
+        Ok(Box::new(MemorySubscription {
+            bus: Arc::clone(&self.bus),
+            groups,
+            next_group: 0,
+            observer: Some(name.to_owned()),
         }))
     }
 
@@ -292,6 +314,25 @@ struct MemorySubscription {
     bus: Arc<Bus>,
     groups: Vec<Arc<Group>>,
     next_group: usize,
+    /// An observer's name: its groups are removed with it.
+    observer: Option<String>,
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        let Some(name) = &self.observer else { return };
+        let mut state = self.bus.lock();
+        for group in &self.groups {
+            if let Some(groups) = state.groups.get_mut(&group.topic) {
+                if groups
+                    .get(name)
+                    .is_some_and(|held| Arc::ptr_eq(held, group))
+                {
+                    groups.remove(name);
+                }
+            }
+        }
+    }
 }
 
 impl MemorySubscription {

@@ -284,3 +284,29 @@ async fn chaos_duplicates_and_reorders_reproducibly() {
     distinct.dedup();
     assert_eq!(distinct, (0..10).collect::<Vec<_>>(), "none lost");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_observer_sees_every_event_and_its_group_goes_with_it() {
+    let transport = MemoryTransport::new();
+    let mut payments = subscribe(&transport, "payments").await;
+    let mut observer = transport.observe("log", &[TOPIC.to_owned()]).await.unwrap();
+    let saga = SagaId::new();
+    transport.publish(TOPIC, event(saga, 1)).await.unwrap();
+
+    let seen = next(&mut observer).await;
+    assert_eq!(number(&seen), 1);
+    seen.ack().await.unwrap();
+    let taken = next(&mut payments).await;
+    assert_eq!(
+        number(&taken),
+        1,
+        "the observer took nothing from the group"
+    );
+    taken.ack().await.unwrap();
+
+    drop(observer);
+    transport.publish(TOPIC, event(saga, 2)).await.unwrap();
+    let groups: Vec<String> = transport.bus.lock().groups[TOPIC].keys().cloned().collect();
+    assert_eq!(groups, ["payments"], "nothing kept for the observer");
+    assert_eq!(transport.pending(TOPIC, "payments"), 1);
+}

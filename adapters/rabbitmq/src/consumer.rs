@@ -11,6 +11,7 @@ use choreo_core::{Delivery, RawMessage, Subscription, TransportError};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Acker;
@@ -90,6 +91,18 @@ impl Shared {
     }
 }
 
+/// Who consumes a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Member {
+    /// A consumer group: its queue stays, keeping events for members to come.
+    Group,
+    /// An observer: its queue goes with it.
+    Observer,
+}
+
+/// How long an observer's queue outlives its last consumer (a process that died).
+const OBSERVER_QUEUE_EXPIRES: Duration = Duration::from_secs(60);
+
 /// The durable queue of a group: `<group>:<topic>[,<topic>...]`.
 fn queue_name(group: &str, topics: &[String]) -> String {
     format!("{group}:{}", topics.join(","))
@@ -99,6 +112,7 @@ fn queue_name(group: &str, topics: &[String]) -> String {
 /// consuming. Idempotent: run on every (re)connection.
 async fn consume(
     config: &RabbitMqConfig,
+    member: Member,
     group: &str,
     topics: &[String],
 ) -> Result<(Connection, Channel, Consumer), TransportError> {
@@ -149,6 +163,10 @@ async fn consume(
             AMQPValue::LongString(LongString::from(config.dead_letter_topic(first))),
         );
     }
+    if member == Member::Observer {
+        let expires = u32::try_from(OBSERVER_QUEUE_EXPIRES.as_millis()).unwrap_or(u32::MAX);
+        arguments.insert(ShortString::from("x-expires"), AMQPValue::LongUInt(expires));
+    }
     channel
         .queue_declare(ShortString::from(queue.as_str()), durable, arguments)
         .await
@@ -185,14 +203,16 @@ impl RabbitMqSubscription {
     /// Consumes the group's queue; the first connection must succeed, later ones are retried.
     pub(crate) async fn start(
         inner: Arc<Inner>,
+        member: Member,
         group: &str,
         topics: &[String],
     ) -> Result<Self, TransportError> {
-        let first = consume(&inner.config, group, topics).await?;
+        let first = consume(&inner.config, member, group, topics).await?;
         let shared = Arc::new(Shared::default());
         let stop = CancellationToken::new();
         tokio::spawn(run(
             Arc::clone(&inner),
+            member,
             group.to_owned(),
             topics.to_vec(),
             Arc::clone(&shared),
@@ -211,6 +231,7 @@ impl RabbitMqSubscription {
 /// connection is lost.
 async fn run(
     inner: Arc<Inner>,
+    member: Member,
     group: String,
     topics: Vec<String>,
     shared: Arc<Shared>,
@@ -229,7 +250,7 @@ async fn run(
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(config.reconnect_max);
-                match consume(config, &group, &topics).await {
+                match consume(config, member, &group, &topics).await {
                     Ok(consumer) => {
                         tracing::info!(%group, "reconnected to RabbitMQ");
                         consumer
@@ -246,6 +267,10 @@ async fn run(
         loop {
             tokio::select! {
                 () = stop.cancelled() => {
+                    if member == Member::Observer {
+                        let queue = ShortString::from(queue_name(&group, &topics));
+                        let _ = channel.queue_delete(queue, QueueDeleteOptions::default()).await;
+                    }
                     // Unacked deliveries go back to the queue when the channel closes.
                     let _ = channel.close(200, ShortString::from("subscription closed")).await;
                     let _ = connection.close(200, ShortString::from("subscription closed")).await;

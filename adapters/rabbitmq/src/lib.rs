@@ -240,8 +240,30 @@ impl Transport for RabbitMqTransport {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        let subscription =
-            consumer::RabbitMqSubscription::start(Arc::clone(&self.inner), group, topics).await?;
+        let subscription = consumer::RabbitMqSubscription::start(
+            Arc::clone(&self.inner),
+            consumer::Member::Group,
+            group,
+            topics,
+        )
+        .await?;
+        Ok(Box::new(subscription))
+    }
+
+    /// The observer's queue is deleted when it stops, and expires a minute after its last
+    /// consumer went if its process died; events published meanwhile are lost to it.
+    async fn observe(
+        &self,
+        name: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let subscription = consumer::RabbitMqSubscription::start(
+            Arc::clone(&self.inner),
+            consumer::Member::Observer,
+            name,
+            topics,
+        )
+        .await?;
         Ok(Box::new(subscription))
     }
 

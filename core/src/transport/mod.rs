@@ -31,6 +31,19 @@ pub trait Transport: Send + Sync + 'static {
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError>;
 
+    /// Joins `topics` as observer `name`: like [`subscribe`](Self::subscribe), for a reader
+    /// that takes no event from any service's group and must leave nothing behind on the
+    /// broker once it is gone (a saga log, a monitor). By default, a consumer group; a
+    /// transport whose groups keep events for absent members (a RabbitMQ queue, an
+    /// in-memory group) removes what the observer had when it stops.
+    async fn observe(
+        &self,
+        name: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        self.subscribe(name, topics).await
+    }
+
     /// Transport-specific attributes of `envelope` on `topic` for its spans, after the
     /// OpenTelemetry messaging conventions (e.g. `messaging.kafka.message.key`). Called only
     /// while spans are recorded.
