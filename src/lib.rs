@@ -50,6 +50,8 @@
 //!   and the transport and store conformance suites.
 
 pub use choreo_core::*;
+/// `#[derive(Event)]` with `#[event(name = "service.Name.v1")]`: implements [`Event`](trait@Event).
+pub use choreo_derive::Event;
 
 /// The README's snippets, compiled and run as doctests.
 #[cfg(doctest)]

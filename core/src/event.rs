@@ -4,7 +4,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-/// A saga event: a serde type with a stable, versioned name.
+/// A saga event: a serde type with a stable, versioned name. With the `choreo` crate,
+/// `#[derive(Event)]` and `#[event(name = "payments.CreditReserved.v1")]` implement it; by
+/// hand:
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};

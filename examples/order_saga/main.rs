@@ -44,41 +44,33 @@ const SERVICES: [&str; 3] = ["orders", "payments", "inventory"];
 /// How long a process waits at start for its broker and store to come up.
 const STARTUP: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "orders.OrderPlaced.v1")]
 struct OrderPlaced {
     order_id: u64,
     sku: String,
     amount_cents: u64,
 }
-impl Event for OrderPlaced {
-    const TYPE: &'static str = "orders.OrderPlaced.v1";
-}
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "payments.CreditReserved.v1")]
 struct CreditReserved {
     order_id: u64,
     sku: String,
     amount_cents: u64,
 }
-impl Event for CreditReserved {
-    const TYPE: &'static str = "payments.CreditReserved.v1";
-}
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "inventory.StockReserved.v1")]
 struct StockReserved {
     order_id: u64,
     sku: String,
 }
-impl Event for StockReserved {
-    const TYPE: &'static str = "inventory.StockReserved.v1";
-}
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "orders.OrderConfirmed.v1")]
 struct OrderConfirmed {
     order_id: u64,
-}
-impl Event for OrderConfirmed {
-    const TYPE: &'static str = "orders.OrderConfirmed.v1";
 }
 
 /// What every service agrees on: the topic, the deadline and the terminal event.

@@ -192,35 +192,30 @@ macro_rules! on_every_transport {
     };
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "orders.OrderPlaced.v1")]
 pub struct OrderPlaced {
     pub order_id: u64,
     pub amount_cents: u64,
     pub sku: String,
 }
-impl Event for OrderPlaced {
-    const TYPE: &'static str = "orders.OrderPlaced.v1";
-}
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "payments.CreditReserved.v1")]
 pub struct CreditReserved {
     pub order_id: u64,
     pub amount_cents: u64,
     pub sku: String,
 }
-impl Event for CreditReserved {
-    const TYPE: &'static str = "payments.CreditReserved.v1";
-}
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "inventory.StockReserved.v1")]
 pub struct StockReserved {
     pub order_id: u64,
     pub sku: String,
 }
-impl Event for StockReserved {
-    const TYPE: &'static str = "inventory.StockReserved.v1";
-}
 
+// Written by hand, as without the derive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentCaptured {
     pub order_id: u64,
