@@ -947,3 +947,45 @@ async fn waiting_for_an_outcome_names_what_is_missing_when_it_gives_up() {
         ]
     );
 }
+
+/// Typed waits on the saga log: an event published, and an event a service consumed (it
+/// replied to it), each with its data; a wait that is not met fails saying what it waited
+/// for, with the saga's timeline.
+#[tokio::test(start_paused = true)]
+async fn the_saga_log_waits_for_typed_events_published_and_consumed() {
+    let h = Harness::start(Backend::MEMORY).await;
+    let (order, saga) = h.place_order(2_500, "book").await;
+    let wait = Duration::from_secs(5);
+
+    let reserved: CreditReserved = h.log.published(saga, wait).await.unwrap();
+    assert_eq!(
+        reserved,
+        CreditReserved {
+            order_id: order,
+            amount_cents: 2_500,
+            sku: "book".into(),
+        }
+    );
+    let consumed: CreditReserved = h.log.consumed_by(saga, "inventory", wait).await.unwrap();
+    assert_eq!(consumed, reserved);
+    let placed: OrderPlaced = h.log.consumed_by(saga, "payments", wait).await.unwrap();
+    assert_eq!(placed.order_id, order);
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+
+    // Inventory has no step for OrderPlaced: it never replies to one.
+    let not_seen = h
+        .log
+        .consumed_by::<OrderPlaced>(saga, "inventory", wait)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        not_seen.what,
+        "`inventory` consuming a `orders.OrderPlaced.v1`"
+    );
+    assert_eq!(not_seen.timeline, h.log.timeline(saga));
+    assert!(not_seen.to_string().starts_with(&format!(
+        "saga {saga}: no `inventory` consuming a `orders.OrderPlaced.v1` within 5s; its events:\n"
+    )));
+    assert_eq!(h.flow(saga), completed_flow());
+    assert_eq!(h.effects(order).await, every_forward_step_once(order));
+}

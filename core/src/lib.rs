@@ -36,7 +36,7 @@ pub use crate::ids::{EventId, SagaId};
 pub use crate::journal::{AbortReason, SagaRecord, SagaStatus};
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::{Saga, SagaAborted, SagaCompensated};
-pub use crate::saga_log::{NotEnded, SagaLog, SagaOutcome};
+pub use crate::saga_log::{NotEnded, NotSeen, SagaLog, SagaOutcome};
 pub use crate::service::{
     BuildError, RunError, RunningService, SagaTransaction, Service, ServiceBuilder, ServiceOptions,
     StartError,

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::envelope::{Envelope, SagaKind};
+use crate::event::Event;
 use crate::ids::SagaId;
 use crate::journal::AbortReason;
 use crate::saga::{Saga, SagaAborted, SagaCompensated};
@@ -62,6 +63,35 @@ pub struct NotEnded {
     pub seen: Vec<String>,
     /// The saga's events so far, one line each (see [`SagaLog::timeline`]).
     pub timeline: String,
+}
+
+/// What [`SagaLog::published`] or [`SagaLog::consumed_by`] waited for did not happen in
+/// time, or the event's data was not the type asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("saga {saga}: no {what} within {waited:?}; its events:\n{timeline}")]
+pub struct NotSeen {
+    /// The saga.
+    pub saga: SagaId,
+    /// What was waited for, for people.
+    pub what: String,
+    /// How long.
+    pub waited: Duration,
+    /// The saga's events so far, one line each.
+    pub timeline: String,
+}
+
+/// The data of `event`, or why it is not an `E`.
+fn decoded<E: Event>(
+    saga: SagaId,
+    event: &Envelope,
+    what: impl Fn() -> String,
+) -> Result<E, NotSeen> {
+    serde_json::from_str(event.data.get()).map_err(|error| NotSeen {
+        saga,
+        what: format!("{} with data that decodes ({error})", what()),
+        waited: Duration::ZERO,
+        timeline: String::new(),
+    })
 }
 
 impl NotEnded {
@@ -223,6 +253,70 @@ impl SagaLog {
             unacknowledged: missing(&|name| acknowledged.iter().any(|ack| ack == name)),
             never_seen,
             seen: seen.into_iter().collect(),
+            timeline: self.timeline(saga),
+        }
+    }
+
+    /// Waits up to `timeout` for the saga's first event of type `E`, and returns its data.
+    pub async fn published<E: Event>(&self, saga: SagaId, timeout: Duration) -> Result<E, NotSeen> {
+        let what = || format!("a `{}`", E::TYPE);
+        let event = self
+            .first_within(saga, timeout, what, |event, _| event.event_type == E::TYPE)
+            .await?;
+        decoded(saga, &event, what)
+    }
+
+    /// Waits up to `timeout` until `service` has consumed an event of type `E` of the saga,
+    /// as the topic shows it: `service` published an event caused by it (the step's output,
+    /// or the abort the step decided). Returns the consumed event's data. A step that ends
+    /// without publishing anything leaves no trace on the topic.
+    pub async fn consumed_by<E: Event>(
+        &self,
+        saga: SagaId,
+        service: &str,
+        timeout: Duration,
+    ) -> Result<E, NotSeen> {
+        let what = || format!("`{service}` consuming a `{}`", E::TYPE);
+        let event = self
+            .first_within(saga, timeout, what, |event, events| {
+                event.event_type == E::TYPE
+                    && events.iter().any(|reply| {
+                        reply.source == service && reply.causation_id == Some(event.id)
+                    })
+            })
+            .await?;
+        decoded(saga, &event, what)
+    }
+
+    /// The saga's first event for which `matches` holds, within `timeout`.
+    async fn first_within(
+        &self,
+        saga: SagaId,
+        timeout: Duration,
+        what: impl Fn() -> String,
+        matches: impl Fn(&Envelope, &[Envelope]) -> bool,
+    ) -> Result<Envelope, NotSeen> {
+        let mut changed = self.changed.clone();
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                let events = self.events(saga);
+                if let Some(event) = events.iter().find(|event| matches(event, &events)) {
+                    return event.clone();
+                }
+                if changed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+        found.map_err(|_| self.not_seen(saga, what(), timeout))
+    }
+
+    fn not_seen(&self, saga: SagaId, what: String, waited: Duration) -> NotSeen {
+        NotSeen {
+            saga,
+            what,
+            waited,
             timeline: self.timeline(saga),
         }
     }
