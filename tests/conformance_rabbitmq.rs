@@ -94,6 +94,7 @@ async fn a_message_in_the_older_header_form_still_decodes() {
         kind: SagaKind::Step,
         trace: TraceContext::new_root(),
         data: serde_json::value::to_raw_value(&serde_json::json!({"cents": 700})).unwrap(),
+        saga_data: Default::default(),
     };
     let older = envelope("payments.CreditReserved.v1");
     let message = older.to_binary();
@@ -168,6 +169,7 @@ async fn an_observer_queue_goes_with_the_observer() {
         kind: SagaKind::Start,
         trace: TraceContext::new_root(),
         data: serde_json::value::to_raw_value(&serde_json::json!({"order_id": 1})).unwrap(),
+        saga_data: Default::default(),
     };
     transport.publish(&topic, event.clone()).await.unwrap();
     for subscription in [&mut observer, &mut group] {

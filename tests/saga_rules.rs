@@ -28,6 +28,8 @@ macro_rules! every_rule_on {
                     sagas_run_concurrently_up_to_the_limit,
                     duplicate_aborts_are_harmless,
                     an_abort_after_completion_still_compensates_so_participants_agree_in_any_order,
+                    saga_data_set_at_the_start_reaches_every_step_and_every_event,
+                    saga_data_reaches_the_compensations_of_a_timed_out_saga,
                 ];
             )*
         }
@@ -53,7 +55,10 @@ scenarios! {
 use std::time::Duration;
 
 use choreo::journal::CompensationState;
-use choreo::{AbortReason, Envelope, Event, SagaAborted, SagaKind, SagaOutcome, SagaStatus};
+use choreo::{
+    AbortReason, Envelope, Event, SagaAborted, SagaData, SagaKind, SagaOutcome, SagaStart,
+    SagaStatus,
+};
 use common::*;
 
 async fn a_completed_saga_propagates_ids_over_every_hop(backend: Backend) {
@@ -988,4 +993,120 @@ async fn the_saga_log_waits_for_typed_events_published_and_consumed() {
     )));
     assert_eq!(h.flow(saga), completed_flow());
     assert_eq!(h.effects(order).await, every_forward_step_once(order));
+}
+
+fn card_token(token: &str) -> SagaData {
+    SagaData::new().with("card_token", token).unwrap()
+}
+
+/// Every handler that wrote an effect of `order` (the order row is written with the start,
+/// outside any handler) read `data` from its context.
+async fn every_handler_read(h: &Harness, order: u64, data: &SagaData) {
+    for effect in h.effects(order).await {
+        if effect.action != "create_order" {
+            assert_eq!(
+                h.world.saga_data_seen(effect.action, order).as_ref(),
+                Some(data),
+                "{}",
+                effect.action
+            );
+        }
+    }
+}
+
+/// Rule 2: values set at the start travel with every event, so the last step reads them
+/// though no handler copied them into its event.
+async fn saga_data_set_at_the_start_reaches_every_step_and_every_event(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let data = card_token("tok_42");
+    let (order, saga) = h
+        .place_order_as(2_500, "book", SagaStart::new().data(data.clone()))
+        .await;
+
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    h.settle().await;
+    assert_eq!(h.flow(saga), completed_flow());
+    for event in h.log.events(saga) {
+        assert_eq!(event.saga_data, data, "{}", event.event_type);
+    }
+    assert_eq!(h.effects(order).await, every_forward_step_once(order));
+    every_handler_read(&h, order, &data).await;
+    assert_eq!(
+        h.world
+            .saga_data_seen("confirm_order", order)
+            .unwrap()
+            .get::<String>("card_token")
+            .unwrap()
+            .as_deref(),
+        Some("tok_42")
+    );
+    for service in SERVICES {
+        let record = h.record(service, saga).await.unwrap();
+        assert_eq!(record.status, SagaStatus::Completed, "{service}");
+        assert_eq!(record.saga_data(), data, "{service}");
+    }
+}
+
+/// The abort a deadline timer decides has no event to inherit from: it carries the saga
+/// data the journal recorded, and so do the compensations' contexts and acknowledgements.
+async fn saga_data_reaches_the_compensations_of_a_timed_out_saga(backend: Backend) {
+    let h = Harness::start(backend).await;
+    h.world.set(|b| {
+        b.slow_skus.insert("slow".into(), backend.units(15));
+    });
+    let data = card_token("tok_7");
+    let (order, saga) = h
+        .place_order_as(2_500, "slow", SagaStart::new().data(data.clone()))
+        .await;
+
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::TimedOut,
+            failed: vec![]
+        }
+    );
+    h.settle().await;
+    let flow = h.flow(saga);
+    assert_eq!(
+        flow[..3],
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("orders", ABORTED),
+        ]
+    );
+    assert_eq!(
+        sorted(flow[3..].to_vec()),
+        sorted(
+            SERVICES
+                .map(|service| ev(service, "choreo.SagaCompensated.v1"))
+                .to_vec()
+        )
+    );
+    for event in h.log.events(saga) {
+        assert_eq!(event.saga_data, data, "{}", event.event_type);
+    }
+    assert_eq!(
+        sorted_effects(h.effects(order).await),
+        sorted_effects(vec![
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("inventory", "reserve_stock", order),
+            effect("payments", "release_credit", order),
+            effect("inventory", "release_stock", order),
+            effect("orders", "cancel_order", order),
+        ])
+    );
+    every_handler_read(&h, order, &data).await;
+    for service in SERVICES {
+        let record = h.record(service, saga).await.unwrap();
+        assert_eq!(
+            record.status,
+            SagaStatus::Aborted {
+                reason: AbortReason::TimedOut
+            },
+            "{service}"
+        );
+    }
 }

@@ -164,6 +164,7 @@ mod cancelled {
                 kind: SagaKind::Start,
                 trace: TraceContext::new_root(),
                 data: serde_json::value::to_raw_value(&7).unwrap(),
+                saga_data: Default::default(),
             },
             withheld: false,
             published: false,
@@ -298,6 +299,7 @@ mod schema {
             kind: SagaKind::Step,
             trace: TraceContext::new_root(),
             data: serde_json::value::to_raw_value(&serde_json::json!({"cents": 700})).unwrap(),
+            saga_data: Default::default(),
         }
     }
 

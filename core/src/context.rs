@@ -7,6 +7,7 @@ use crate::clock::Clock;
 use crate::deadline::Deadline;
 use crate::error::HandlerError;
 use crate::ids::{EventId, SagaId};
+use crate::saga_data::SagaData;
 use crate::store::{TransactionGuard, TransactionSlot};
 use crate::trace::TraceContext;
 
@@ -26,6 +27,7 @@ struct ContextInner {
     causation_id: Option<EventId>,
     deadline: Deadline,
     trace: TraceContext,
+    saga_data: SagaData,
     clock: Arc<dyn Clock>,
     transaction: Arc<TransactionSlot>,
 }
@@ -40,6 +42,7 @@ impl Context {
         causation_id: Option<EventId>,
         deadline: Deadline,
         trace: TraceContext,
+        saga_data: SagaData,
         clock: Arc<dyn Clock>,
         transaction: Arc<TransactionSlot>,
     ) -> Self {
@@ -52,6 +55,7 @@ impl Context {
                 causation_id,
                 deadline,
                 trace,
+                saga_data,
                 clock,
                 transaction,
             }),
@@ -109,6 +113,12 @@ impl Context {
     /// The W3C trace context the event carried.
     pub fn trace(&self) -> &TraceContext {
         &self.inner.trace
+    }
+
+    /// The values set when the saga started ([`SagaData`]), which every event of the saga
+    /// carries: read one with `cx.saga_data().get::<T>("name")`.
+    pub fn saga_data(&self) -> &SagaData {
+        &self.inner.saga_data
     }
 
     /// Which attempt this is, from 1; above 1 after transient errors.

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::deadline::{format_rfc3339, parse_rfc3339, Deadline};
 use crate::ids::{EventId, SagaId};
+use crate::saga_data::SagaData;
 use crate::trace::TraceContext;
 
 /// The CloudEvents version choreo speaks.
@@ -96,6 +97,9 @@ pub struct Envelope {
     pub trace: TraceContext,
     /// CloudEvents `data`, JSON.
     pub data: Box<RawValue>,
+    /// `sagadata`: the values set when the saga started, which every event of the saga
+    /// carries; empty when none were set (and then not on the wire).
+    pub saga_data: SagaData,
 }
 
 impl PartialEq for Envelope {
@@ -110,6 +114,7 @@ impl PartialEq for Envelope {
             && self.kind == other.kind
             && self.trace == other.trace
             && self.data.get() == other.data.get()
+            && self.saga_data == other.saga_data
     }
 }
 
@@ -124,6 +129,7 @@ impl fmt::Debug for Envelope {
             .field("kind", &self.kind)
             .field("deadline", &self.deadline)
             .field("data", &self.data.get())
+            .field("saga_data", &self.saga_data)
             .finish_non_exhaustive()
     }
 }
@@ -203,6 +209,7 @@ impl Envelope {
                 "sagakind" => "ce_sagakind",
                 "traceparent" => "ce_traceparent",
                 "tracestate" => "ce_tracestate",
+                "sagadata" => "ce_sagadata",
                 other => {
                     headers.push((
                         format!("{HEADER_PREFIX}{other}"),
@@ -373,6 +380,11 @@ impl Envelope {
             get("tracestate")?.map(Cow::into_owned),
         )
         .map_err(|error| invalid("traceparent", error.to_string()))?;
+        let saga_data = match get("sagadata")? {
+            Some(json) => SagaData::from_json(&json)
+                .map_err(|error| invalid("sagadata", error.to_string()))?,
+            None => SagaData::default(),
+        };
 
         Ok(Self {
             id,
@@ -385,6 +397,7 @@ impl Envelope {
             kind,
             trace,
             data,
+            saga_data,
         })
     }
 
@@ -406,6 +419,9 @@ impl Envelope {
         }
         if let Some(tracestate) = self.trace.tracestate() {
             emit("tracestate", Cow::Borrowed(tracestate));
+        }
+        if !self.saga_data.is_empty() {
+            emit("sagadata", Cow::Borrowed(self.saga_data.as_json()));
         }
     }
 }
@@ -442,7 +458,7 @@ fn push_json_string(json: &mut String, value: &str) {
     }
 }
 
-const KNOWN_ATTRIBUTES: [&str; 13] = [
+const KNOWN_ATTRIBUTES: [&str; 14] = [
     "specversion",
     "id",
     "source",
@@ -456,6 +472,7 @@ const KNOWN_ATTRIBUTES: [&str; 13] = [
     "traceparent",
     "tracestate",
     "data",
+    "sagadata",
 ];
 
 /// The `'static` name of a known attribute, so errors can name it without allocating.

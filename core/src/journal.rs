@@ -130,6 +130,14 @@ impl SagaRecord {
         }
     }
 
+    /// The saga data, as the events this service recorded for the saga carry it.
+    pub fn saga_data(&self) -> crate::SagaData {
+        self.steps
+            .first()
+            .map(|step| step.output.saga_data.clone())
+            .unwrap_or_default()
+    }
+
     /// The trace context of the latest event this service recorded for the saga.
     pub fn latest_trace(&self) -> crate::TraceContext {
         self.steps

@@ -16,6 +16,7 @@ mod ids;
 pub mod journal;
 mod retry;
 mod saga;
+mod saga_data;
 mod saga_log;
 mod service;
 pub mod store;
@@ -36,10 +37,11 @@ pub use crate::ids::{EventId, SagaId};
 pub use crate::journal::{AbortReason, SagaRecord, SagaStatus};
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::{Saga, SagaAborted, SagaCompensated};
+pub use crate::saga_data::{SagaData, SagaDataError};
 pub use crate::saga_log::{NotEnded, NotSeen, SagaLog, SagaOutcome};
 pub use crate::service::{
-    BuildError, RunError, RunningService, SagaTransaction, Service, ServiceBuilder, ServiceOptions,
-    StartError,
+    BuildError, RunError, RunningService, SagaStart, SagaTransaction, Service, ServiceBuilder,
+    ServiceOptions, StartError,
 };
 pub use crate::store::{
     MemoryStore, OpenStoreError, Store, StoreError, StoreTransaction, StoreUrl, TransactionGuard,

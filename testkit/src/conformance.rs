@@ -96,6 +96,7 @@ fn event(saga: SagaId, number: u32) -> Envelope {
         trace: TraceContext::new_root(),
         data: RawValue::from_string(format!("{{\"n\":{number}}}"))
             .unwrap_or_else(|_| unreachable!("a number is JSON")),
+        saga_data: Default::default(),
     }
 }
 

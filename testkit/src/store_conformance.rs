@@ -108,6 +108,7 @@ fn envelope(saga: SagaId, event_type: &str, kind: SagaKind) -> Envelope {
         trace: TraceContext::new_root(),
         data: RawValue::from_string(r#"{"order_id":7,"note":"ünïcode \"quoted\""}"#.to_owned())
             .unwrap_or_else(|_| unreachable!("valid JSON")),
+        saga_data: Default::default(),
     }
 }
 

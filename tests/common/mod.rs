@@ -21,8 +21,8 @@ use choreo::memory::MemoryTransport;
 use choreo::{
     AbortReason, Clock, Context, Deadline, Envelope, Event, EventId, HandlerError, MemoryStore,
     RetryPolicy, RunningService, Saga, SagaAborted, SagaCompensated, SagaId, SagaKind, SagaLog,
-    SagaOutcome, SagaRecord, Service, ServiceOptions, Step, StepHandler, StepResult, Store,
-    TokioClock, TraceContext, Transport,
+    SagaOutcome, SagaRecord, SagaStart, Service, ServiceOptions, Step, StepHandler, StepResult,
+    Store, TokioClock, TraceContext, Transport,
 };
 use opentelemetry::metrics::Meter;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
@@ -775,7 +775,17 @@ impl Harness {
 
     /// Places an order: orders starts a saga. Returns the order id and the saga id.
     pub async fn place_order(&self, amount_cents: u64, sku: &str) -> (u64, SagaId) {
-        self.order(amount_cents, sku, None).await
+        self.order(amount_cents, sku, SagaStart::new()).await
+    }
+
+    /// Places an order whose saga starts as `how` says (deadline, saga data).
+    pub async fn place_order_as(
+        &self,
+        amount_cents: u64,
+        sku: &str,
+        how: SagaStart,
+    ) -> (u64, SagaId) {
+        self.order(amount_cents, sku, how).await
     }
 
     /// Places an order whose saga has `timeout` instead of the saga's default.
@@ -785,17 +795,13 @@ impl Harness {
         sku: &str,
         timeout: Duration,
     ) -> (u64, SagaId) {
-        self.order(amount_cents, sku, Some(timeout)).await
+        self.order(amount_cents, sku, SagaStart::new().within(timeout))
+            .await
     }
 
     /// Orders creates the order and starts its saga: on a SQL store both in one
     /// transaction, the order row and the saga's start committed together.
-    async fn order(
-        &self,
-        amount_cents: u64,
-        sku: &str,
-        timeout: Option<Duration>,
-    ) -> (u64, SagaId) {
+    async fn order(&self, amount_cents: u64, sku: &str, how: SagaStart) -> (u64, SagaId) {
         let order_id = {
             let mut next = self.next_order.lock().unwrap();
             *next += 1;
@@ -811,11 +817,7 @@ impl Harness {
         self.world
             .record_in(&tx, "orders", "create_order", order_id)
             .await;
-        let saga = match timeout {
-            None => tx.start_saga(order),
-            Some(timeout) => tx.start_saga_within(order, timeout),
-        }
-        .unwrap();
+        let saga = tx.start_saga_with(order, how).unwrap();
         tx.commit().await.unwrap();
         (order_id, saga)
     }
@@ -996,6 +998,7 @@ impl Harness {
             kind,
             trace: TraceContext::new_root(),
             data: serde_json::value::to_raw_value(event).unwrap(),
+            saga_data: Default::default(),
         }
     }
 

@@ -217,6 +217,8 @@ pub struct World {
     ledger: Ledger,
     sequence: AtomicU64,
     attempts: Mutex<HashMap<(&'static str, u64), u32>>,
+    /// The saga data each action's handler read from its context, by action and order.
+    saga_data: Mutex<HashMap<(&'static str, u64), choreo::SagaData>>,
 }
 
 impl World {
@@ -228,7 +230,17 @@ impl World {
             ledger,
             sequence: AtomicU64::new(1),
             attempts: Mutex::default(),
+            saga_data: Mutex::default(),
         }
+    }
+
+    /// The saga data the handler of `action` on `order_id` read, if it ran.
+    pub fn saga_data_seen(&self, action: &'static str, order_id: u64) -> Option<choreo::SagaData> {
+        self.saga_data
+            .lock()
+            .unwrap()
+            .get(&(action, order_id))
+            .cloned()
     }
 
     pub fn behaviour(&self) -> Behaviour {
@@ -247,6 +259,10 @@ impl World {
         action: &'static str,
         order_id: u64,
     ) -> Result<(), HandlerError> {
+        self.saga_data
+            .lock()
+            .unwrap()
+            .insert((action, order_id), cx.saga_data().clone());
         let seq = self.sequence.fetch_add(1, Ordering::SeqCst);
         match &self.ledger {
             Ledger::Memory(effects) => {

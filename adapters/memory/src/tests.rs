@@ -20,6 +20,7 @@ fn event(saga: SagaId, n: u32) -> Envelope {
         kind: SagaKind::Step,
         trace: TraceContext::new_root(),
         data: RawValue::from_string(n.to_string()).unwrap(),
+        saga_data: Default::default(),
     }
 }
 

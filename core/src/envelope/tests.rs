@@ -14,6 +14,7 @@ fn sample() -> Envelope {
         kind: SagaKind::Step,
         trace: TraceContext::new_root(),
         data: RawValue::from_string(r#"{"order_id":7,"amount_cents":1200}"#.into()).unwrap(),
+        saga_data: Default::default(),
     }
 }
 
@@ -64,6 +65,51 @@ fn an_event_without_causation_or_trace_round_trips() {
         Envelope::decode(&envelope.to_structured()).unwrap(),
         envelope
     );
+}
+
+#[test]
+fn saga_data_travels_as_the_sagadata_attribute_in_both_modes() {
+    let envelope = Envelope {
+        saga_data: SagaData::new().with("card_token", "tok_42").unwrap(),
+        ..sample()
+    };
+    let binary = envelope.to_binary();
+    assert_eq!(
+        binary.header("ce_sagadata"),
+        Some(br#"{"card_token":"tok_42"}"#.as_slice())
+    );
+    assert_eq!(Envelope::decode(&binary).unwrap(), envelope);
+    let structured = envelope.to_structured();
+    let document: serde_json::Value = serde_json::from_slice(&structured.body).unwrap();
+    assert_eq!(document["sagadata"], r#"{"card_token":"tok_42"}"#);
+    assert_eq!(Envelope::decode(&structured).unwrap(), envelope);
+
+    // None set: not on the wire.
+    assert_eq!(sample().to_binary().header("ce_sagadata"), None);
+}
+
+#[test]
+fn saga_data_that_is_not_a_small_json_object_is_rejected() {
+    let big = format!(r#"{{"note":"{}"}}"#, "x".repeat(SagaData::MAX_BYTES));
+    for (value, reason) in [
+        (
+            "[1, 2]".to_owned(),
+            "saga data is not a JSON object: an array",
+        ),
+        (
+            big,
+            "saga data of 4107 bytes is larger than the 4096 bytes it may take",
+        ),
+    ] {
+        let message = with_header(sample().to_binary(), "ce_sagadata", value.as_bytes());
+        assert_eq!(
+            Envelope::decode(&message),
+            Err(EnvelopeError::InvalidAttribute {
+                name: "sagadata",
+                reason: reason.into()
+            })
+        );
+    }
 }
 
 #[test]

@@ -173,6 +173,7 @@ impl Runtime {
             Some(output.id),
             output.deadline,
             abort.trace.clone(),
+            output.saga_data.clone(),
             Arc::clone(&self.definition().clock),
             Arc::clone(transaction),
         );
@@ -231,15 +232,19 @@ impl Runtime {
         };
         let mut abort = match cause {
             Some(cause) => self.caused_by(cause, SagaAborted::TYPE, SagaKind::Abort, data),
-            None => self.envelope(
-                record.saga_id,
-                record.deadline,
-                None,
-                record.latest_trace(),
-                SagaAborted::TYPE,
-                SagaKind::Abort,
-                data,
-            ),
+            None => {
+                let mut abort = self.envelope(
+                    record.saga_id,
+                    record.deadline,
+                    None,
+                    record.latest_trace(),
+                    SagaAborted::TYPE,
+                    SagaKind::Abort,
+                    data,
+                );
+                abort.saga_data = record.saga_data();
+                abort
+            }
         };
         let span = self.stamped_send_span(&mut abort);
         record.abort_published = true;

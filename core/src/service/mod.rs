@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::options::ServiceOptions;
 use self::runtime::{Runtime, Tokens};
+pub use self::start::SagaStart;
 pub use self::transaction::SagaTransaction;
 use crate::clock::{Clock, SystemClock};
 use crate::compensation::{erase_compensation, Compensation, ErasedCompensation};
@@ -364,9 +365,7 @@ impl RunningService {
     /// then publishes it. Once this returns the saga is started; if the broker cannot take
     /// the event now, it is published when it can (also after a restart).
     pub async fn start_saga<E: Event>(&self, event: E) -> Result<SagaId, StartError> {
-        let now = self.runtime.now();
-        let deadline = Deadline::after(now, self.runtime.saga().default_timeout());
-        self.start(event, now, deadline).await
+        self.start_saga_with(event, SagaStart::new()).await
     }
 
     /// Starts a saga with `event` that must finish within `timeout` from now, by the
@@ -376,8 +375,8 @@ impl RunningService {
         event: E,
         timeout: std::time::Duration,
     ) -> Result<SagaId, StartError> {
-        let now = self.runtime.now();
-        self.start(event, now, Deadline::after(now, timeout)).await
+        self.start_saga_with(event, SagaStart::new().within(timeout))
+            .await
     }
 
     /// Starts a saga with `event` that must finish by `deadline`.
@@ -386,16 +385,25 @@ impl RunningService {
         event: E,
         deadline: Deadline,
     ) -> Result<SagaId, StartError> {
-        self.start(event, self.runtime.now(), deadline).await
+        self.start_saga_with(event, SagaStart::new().until(deadline))
+            .await
     }
 
-    async fn start<E: Event>(
+    /// Starts a saga with `event`, its deadline and saga data as `how` says.
+    pub async fn start_saga_with<E: Event>(
         &self,
         event: E,
-        now: std::time::SystemTime,
-        deadline: Deadline,
+        how: SagaStart,
     ) -> Result<SagaId, StartError> {
-        let (saga, handling) = self.runtime.start(event, now, deadline)?;
+        let (saga, handling) = self.runtime.start_as(event, how)?;
+        self.commit_started(saga, handling).await
+    }
+
+    async fn commit_started(
+        &self,
+        saga: SagaId,
+        handling: handling::Handling,
+    ) -> Result<SagaId, StartError> {
         if !self.runtime.store().is_durable() {
             // The commit completes at once; what follows hands its events to the relay if
             // the caller stops waiting.

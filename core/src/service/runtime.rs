@@ -26,6 +26,7 @@ use crate::ids::{EventId, SagaId};
 use crate::journal::{AbortReason, SagaRecord};
 use crate::retry::RetryPolicy;
 use crate::saga::Saga;
+use crate::saga_data::SagaData;
 use crate::store::{Store, StoreError, TransactionSlot};
 use crate::telemetry::{self, DeadLetterReason, HandlerLabel, Metrics};
 use crate::trace::TraceContext;
@@ -395,7 +396,8 @@ impl Runtime {
         span
     }
 
-    /// Rule 2: an event caused by `cause` inherits its saga id, deadline and trace.
+    /// Rule 2: an event caused by `cause` inherits its saga id, deadline, trace and saga
+    /// data.
     pub(super) fn caused_by(
         &self,
         cause: &Envelope,
@@ -403,7 +405,7 @@ impl Runtime {
         kind: SagaKind,
         data: Box<RawValue>,
     ) -> Envelope {
-        self.envelope(
+        let mut envelope = self.envelope(
             cause.saga_id,
             cause.deadline,
             Some(cause.id),
@@ -411,7 +413,9 @@ impl Runtime {
             event_type,
             kind,
             data,
-        )
+        );
+        envelope.saga_data = cause.saga_data.clone();
+        envelope
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -436,6 +440,7 @@ impl Runtime {
             kind,
             trace,
             data,
+            saga_data: SagaData::default(),
         }
     }
 
@@ -453,6 +458,7 @@ impl Runtime {
             envelope.causation_id,
             envelope.deadline,
             envelope.trace.clone(),
+            envelope.saga_data.clone(),
             Arc::clone(&self.definition.clock),
             Arc::clone(transaction),
         )

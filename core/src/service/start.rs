@@ -1,7 +1,7 @@
 //! Rule 1: a saga starts with a new id and deadline, recorded as the initiator's first step
 //! (so its compensation runs if the saga aborts) and published once recorded.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tracing::info;
 
@@ -13,17 +13,83 @@ use crate::envelope::SagaKind;
 use crate::event::Event;
 use crate::ids::SagaId;
 use crate::journal::{CompensationState, SagaRecord, StepRecord};
+use crate::saga_data::SagaData;
 use crate::store::{Outgoing, OutgoingKind};
 use crate::telemetry;
 use crate::trace::TraceContext;
 
+/// How a saga starts, besides its first event: its deadline (the saga's default timeout
+/// unless set) and its [`SagaData`].
+///
+/// ```
+/// # use std::time::Duration;
+/// use choreo_core::{SagaData, SagaStart};
+///
+/// let start = SagaStart::new()
+///     .within(Duration::from_secs(120))
+///     .data(SagaData::new().with("card_token", "tok_42")?);
+/// # Ok::<(), choreo_core::SagaDataError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SagaStart {
+    deadline: Option<StartDeadline>,
+    data: SagaData,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StartDeadline {
+    Within(Duration),
+    Until(Deadline),
+}
+
+impl SagaStart {
+    /// The saga's default timeout, no saga data.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The saga must finish within `timeout` from its start, by the service's clock.
+    pub fn within(mut self, timeout: Duration) -> Self {
+        self.deadline = Some(StartDeadline::Within(timeout));
+        self
+    }
+
+    /// The saga must finish by `deadline`.
+    pub fn until(mut self, deadline: Deadline) -> Self {
+        self.deadline = Some(StartDeadline::Until(deadline));
+        self
+    }
+
+    /// Every event of the saga carries `data`, and every handler reads it.
+    pub fn data(mut self, data: SagaData) -> Self {
+        self.data = data;
+        self
+    }
+}
+
 impl Runtime {
+    /// The handling that starts a saga with `event` as `how` says, not yet committed.
+    pub(super) fn start_as<E: Event>(
+        &self,
+        event: E,
+        how: SagaStart,
+    ) -> Result<(SagaId, Handling), StartError> {
+        let now = self.now();
+        let deadline = match how.deadline {
+            None => Deadline::after(now, self.saga().default_timeout()),
+            Some(StartDeadline::Within(timeout)) => Deadline::after(now, timeout),
+            Some(StartDeadline::Until(deadline)) => deadline,
+        };
+        self.start(event, now, deadline, how.data)
+    }
+
     /// The handling that starts a saga with `event`, not yet committed.
-    pub(super) fn start<E: Event>(
+    fn start<E: Event>(
         &self,
         event: E,
         now: SystemTime,
         deadline: Deadline,
+        saga_data: SagaData,
     ) -> Result<(SagaId, Handling), StartError> {
         if !self.definition().initiates.contains(E::TYPE) {
             return Err(StartError::NotInitiator {
@@ -47,6 +113,7 @@ impl Runtime {
             data,
         );
         start.time = now;
+        start.saga_data = saga_data;
         let span = telemetry::start_span(
             self.name(),
             &**self.transport(),

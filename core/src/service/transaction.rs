@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::handling::Handling;
 use super::runtime::Runtime;
-use super::StartError;
+use super::{SagaStart, StartError};
 use crate::deadline::Deadline;
 use crate::event::Event;
 use crate::ids::SagaId;
@@ -50,9 +50,7 @@ impl SagaTransaction {
 
     /// Starts a saga with `event` and the saga's default timeout, once this commits.
     pub fn start_saga<E: Event>(&mut self, event: E) -> Result<SagaId, StartError> {
-        let now = self.runtime.now();
-        let deadline = Deadline::after(now, self.runtime.saga().default_timeout());
-        self.start(event, now, deadline)
+        self.start_saga_with(event, SagaStart::new())
     }
 
     /// Starts a saga with `event` that must finish within `timeout` from now, by the
@@ -62,8 +60,7 @@ impl SagaTransaction {
         event: E,
         timeout: std::time::Duration,
     ) -> Result<SagaId, StartError> {
-        let now = self.runtime.now();
-        self.start(event, now, Deadline::after(now, timeout))
+        self.start_saga_with(event, SagaStart::new().within(timeout))
     }
 
     /// Starts a saga with `event` that must finish by `deadline`, once this commits.
@@ -72,16 +69,17 @@ impl SagaTransaction {
         event: E,
         deadline: Deadline,
     ) -> Result<SagaId, StartError> {
-        self.start(event, self.runtime.now(), deadline)
+        self.start_saga_with(event, SagaStart::new().until(deadline))
     }
 
-    fn start<E: Event>(
+    /// Starts a saga with `event`, its deadline and saga data as `how` says, once this
+    /// commits.
+    pub fn start_saga_with<E: Event>(
         &mut self,
         event: E,
-        now: std::time::SystemTime,
-        deadline: Deadline,
+        how: SagaStart,
     ) -> Result<SagaId, StartError> {
-        let (saga, handling) = self.runtime.start(event, now, deadline)?;
+        let (saga, handling) = self.runtime.start_as(event, how)?;
         starts(&mut self.starts).push(handling);
         Ok(saga)
     }

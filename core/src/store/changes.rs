@@ -173,6 +173,7 @@ mod tests {
             kind: SagaKind::Step,
             trace: TraceContext::default(),
             data: serde_json::value::to_raw_value(&1).unwrap(),
+            saga_data: Default::default(),
         }
     }
 
