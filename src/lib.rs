@@ -50,6 +50,9 @@
 //!   and the transport and store conformance suites.
 
 pub use choreo_core::*;
+/// `#[derive(Emit)]` on an enum whose variants each hold one event: a step with several
+/// outcomes. Implements [`Emit`](trait@Emit).
+pub use choreo_derive::Emit;
 /// `#[derive(Event)]` with `#[event(name = "service.Name.v1")]`: implements [`Event`](trait@Event).
 pub use choreo_derive::Event;
 

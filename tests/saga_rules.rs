@@ -30,6 +30,8 @@ macro_rules! every_rule_on {
                     an_abort_after_completion_still_compensates_so_participants_agree_in_any_order,
                     saga_data_set_at_the_start_reaches_every_step_and_every_event,
                     saga_data_reaches_the_compensations_of_a_timed_out_saga,
+                    a_second_outcome_goes_to_its_own_consumers_and_can_end_the_saga,
+                    a_second_outcome_is_undone_by_its_own_compensation,
                 ];
             )*
         }
@@ -1105,6 +1107,113 @@ async fn saga_data_reaches_the_compensations_of_a_timed_out_saga(backend: Backen
             record.status,
             SagaStatus::Aborted {
                 reason: AbortReason::TimedOut
+            },
+            "{service}"
+        );
+    }
+}
+
+/// A step with two outcomes (inventory reserves the stock, or backorders it): the second
+/// goes to the step that handles it (orders waits for stock) and not to the first's
+/// (payments captures nothing), and what that step emits ends the saga.
+async fn a_second_outcome_goes_to_its_own_consumers_and_can_end_the_saga(backend: Backend) {
+    let h = Harness::start(backend).await;
+    h.world.set(|b| {
+        b.backordered.insert("vinyl".into());
+    });
+    let (order, saga) = h.place_order(2_500, "vinyl").await;
+
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    h.settle().await;
+    assert_eq!(
+        h.flow(saga),
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", StockBackordered::TYPE),
+            ev("orders", OrderBackordered::TYPE),
+        ]
+    );
+    assert_eq!(h.log.events(saga)[3].kind, SagaKind::Complete);
+    assert_eq!(
+        h.effects(order).await,
+        [
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("inventory", "backorder_stock", order),
+            effect("orders", "await_stock", order),
+        ]
+    );
+    for (service, steps) in [
+        ("orders", vec![OrderPlaced::TYPE, OrderBackordered::TYPE]),
+        ("payments", vec![CreditReserved::TYPE]),
+        ("inventory", vec![StockBackordered::TYPE]),
+    ] {
+        let record = h.record(service, saga).await.unwrap();
+        assert_eq!(record.status, SagaStatus::Completed, "{service}");
+        assert_eq!(step_types(&record), steps, "{service}");
+    }
+}
+
+/// When the saga aborts after the second outcome, the compensation registered for that
+/// outcome's event undoes it.
+async fn a_second_outcome_is_undone_by_its_own_compensation(backend: Backend) {
+    let h = Harness::start(backend).await;
+    h.world.set(|b| {
+        b.backordered.insert("vinyl".into());
+        b.reject_confirmation = true;
+    });
+    let (order, saga) = h.place_order(2_500, "vinyl").await;
+
+    assert_eq!(
+        h.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::Rejected,
+            failed: vec![]
+        }
+    );
+    h.settle().await;
+    let flow = h.flow(saga);
+    assert_eq!(
+        flow[..4],
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", StockBackordered::TYPE),
+            ev("orders", ABORTED),
+        ]
+    );
+    assert_eq!(
+        sorted(flow[4..].to_vec()),
+        sorted(
+            SERVICES
+                .map(|service| ev(service, "choreo.SagaCompensated.v1"))
+                .to_vec()
+        )
+    );
+    assert_eq!(
+        sorted_effects(h.effects(order).await),
+        sorted_effects(vec![
+            effect("orders", "create_order", order),
+            effect("payments", "reserve_credit", order),
+            effect("inventory", "backorder_stock", order),
+            effect("inventory", "cancel_backorder", order),
+            effect("payments", "release_credit", order),
+            effect("orders", "cancel_order", order),
+        ])
+    );
+    let inventory = h.record("inventory", saga).await.unwrap();
+    assert_eq!(step_types(&inventory), [StockBackordered::TYPE]);
+    assert_eq!(
+        inventory.steps[0].compensation,
+        CompensationState::Compensated
+    );
+    for service in SERVICES {
+        let record = h.record(service, saga).await.unwrap();
+        assert_eq!(
+            record.status,
+            SagaStatus::Aborted {
+                reason: AbortReason::Rejected
             },
             "{service}"
         );

@@ -28,30 +28,32 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     const TYPE: &'static str;
 }
 
-/// What a step can emit when it succeeds: one event, or nothing (`()`).
+/// What a step can emit when it succeeds: one event, nothing (`()`), or one of several
+/// events: an enum whose variants each hold one event, with `#[derive(choreo::Emit)]`
+/// (each variant's event has its own consumers, its own compensation, and may be terminal).
 ///
 /// Its constant has a name of its own, so that `MyEvent::TYPE` stays unambiguous where
 /// both traits are in scope.
 pub trait Emit: Send + 'static {
-    /// The type of the emitted event, if the step emits one.
-    const EMITTED_TYPE: Option<&'static str>;
+    /// Every event type the step may emit; empty if it emits none.
+    const EMITTED_TYPES: &'static [&'static str];
 
-    /// The emitted event as JSON data, if any.
-    fn into_data(self) -> Result<Option<Box<RawValue>>, serde_json::Error>;
+    /// The emitted event's type and JSON data, if it emits one.
+    fn into_event(self) -> Result<Option<(&'static str, Box<RawValue>)>, serde_json::Error>;
 }
 
 impl<E: Event> Emit for E {
-    const EMITTED_TYPE: Option<&'static str> = Some(E::TYPE);
+    const EMITTED_TYPES: &'static [&'static str] = &[E::TYPE];
 
-    fn into_data(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
-        serde_json::value::to_raw_value(&self).map(Some)
+    fn into_event(self) -> Result<Option<(&'static str, Box<RawValue>)>, serde_json::Error> {
+        serde_json::value::to_raw_value(&self).map(|data| Some((E::TYPE, data)))
     }
 }
 
 impl Emit for () {
-    const EMITTED_TYPE: Option<&'static str> = None;
+    const EMITTED_TYPES: &'static [&'static str] = &[];
 
-    fn into_data(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+    fn into_event(self) -> Result<Option<(&'static str, Box<RawValue>)>, serde_json::Error> {
         Ok(None)
     }
 }
@@ -75,9 +77,9 @@ mod tests {
     fn an_event_type_is_unambiguous_with_both_traits_in_scope() {
         assert_eq!(CreditReserved::TYPE, "payments.CreditReserved.v1");
         assert_eq!(
-            CreditReserved::EMITTED_TYPE,
-            Some("payments.CreditReserved.v1")
+            CreditReserved::EMITTED_TYPES,
+            ["payments.CreditReserved.v1"]
         );
-        assert_eq!(<() as Emit>::EMITTED_TYPE, None);
+        assert!(<() as Emit>::EMITTED_TYPES.is_empty());
     }
 }

@@ -109,14 +109,15 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 
 /// A step's decision with its output already serialized.
 pub(crate) enum StepOutcome {
-    Done(Option<Box<RawValue>>),
+    /// Done, with the type and data of the event emitted, if any.
+    Done(Option<(&'static str, Box<RawValue>)>),
     Reject(Rejection),
 }
 
 /// A step with its types erased, as the runtime stores it.
 pub(crate) trait ErasedStep: Send + Sync + 'static {
-    /// The type of the event the step emits, if any.
-    fn output_type(&self) -> Option<&'static str>;
+    /// Every type of event the step may emit.
+    fn output_types(&self) -> &'static [&'static str];
 
     /// Decodes `data` as the step's event and runs it.
     fn call(&self, data: &RawValue, cx: Context) -> BoxFuture<Result<StepOutcome, HandlerError>>;
@@ -135,8 +136,8 @@ struct TypedStep<H, E> {
 }
 
 impl<E: Event, H: StepHandler<E>> ErasedStep for TypedStep<H, E> {
-    fn output_type(&self) -> Option<&'static str> {
-        H::Output::EMITTED_TYPE
+    fn output_types(&self) -> &'static [&'static str] {
+        H::Output::EMITTED_TYPES
     }
 
     fn call(&self, data: &RawValue, cx: Context) -> BoxFuture<Result<StepOutcome, HandlerError>> {
@@ -144,7 +145,7 @@ impl<E: Event, H: StepHandler<E>> ErasedStep for TypedStep<H, E> {
         let handler = Arc::clone(&self.handler);
         Box::pin(async move {
             match handler.handle(event?, cx).await? {
-                Step::Done(output) => output.into_data().map(StepOutcome::Done).map_err(|error| {
+                Step::Done(output) => output.into_event().map(StepOutcome::Done).map_err(|error| {
                     HandlerError::permanent(format!("cannot serialize the step's output: {error}"))
                 }),
                 Step::Reject(rejection) => Ok(StepOutcome::Reject(rejection)),

@@ -54,3 +54,10 @@ pub use crate::url::{ConnectError, TransportUrl, UrlError, UrlOf};
 /// [`Acknowledge`](transport::Acknowledge) traits are written with: put
 /// `#[choreo::async_trait]` on an implementation of one; no dependency of your own needed.
 pub use async_trait::async_trait;
+
+/// What `#[derive(Emit)]` expands to refers to; not an API.
+#[doc(hidden)]
+pub mod __derive {
+    pub use serde_json::value::RawValue;
+    pub use serde_json::Error as JsonError;
+}

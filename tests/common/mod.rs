@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use choreo::memory::MemoryTransport;
 use choreo::{
-    AbortReason, Clock, Context, Deadline, Envelope, Event, EventId, HandlerError, MemoryStore,
-    RetryPolicy, RunningService, Saga, SagaAborted, SagaCompensated, SagaId, SagaKind, SagaLog,
-    SagaOutcome, SagaRecord, SagaStart, Service, ServiceOptions, Step, StepHandler, StepResult,
-    Store, TokioClock, TraceContext, Transport,
+    AbortReason, Clock, Context, Deadline, Emit, Envelope, Event, EventId, HandlerError,
+    MemoryStore, RetryPolicy, RunningService, Saga, SagaAborted, SagaCompensated, SagaId, SagaKind,
+    SagaLog, SagaOutcome, SagaRecord, SagaStart, Service, ServiceOptions, Step, StepHandler,
+    StepResult, Store, TokioClock, TraceContext, Transport,
 };
 use opentelemetry::metrics::Meter;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
@@ -236,6 +236,7 @@ pub fn saga(timeout: Duration) -> Saga {
     Saga::new(TOPIC)
         .timeout(timeout)
         .completes_on::<OrderConfirmed>()
+        .completes_on::<OrderBackordered>()
 }
 
 /// The effects of a completed order saga, in order: every forward step once.
@@ -247,6 +248,28 @@ pub fn every_forward_step_once(order_id: u64) -> Vec<Effect> {
         effect("payments", "capture_payment", order_id),
         effect("orders", "confirm_order", order_id),
     ]
+}
+
+/// Inventory has no stock now but will: the order waits for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "inventory.StockBackordered.v1")]
+pub struct StockBackordered {
+    pub order_id: u64,
+    pub sku: String,
+}
+
+/// A terminal event other than the confirmation: the order waits for stock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "orders.OrderBackordered.v1")]
+pub struct OrderBackordered {
+    pub order_id: u64,
+}
+
+/// Inventory's step has two outcomes, each with its own consumers and compensation.
+#[derive(Emit)]
+pub enum StockOutcome {
+    Reserved(StockReserved),
+    Backordered(StockBackordered),
 }
 
 /// `(source, type)` of the events of a completed order saga, in order.
@@ -697,6 +720,7 @@ impl Harness {
         match name {
             "orders" => {
                 let cancel_world = Arc::clone(&world);
+                let backorder_world = Arc::clone(&world);
                 builder
                     .initiates::<OrderPlaced>()
                     .compensate(move |order: OrderPlaced, cx: Context| {
@@ -705,6 +729,20 @@ impl Harness {
                             world
                                 .record(&cx, "orders", "cancel_order", order.order_id)
                                 .await
+                        }
+                    })
+                    .step(move |backordered: StockBackordered, cx: Context| {
+                        let world = Arc::clone(&backorder_world);
+                        async move {
+                            if world.behaviour().reject_confirmation {
+                                return Ok(Step::reject("the customer will not wait for stock"));
+                            }
+                            world
+                                .record(&cx, "orders", "await_stock", backordered.order_id)
+                                .await?;
+                            Ok(Step::done(OrderBackordered {
+                                order_id: backordered.order_id,
+                            }))
                         }
                     })
                     .step(move |paid: PaymentCaptured, cx: Context| {
@@ -753,6 +791,7 @@ impl Harness {
             }
             "inventory" => {
                 let release_world = Arc::clone(&world);
+                let unorder_world = Arc::clone(&world);
                 builder
                     .step(move |credit: CreditReserved, cx: Context| {
                         let world = Arc::clone(&world);
@@ -763,6 +802,14 @@ impl Harness {
                         async move {
                             world
                                 .record(&cx, "inventory", "release_stock", stock.order_id)
+                                .await
+                        }
+                    })
+                    .compensate(move |backordered: StockBackordered, cx: Context| {
+                        let world = Arc::clone(&unorder_world);
+                        async move {
+                            world
+                                .record(&cx, "inventory", "cancel_backorder", backordered.order_id)
                                 .await
                         }
                     })
@@ -890,7 +937,7 @@ async fn reserve_stock(
     world: &World,
     credit: CreditReserved,
     cx: Context,
-) -> StepResult<StockReserved> {
+) -> StepResult<StockOutcome> {
     world
         .stalls
         .at(CrashPoint::BeforeStep, Some(credit.order_id))
@@ -912,6 +959,15 @@ async fn reserve_stock(
     if behaviour.out_of_stock.contains(&credit.sku) {
         return Ok(Step::reject(format!("{} is out of stock", credit.sku)));
     }
+    if behaviour.backordered.contains(&credit.sku) {
+        world
+            .record(&cx, "inventory", "backorder_stock", credit.order_id)
+            .await?;
+        return Ok(Step::done(StockOutcome::Backordered(StockBackordered {
+            order_id: credit.order_id,
+            sku: credit.sku,
+        })));
+    }
     world
         .record(&cx, "inventory", "reserve_stock", credit.order_id)
         .await?;
@@ -919,10 +975,10 @@ async fn reserve_stock(
         .stalls
         .at(CrashPoint::AfterBusinessWrite, Some(credit.order_id))
         .await;
-    Ok(Step::done(StockReserved {
+    Ok(Step::done(StockOutcome::Reserved(StockReserved {
         order_id: credit.order_id,
         sku: credit.sku,
-    }))
+    })))
 }
 
 /// The outcome of a saga aborted for `reason` and compensated in full.

@@ -15,6 +15,8 @@ use tokio::sync::Notify;
 pub struct Behaviour {
     pub credit_limit_cents: u64,
     pub out_of_stock: HashSet<String>,
+    /// SKUs inventory backorders: its step's second outcome.
+    pub backordered: HashSet<String>,
     /// How long inventory takes to reserve a SKU.
     pub slow_skus: HashMap<String, Duration>,
     /// How long payments takes to reserve credit.
@@ -36,6 +38,7 @@ impl Default for Behaviour {
         Self {
             credit_limit_cents: 10_000,
             out_of_stock: HashSet::new(),
+            backordered: HashSet::new(),
             slow_skus: HashMap::new(),
             credit_delay: Duration::ZERO,
             inventory_transient_failures: 0,
@@ -64,10 +67,13 @@ pub fn effect(service: &'static str, action: &'static str, order_id: u64) -> Eff
 }
 
 const SERVICES: [&str; 3] = ["orders", "payments", "inventory"];
-const ACTIONS: [&str; 9] = [
+const ACTIONS: [&str; 12] = [
     "create_order",
     "cancel_order",
     "confirm_order",
+    "await_stock",
+    "backorder_stock",
+    "cancel_backorder",
     "reserve_credit",
     "release_credit",
     "capture_payment",

@@ -201,9 +201,7 @@ impl ServiceBuilder {
     /// Registers `handler` as the step run when event `E` arrives.
     pub fn step<E: Event, H: StepHandler<E>>(mut self, handler: H) -> Self {
         let step = erase_step::<E, H>(handler);
-        if let Some(output) = step.output_type() {
-            self.emitted.insert(output);
-        }
+        self.emitted.extend(step.output_types());
         if self.definition.steps.insert(E::TYPE, step).is_some() {
             self.problems
                 .push(format!("two steps handle `{}`; register one", E::TYPE));

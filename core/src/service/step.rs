@@ -62,8 +62,7 @@ impl Runtime {
         }
         match outcome {
             Ok(StepOutcome::Done(None)) => {}
-            Ok(StepOutcome::Done(Some(data))) => {
-                let output_type = step.output_type().unwrap_or_default();
+            Ok(StepOutcome::Done(Some((output_type, data)))) => {
                 let kind = if self.saga().is_terminal(output_type) {
                     SagaKind::Complete
                 } else {
