@@ -997,6 +997,12 @@ pub fn ev(source: &str, event_type: &str) -> (String, String) {
 pub const ABORTED: &str = "choreo.SagaAborted.v1";
 pub const COMPENSATED: &str = "choreo.SagaCompensated.v1";
 
+/// Every service's acknowledgement of an abort, sorted: the tail of an aborted saga's flow,
+/// which arrives in any order.
+pub fn every_acknowledgement() -> Vec<(String, String)> {
+    sorted(SERVICES.map(|service| ev(service, COMPENSATED)).to_vec())
+}
+
 pub fn step_types(record: &SagaRecord) -> Vec<&str> {
     record
         .steps

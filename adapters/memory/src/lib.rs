@@ -264,19 +264,7 @@ impl Transport for MemoryTransport {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        if self.bus.is_closed() {
-            return Err(TransportError::Closed);
-        }
-        let groups = topics
-            .iter()
-            .map(|topic| self.bus.group(topic, group))
-            .collect();
-        Ok(Box::new(MemorySubscription {
-            bus: Arc::clone(&self.bus),
-            groups,
-            next_group: 0,
-            observer: None,
-        }))
+        self.join(group, topics, false)
     }
 
     /// The observer's groups go when it is dropped, with whatever they held.
@@ -284,6 +272,27 @@ impl Transport for MemoryTransport {
         &self,
         name: &str,
         topics: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        self.join(name, topics, true)
+    }
+
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        message: RawMessage,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.bus.dead_letter(topic, message, reason)
+    }
+}
+
+impl MemoryTransport {
+    /// Joins group `name` on `topics`; an observer's groups go when it is dropped.
+    fn join(
+        &self,
+        name: &str,
+        topics: &[String],
+        observer: bool,
     ) -> Result<Box<dyn Subscription>, TransportError> {
         if self.bus.is_closed() {
             return Err(TransportError::Closed);
@@ -296,17 +305,8 @@ impl Transport for MemoryTransport {
             bus: Arc::clone(&self.bus),
             groups,
             next_group: 0,
-            observer: Some(name.to_owned()),
+            observer: observer.then(|| name.to_owned()),
         }))
-    }
-
-    async fn dead_letter(
-        &self,
-        topic: &str,
-        message: RawMessage,
-        reason: &str,
-    ) -> Result<(), TransportError> {
-        self.bus.dead_letter(topic, message, reason)
     }
 }
 
