@@ -882,10 +882,7 @@ async fn a_saga_started_within_a_timeout_is_due_that_long_after_its_start() {
 async fn waiting_for_an_outcome_names_what_is_missing_when_it_gives_up() {
     let h = Harness::start(Backend::MEMORY).await;
     let (order, saga) = h.place_order(50_000, "book").await;
-    let rejected = SagaOutcome::Compensated {
-        reason: AbortReason::Rejected,
-        failed: vec![],
-    };
+    let rejected = compensated(AbortReason::Rejected);
     assert_eq!(h.outcome(saga).await, rejected);
 
     let waited = Duration::from_secs(5);
@@ -1047,13 +1044,7 @@ async fn saga_data_reaches_the_compensations_of_a_timed_out_saga(backend: Backen
         .place_order_as(2_500, "slow", SagaStart::new().data(data.clone()))
         .await;
 
-    assert_eq!(
-        h.outcome(saga).await,
-        SagaOutcome::Compensated {
-            reason: AbortReason::TimedOut,
-            failed: vec![]
-        }
-    );
+    assert_eq!(h.outcome(saga).await, compensated(AbortReason::TimedOut));
     h.settle().await;
     let flow = h.flow(saga);
     assert_eq!(
@@ -1144,13 +1135,7 @@ async fn a_second_outcome_is_undone_by_its_own_compensation(backend: Backend) {
     });
     let (order, saga) = h.place_order(2_500, "vinyl").await;
 
-    assert_eq!(
-        h.outcome(saga).await,
-        SagaOutcome::Compensated {
-            reason: AbortReason::Rejected,
-            failed: vec![]
-        }
-    );
+    assert_eq!(h.outcome(saga).await, compensated(AbortReason::Rejected));
     h.settle().await;
     let flow = h.flow(saga);
     assert_eq!(
