@@ -171,7 +171,8 @@ where
 {
     const FIRST_WAIT: Duration = Duration::from_millis(500);
     const LONGEST_WAIT: Duration = Duration::from_secs(10);
-    let give_up_at = tokio::time::Instant::now() + within;
+    // A bound beyond what an instant can hold means no bound.
+    let give_up_at = tokio::time::Instant::now().checked_add(within);
     let mut wait = FIRST_WAIT;
     let mut number = 0_u32;
     loop {
@@ -180,7 +181,9 @@ where
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
-        let left = give_up_at.saturating_duration_since(tokio::time::Instant::now());
+        let left = give_up_at.map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(tokio::time::Instant::now())
+        });
         if for_good(&error) || left.is_zero() {
             return Err(error);
         }

@@ -24,9 +24,11 @@ impl Deadline {
         Self(instant)
     }
 
-    /// A deadline `timeout` after `now`.
+    /// A deadline `timeout` after `now`; a timeout beyond a hundred years counts as a hundred
+    /// years (the deadline still has to be written as an RFC 3339 instant).
     pub fn after(now: SystemTime, timeout: Duration) -> Self {
-        Self(now + timeout)
+        const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3_600);
+        Self(now + timeout.min(LONGEST))
     }
 
     /// The instant.

@@ -145,9 +145,19 @@ impl<E: Event, H: StepHandler<E>> ErasedStep for TypedStep<H, E> {
         let handler = Arc::clone(&self.handler);
         Box::pin(async move {
             match handler.handle(event?, cx).await? {
-                Step::Done(output) => output.into_event().map(StepOutcome::Done).map_err(|error| {
-                    HandlerError::permanent(format!("cannot serialize the step's output: {error}"))
-                }),
+                Step::Done(output) => match output.into_event() {
+                    Ok(Some((event_type, _)))
+                        if !H::Output::EMITTED_TYPES.contains(&event_type) =>
+                    {
+                        Err(HandlerError::permanent(format!(
+                            "the step emitted `{event_type}`, which its output type does not list in `Emit::EMITTED_TYPES`"
+                        )))
+                    }
+                    Ok(event) => Ok(StepOutcome::Done(event)),
+                    Err(error) => Err(HandlerError::permanent(format!(
+                        "cannot serialize the step's output: {error}"
+                    ))),
+                },
                 Step::Reject(rejection) => Ok(StepOutcome::Reject(rejection)),
             }
         })

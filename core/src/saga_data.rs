@@ -101,7 +101,8 @@ impl SagaData {
     /// Saga data from its JSON form, as received: a JSON object within the size limit.
     pub fn from_json(json: &str) -> Result<Self, SagaDataError> {
         match serde_json::from_str::<Value>(json) {
-            Ok(Value::Object(_)) => Self::checked(json.to_owned()),
+            // Compacted again, so that equal data compares equal however it was written.
+            Ok(object @ Value::Object(_)) => Self::checked(object.to_string()),
             Ok(other) => Err(SagaDataError::NotAnObject(kind_of(&other).to_owned())),
             Err(error) => Err(SagaDataError::NotAnObject(error.to_string())),
         }
@@ -165,7 +166,11 @@ mod tests {
         ));
         assert!(SagaData::new().is_empty());
         assert_eq!(SagaData::new().as_json(), "{}");
-        assert_eq!(SagaData::from_json("{}").unwrap(), SagaData::new());
+        assert_eq!(SagaData::from_json("{ }").unwrap(), SagaData::new());
+        assert_eq!(
+            SagaData::from_json(r#"{ "seats": [1, 2],  "card_token": "tok_2" }"#).unwrap(),
+            data
+        );
     }
 
     #[test]

@@ -80,20 +80,6 @@ pub struct NotSeen {
     pub timeline: String,
 }
 
-/// The data of `event`, or why it is not an `E`.
-fn decoded<E: Event>(
-    saga: SagaId,
-    event: &Envelope,
-    what: impl Fn() -> String,
-) -> Result<E, NotSeen> {
-    serde_json::from_str(event.data.get()).map_err(|error| NotSeen {
-        saga,
-        what: format!("{} with data that decodes ({error})", what()),
-        waited: Duration::ZERO,
-        timeline: String::new(),
-    })
-}
-
 impl NotEnded {
     fn describe(&self) -> String {
         let mut out = format!("saga {} did not end within {:?}", self.saga, self.waited);
@@ -125,8 +111,9 @@ impl NotEnded {
 
 impl SagaLog {
     /// Starts recording `saga`'s topic as observer `name`
-    /// ([`Transport::observe`]): it sees every event and takes none from the services, and
-    /// the broker keeps nothing for it once the log is dropped.
+    /// ([`Transport::observe`]): it sees every event and takes none from the services. On
+    /// RabbitMQ and in memory nothing is kept for it once the log is dropped; on Kafka, its
+    /// group's offsets.
     pub async fn start(
         transport: Arc<dyn Transport>,
         saga: &Saga,
@@ -263,7 +250,7 @@ impl SagaLog {
         let event = self
             .first_within(saga, timeout, what, |event, _| event.event_type == E::TYPE)
             .await?;
-        decoded(saga, &event, what)
+        self.decoded(saga, &event, what)
     }
 
     /// Waits up to `timeout` until `service` has consumed an event of type `E` of the saga,
@@ -285,7 +272,7 @@ impl SagaLog {
                     })
             })
             .await?;
-        decoded(saga, &event, what)
+        self.decoded(saga, &event, what)
     }
 
     /// The saga's first event for which `matches` holds, within `timeout`.
@@ -310,6 +297,19 @@ impl SagaLog {
         })
         .await;
         found.map_err(|_| self.not_seen(saga, what(), timeout))
+    }
+
+    /// The data of `event`, or why it is not an `E`.
+    fn decoded<E: Event>(
+        &self,
+        saga: SagaId,
+        event: &Envelope,
+        what: impl Fn() -> String,
+    ) -> Result<E, NotSeen> {
+        serde_json::from_str(event.data.get()).map_err(|error| {
+            let what = format!("{} with data that decodes ({error})", what());
+            self.not_seen(saga, what, Duration::ZERO)
+        })
     }
 
     fn not_seen(&self, saga: SagaId, what: String, waited: Duration) -> NotSeen {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use choreo_core::transport::{dead_letter_message, dead_letter_topic, Acknowledge};
+use choreo_core::transport::{dead_letter_message, dead_letter_topic, observer_group, Acknowledge};
 use choreo_core::{
     Delivery, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
 };
@@ -273,7 +273,7 @@ impl Transport for MemoryTransport {
         name: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        self.join(name, topics, true)
+        self.join(&observer_group(name), topics, true)
     }
 
     async fn dead_letter(
@@ -324,9 +324,11 @@ impl Drop for MemorySubscription {
         let mut state = self.bus.lock();
         for group in &self.groups {
             if let Some(groups) = state.groups.get_mut(&group.topic) {
+                // Held by the bus and by this subscription only: no other observer of the
+                // name reads it.
                 if groups
                     .get(name)
-                    .is_some_and(|held| Arc::ptr_eq(held, group))
+                    .is_some_and(|held| Arc::ptr_eq(held, group) && Arc::strong_count(held) == 2)
                 {
                     groups.remove(name);
                 }

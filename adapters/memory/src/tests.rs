@@ -305,7 +305,11 @@ async fn an_observer_sees_every_event_and_its_group_goes_with_it() {
     );
     taken.ack().await.unwrap();
 
+    // Another observer of the name keeps the group until it goes too.
+    let other = transport.observe("log", &[TOPIC.to_owned()]).await.unwrap();
     drop(observer);
+    assert!(transport.bus.lock().groups[TOPIC].contains_key("observer.log"));
+    drop(other);
     transport.publish(TOPIC, event(saga, 2)).await.unwrap();
     let groups: Vec<String> = transport.bus.lock().groups[TOPIC].keys().cloned().collect();
     assert_eq!(groups, ["payments"], "nothing kept for the observer");

@@ -10,8 +10,8 @@ use choreo_core::transport::{Acknowledge, SharedKeyedQueue};
 use choreo_core::{Delivery, RawMessage, Subscription, TransportError};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Acker;
@@ -164,6 +164,8 @@ async fn consume(
         );
     }
     if member == Member::Observer {
+        // What an observer drops is nobody's dead letter.
+        arguments = FieldTable::default();
         let expires = u32::try_from(OBSERVER_QUEUE_EXPIRES.as_millis()).unwrap_or(u32::MAX);
         arguments.insert(ShortString::from("x-expires"), AMQPValue::LongUInt(expires));
     }
@@ -268,8 +270,11 @@ async fn run(
             tokio::select! {
                 () = stop.cancelled() => {
                     if member == Member::Observer {
+                        // Only if nobody else consumes it (an observer of the same name).
+                        let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                        let unused = QueueDeleteOptions { if_unused: true, ..QueueDeleteOptions::default() };
                         let queue = ShortString::from(queue_name(&group, &topics));
-                        let _ = channel.queue_delete(queue, QueueDeleteOptions::default()).await;
+                        let _ = channel.queue_delete(queue, unused).await;
                     }
                     // Unacked deliveries go back to the queue when the channel closes.
                     let _ = channel.close(200, ShortString::from("subscription closed")).await;

@@ -25,7 +25,7 @@ mod consumer;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use choreo_core::transport::dead_letter_message;
+use choreo_core::transport::{dead_letter_message, observer_group};
 use choreo_core::{
     ConnectError, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
     TransportUrl,
@@ -260,7 +260,7 @@ impl Transport for RabbitMqTransport {
         let subscription = consumer::RabbitMqSubscription::start(
             Arc::clone(&self.inner),
             consumer::Member::Observer,
-            name,
+            &observer_group(name),
             topics,
         )
         .await?;

@@ -33,15 +33,17 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Joins `topics` as observer `name`: like [`subscribe`](Self::subscribe), for a reader
     /// that takes no event from any service's group and must leave nothing behind on the
-    /// broker once it is gone (a saga log, a monitor). By default, a consumer group; a
-    /// transport whose groups keep events for absent members (a RabbitMQ queue, an
-    /// in-memory group) removes what the observer had when it stops.
+    /// broker once it is gone (a saga log, a monitor). Its group is
+    /// [`observer_group(name)`](observer_group), apart from every service's; give each
+    /// observer a name of its own. By default, that consumer group; a transport whose groups
+    /// keep events for absent members (a RabbitMQ queue, an in-memory group) removes what the
+    /// observer had when it stops.
     async fn observe(
         &self,
         name: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        self.subscribe(name, topics).await
+        self.subscribe(&observer_group(name), topics).await
     }
 
     /// Transport-specific attributes of `envelope` on `topic` for its spans, after the
@@ -59,6 +61,12 @@ pub trait Transport: Send + Sync + 'static {
         message: RawMessage,
         reason: &str,
     ) -> Result<(), TransportError>;
+}
+
+/// The consumer group of observer `name` ([`Transport::observe`]): `observer.<name>`, so that
+/// an observer never joins a service's group.
+pub fn observer_group(name: &str) -> String {
+    format!("observer.{name}")
 }
 
 /// A consumer group membership: a stream of deliveries.
