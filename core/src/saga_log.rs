@@ -191,18 +191,7 @@ impl SagaLog {
         participants: &[&str],
         timeout: Duration,
     ) -> Result<SagaOutcome, NotEnded> {
-        let mut changed = self.changed.clone();
-        let ended = async {
-            loop {
-                if let Some(outcome) = self.outcome(saga, participants) {
-                    return outcome;
-                }
-                if changed.changed().await.is_err() {
-                    // The recorder is gone; nothing more will arrive.
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
+        let ended = self.recorded(|| self.outcome(saga, participants));
         match tokio::time::timeout(timeout, ended).await {
             Ok(outcome) => Ok(outcome),
             Err(_) => Err(self.not_ended(saga, participants, timeout)),
@@ -219,12 +208,7 @@ impl SagaLog {
                 .collect();
             (all.get(&saga).cloned().unwrap_or_default(), seen)
         };
-        let acknowledged: Vec<String> = events
-            .iter()
-            .filter(|event| event.kind == SagaKind::Compensated)
-            .filter_map(|event| serde_json::from_str::<SagaCompensated>(event.data.get()).ok())
-            .map(|ack| ack.service)
-            .collect();
+        let acknowledged: Vec<String> = acknowledgements(&events).map(|ack| ack.service).collect();
         let missing = |names: &dyn Fn(&str) -> bool| {
             participants
                 .iter()
@@ -283,20 +267,13 @@ impl SagaLog {
         what: impl Fn() -> String,
         matches: impl Fn(&Envelope, &[Envelope]) -> bool,
     ) -> Result<Envelope, NotSeen> {
-        let mut changed = self.changed.clone();
-        let found = tokio::time::timeout(timeout, async {
-            loop {
-                let events = self.events(saga);
-                if let Some(event) = events.iter().find(|event| matches(event, &events)) {
-                    return event.clone();
-                }
-                if changed.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        })
-        .await;
-        found.map_err(|_| self.not_seen(saga, what(), timeout))
+        let found = self.recorded(|| {
+            let events = self.events(saga);
+            events.iter().find(|event| matches(event, &events)).cloned()
+        });
+        tokio::time::timeout(timeout, found)
+            .await
+            .map_err(|_| self.not_seen(saga, what(), timeout))
     }
 
     /// The data of `event`, or why it is not an `E`.
@@ -323,9 +300,20 @@ impl SagaLog {
 
     /// Waits until `condition` holds for the saga's events.
     pub async fn wait_until(&self, saga: SagaId, condition: impl Fn(&[Envelope]) -> bool) {
+        self.recorded(|| condition(&self.events(saga)).then_some(()))
+            .await;
+    }
+
+    /// Waits until `check` finds what it looks for in what was recorded, looking again after
+    /// every event recorded.
+    async fn recorded<T>(&self, check: impl Fn() -> Option<T>) -> T {
         let mut changed = self.changed.clone();
-        while !condition(&self.events(saga)) {
+        loop {
+            if let Some(found) = check() {
+                return found;
+            }
             if changed.changed().await.is_err() {
+                // The recorder is gone; nothing more will arrive.
                 std::future::pending::<()>().await;
             }
         }
@@ -372,11 +360,7 @@ fn outcome_of(events: &[Envelope], participants: &[&str]) -> Option<SagaOutcome>
         let reason = serde_json::from_str::<SagaAborted>(abort.data.get())
             .map(|aborted| aborted.reason)
             .ok()?;
-        let acknowledgements: Vec<SagaCompensated> = events
-            .iter()
-            .filter(|event| event.kind == SagaKind::Compensated)
-            .filter_map(|event| serde_json::from_str(event.data.get()).ok())
-            .collect();
+        let acknowledgements: Vec<SagaCompensated> = acknowledgements(events).collect();
         let all_acknowledged = participants.iter().all(|participant| {
             acknowledgements
                 .iter()
@@ -394,6 +378,14 @@ fn outcome_of(events: &[Envelope], participants: &[&str]) -> Option<SagaOutcome>
         .iter()
         .any(|event| event.kind == SagaKind::Complete)
         .then_some(SagaOutcome::Completed)
+}
+
+/// The acknowledgements among `events`.
+fn acknowledgements(events: &[Envelope]) -> impl Iterator<Item = SagaCompensated> + '_ {
+    events
+        .iter()
+        .filter(|event| event.kind == SagaKind::Compensated)
+        .filter_map(|event| serde_json::from_str(event.data.get()).ok())
 }
 
 fn describe(event: &Envelope) -> String {
