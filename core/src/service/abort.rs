@@ -232,19 +232,16 @@ impl Runtime {
         };
         let mut abort = match cause {
             Some(cause) => self.caused_by(cause, SagaAborted::TYPE, SagaKind::Abort, data),
-            None => {
-                let mut abort = self.envelope(
-                    record.saga_id,
-                    record.deadline,
-                    None,
-                    record.latest_trace(),
-                    SagaAborted::TYPE,
-                    SagaKind::Abort,
-                    data,
-                );
-                abort.saga_data = record.saga_data();
-                abort
-            }
+            None => self.envelope(
+                record.saga_id,
+                record.deadline,
+                None,
+                record.latest_trace(),
+                record.saga_data(),
+                SagaAborted::TYPE,
+                SagaKind::Abort,
+                data,
+            ),
         };
         let span = self.stamped_send_span(&mut abort);
         record.abort_published = true;

@@ -405,17 +405,16 @@ impl Runtime {
         kind: SagaKind,
         data: Box<RawValue>,
     ) -> Envelope {
-        let mut envelope = self.envelope(
+        self.envelope(
             cause.saga_id,
             cause.deadline,
             Some(cause.id),
             cause.trace.clone(),
+            cause.saga_data.clone(),
             event_type,
             kind,
             data,
-        );
-        envelope.saga_data = cause.saga_data.clone();
-        envelope
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -425,6 +424,7 @@ impl Runtime {
         deadline: Deadline,
         causation_id: Option<EventId>,
         trace: TraceContext,
+        saga_data: SagaData,
         event_type: &str,
         kind: SagaKind,
         data: Box<RawValue>,
@@ -440,7 +440,7 @@ impl Runtime {
             kind,
             trace,
             data,
-            saga_data: SagaData::default(),
+            saga_data,
         }
     }
 

@@ -108,12 +108,12 @@ impl Runtime {
             deadline,
             None,
             TraceContext::new_root(),
+            saga_data,
             E::TYPE,
             SagaKind::Start,
             data,
         );
         start.time = now;
-        start.saga_data = saga_data;
         let span = telemetry::start_span(
             self.name(),
             &**self.transport(),
