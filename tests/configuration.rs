@@ -89,6 +89,23 @@ fn a_definition_that_cannot_work_is_refused_with_every_problem() {
     assert!(error.problems[0].contains("two steps handle `orders.OrderPlaced.v1`"));
     assert!(error.problems[1].contains("no step of this service emits it"));
 
+    // A join is checked per type it waits for.
+    let error = Service::builder("payments", &saga(Backend::MEMORY.timeout()))
+        .step(|_: OrderPlaced, _: Context| async { Ok(choreo::Step::done(())) })
+        .join(|_: (OrderPlaced, StockReserved), _: Context| async { Ok(choreo::Step::done(())) })
+        .join(|_: (CreditReserved, CreditReserved), _: Context| async {
+            Ok(choreo::Step::done(()))
+        })
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        error.problems,
+        [
+            "two steps handle `orders.OrderPlaced.v1`; register one",
+            "a join waits for `payments.CreditReserved.v1` twice; list each type once",
+        ]
+    );
+
     let no_terminal = Service::builder("orders", &choreo::Saga::new(TOPIC))
         .initiates::<OrderPlaced>()
         .build()

@@ -116,11 +116,15 @@ pub(crate) enum StepOutcome {
 
 /// A step with its types erased, as the runtime stores it.
 pub(crate) trait ErasedStep: Send + Sync + 'static {
+    /// The event types the step waits for: one, or the parts of a join.
+    fn input_types(&self) -> &'static [&'static str];
+
     /// Every type of event the step may emit.
     fn output_types(&self) -> &'static [&'static str];
 
-    /// Decodes `data` as the step's event and runs it.
-    fn call(&self, data: &RawValue, cx: Context) -> BoxFuture<Result<StepOutcome, HandlerError>>;
+    /// Decodes `data` (one event per input type, in their order) and runs the step.
+    fn call(&self, data: &[&RawValue], cx: Context)
+        -> BoxFuture<Result<StepOutcome, HandlerError>>;
 }
 
 pub(crate) fn erase_step<E: Event, H: StepHandler<E>>(handler: H) -> Arc<dyn ErasedStep> {
@@ -136,31 +140,157 @@ struct TypedStep<H, E> {
 }
 
 impl<E: Event, H: StepHandler<E>> ErasedStep for TypedStep<H, E> {
+    fn input_types(&self) -> &'static [&'static str] {
+        std::slice::from_ref(&E::TYPE)
+    }
+
     fn output_types(&self) -> &'static [&'static str] {
         H::Output::EMITTED_TYPES
     }
 
-    fn call(&self, data: &RawValue, cx: Context) -> BoxFuture<Result<StepOutcome, HandlerError>> {
-        let event = decode_data::<E>(data);
+    fn call(
+        &self,
+        data: &[&RawValue],
+        cx: Context,
+    ) -> BoxFuture<Result<StepOutcome, HandlerError>> {
+        let event = decode_data::<E>(data[0]);
         let handler = Arc::clone(&self.handler);
-        Box::pin(async move {
-            match handler.handle(event?, cx).await? {
-                Step::Done(output) => match output.into_event() {
-                    Ok(Some((event_type, _)))
-                        if !H::Output::EMITTED_TYPES.contains(&event_type) =>
-                    {
-                        Err(HandlerError::permanent(format!(
-                            "the step emitted `{event_type}`, which its output type does not list in `Emit::EMITTED_TYPES`"
-                        )))
-                    }
-                    Ok(event) => Ok(StepOutcome::Done(event)),
-                    Err(error) => Err(HandlerError::permanent(format!(
-                        "cannot serialize the step's output: {error}"
-                    ))),
-                },
-                Step::Reject(rejection) => Ok(StepOutcome::Reject(rejection)),
+        Box::pin(async move { decided(handler.handle(event?, cx).await?) })
+    }
+}
+
+/// A step's decision, its output serialized; an output its type does not declare is a
+/// permanent error.
+fn decided<D: Emit>(step: Step<D>) -> Result<StepOutcome, HandlerError> {
+    match step {
+        Step::Done(output) => match output.into_event() {
+            Ok(Some((event_type, _))) if !D::EMITTED_TYPES.contains(&event_type) => {
+                Err(HandlerError::permanent(format!(
+                    "the step emitted `{event_type}`, which its output type does not list in `Emit::EMITTED_TYPES`"
+                )))
             }
-        })
+            Ok(event) => Ok(StepOutcome::Done(event)),
+            Err(error) => Err(HandlerError::permanent(format!(
+                "cannot serialize the step's output: {error}"
+            ))),
+        },
+        Step::Reject(rejection) => Ok(StepOutcome::Reject(rejection)),
+    }
+}
+
+/// The events a join waits for: a tuple of two to four [`Event`] types, all of one saga.
+///
+/// Implemented for tuples; a [`JoinHandler`] receives one value of each, in the tuple's
+/// order, whatever order they arrived in.
+pub trait Parts: Sized + Send + 'static {
+    /// The event types, in the tuple's order.
+    const TYPES: &'static [&'static str];
+
+    /// Decodes one event per type, in the tuple's order.
+    #[doc(hidden)]
+    fn decode(data: &[&RawValue]) -> Result<Self, HandlerError>;
+}
+
+macro_rules! parts_of_tuples {
+    ($(($($part:ident $index:tt),+))*) => {$(
+        impl<$($part: Event),+> Parts for ($($part,)+) {
+            const TYPES: &'static [&'static str] = &[$($part::TYPE),+];
+
+            fn decode(data: &[&RawValue]) -> Result<Self, HandlerError> {
+                Ok(($(decode_data::<$part>(data[$index])?,)+))
+            }
+        }
+    )*};
+}
+
+parts_of_tuples! {
+    (A 0, B 1)
+    (A 0, B 1, C 2)
+    (A 0, B 1, C 2, D 3)
+}
+
+/// A join: a step that runs once every event of `P` arrived for the saga (docs/concepts.md,
+/// rule 10), registered with [`ServiceBuilder::join`](crate::ServiceBuilder::join).
+///
+/// Implemented for every `async fn((A, B, ..), Context) -> StepResult<Out>`:
+///
+/// ```
+/// use choreo_core::{Context, Event, Step, StepResult};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct FlightBooked { price_cents: u64 }
+/// # impl Event for FlightBooked { const TYPE: &'static str = "flights.FlightBooked.v1"; }
+/// # #[derive(Serialize, Deserialize)] struct HotelBooked { price_cents: u64 }
+/// # impl Event for HotelBooked { const TYPE: &'static str = "hotels.HotelBooked.v1"; }
+/// # #[derive(Serialize, Deserialize)] struct PaymentCharged { amount_cents: u64 }
+/// # impl Event for PaymentCharged { const TYPE: &'static str = "payments.PaymentCharged.v1"; }
+///
+/// async fn charge(
+///     (flight, hotel): (FlightBooked, HotelBooked),
+///     _cx: Context,
+/// ) -> StepResult<PaymentCharged> {
+///     Ok(Step::done(PaymentCharged { amount_cents: flight.price_cents + hotel.price_cents }))
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a join of `{P}`",
+    label = "not a join",
+    note = "a join is an `async fn(parts: (A, B, ..), cx: choreo::Context) -> choreo::StepResult<Out>` where `A`, `B`, .. are Events and `Out` is an Event or `()`, or a type implementing `JoinHandler<(A, B, ..)>`"
+)]
+pub trait JoinHandler<P: Parts>: Send + Sync + 'static {
+    /// What the join emits on success: an [`Event`], an [`Emit`] enum, or `()`.
+    type Output: Emit;
+
+    /// Handles the saga's events of every type of `P`.
+    fn handle(
+        &self,
+        parts: P,
+        cx: Context,
+    ) -> impl Future<Output = StepResult<Self::Output>> + Send;
+}
+
+impl<F, Fut, P, D> JoinHandler<P> for F
+where
+    F: Fn(P, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = StepResult<D>> + Send + 'static,
+    P: Parts,
+    D: Emit,
+{
+    type Output = D;
+
+    fn handle(&self, parts: P, cx: Context) -> impl Future<Output = StepResult<D>> + Send {
+        self(parts, cx)
+    }
+}
+
+pub(crate) fn erase_join<P: Parts, H: JoinHandler<P>>(handler: H) -> Arc<dyn ErasedStep> {
+    Arc::new(TypedJoin {
+        handler: Arc::new(handler),
+        parts: PhantomData::<fn(P)>,
+    })
+}
+
+struct TypedJoin<H, P> {
+    handler: Arc<H>,
+    parts: PhantomData<fn(P)>,
+}
+
+impl<P: Parts, H: JoinHandler<P>> ErasedStep for TypedJoin<H, P> {
+    fn input_types(&self) -> &'static [&'static str] {
+        P::TYPES
+    }
+
+    fn output_types(&self) -> &'static [&'static str] {
+        H::Output::EMITTED_TYPES
+    }
+
+    fn call(
+        &self,
+        data: &[&RawValue],
+        cx: Context,
+    ) -> BoxFuture<Result<StepOutcome, HandlerError>> {
+        let parts = P::decode(data);
+        let handler = Arc::clone(&self.handler);
+        Box::pin(async move { decided(handler.handle(parts?, cx).await?) })
     }
 }
 

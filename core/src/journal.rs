@@ -63,7 +63,8 @@ pub enum CompensationState {
     NotRequired,
 }
 
-/// A step this service completed for a saga.
+/// A step this service completed for a saga, or an event one of its joins received and keeps
+/// until the join's other events arrive ([`is_join_part`](Self::is_join_part)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// The event the step handled; `None` for the saga start.
@@ -78,6 +79,25 @@ pub struct StepRecord {
     pub compensation: CompensationState,
 }
 
+impl StepRecord {
+    /// The record of an event a join received: `output` is that event itself (so `input` is
+    /// its id), never published by this service, with nothing to compensate here.
+    pub fn join_part(event: Envelope) -> Self {
+        Self {
+            input: Some(event.id),
+            output: event,
+            withheld: true,
+            published: false,
+            compensation: CompensationState::NotRequired,
+        }
+    }
+
+    /// Whether this records an event a join received rather than a step's own output.
+    pub fn is_join_part(&self) -> bool {
+        self.input == Some(self.output.id)
+    }
+}
+
 /// One service's record of one saga.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaRecord {
@@ -90,7 +110,7 @@ pub struct SagaRecord {
     pub status: SagaStatus,
     /// Whether this service started it.
     pub initiated_here: bool,
-    /// Steps this service completed, oldest first.
+    /// Steps this service completed, oldest first, with the events its joins received.
     pub steps: Vec<StepRecord>,
     /// Whether this service recorded an abort of its own for it (sent through its outbox).
     pub abort_published: bool,

@@ -32,7 +32,7 @@ pub use crate::deadline::Deadline;
 pub use crate::envelope::{Envelope, EnvelopeError, RawMessage, SagaKind};
 pub use crate::error::{BoxError, ErrorKind, HandlerError};
 pub use crate::event::{Emit, Event};
-pub use crate::handler::{Rejection, Step, StepHandler, StepResult};
+pub use crate::handler::{JoinHandler, Parts, Rejection, Step, StepHandler, StepResult};
 pub use crate::ids::{EventId, SagaId};
 pub use crate::journal::{AbortReason, SagaRecord, SagaStatus};
 pub use crate::retry::RetryPolicy;

@@ -34,7 +34,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::compensation::{erase_compensation, Compensation, ErasedCompensation};
 use crate::deadline::Deadline;
 use crate::event::Event;
-use crate::handler::{erase_step, ErasedStep, StepHandler};
+use crate::handler::{erase_join, erase_step, ErasedStep, JoinHandler, Parts, StepHandler};
 use crate::ids::SagaId;
 use crate::saga::Saga;
 use crate::store::{MemoryStore, Store, StoreError};
@@ -205,6 +205,33 @@ impl ServiceBuilder {
         if self.definition.steps.insert(E::TYPE, step).is_some() {
             self.problems
                 .push(format!("two steps handle `{}`; register one", E::TYPE));
+        }
+        self
+    }
+
+    /// Registers `handler` as a join: a step that runs once, when an event of every type of
+    /// `P` (a tuple of two to four event types) arrived for the saga, in any order. Until
+    /// then the events that arrived wait in the service's journal, so a restart keeps them;
+    /// an abort meanwhile leaves the join nothing to do (each event's own service undoes
+    /// it). The join's event is caused by the event that arrived last. Of a type that
+    /// arrives twice in one saga, the first event counts.
+    pub fn join<P: Parts, H: JoinHandler<P>>(mut self, handler: H) -> Self {
+        let join = erase_join::<P, H>(handler);
+        self.emitted.extend(join.output_types());
+        for (index, input) in P::TYPES.iter().enumerate() {
+            if P::TYPES[..index].contains(input) {
+                self.problems.push(format!(
+                    "a join waits for `{input}` twice; list each type once"
+                ));
+            } else if self
+                .definition
+                .steps
+                .insert(input, Arc::clone(&join))
+                .is_some()
+            {
+                self.problems
+                    .push(format!("two steps handle `{input}`; register one"));
+            }
         }
         self
     }

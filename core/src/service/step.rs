@@ -1,15 +1,16 @@
-//! Rules 3, 4, 6 and 8 for a step event: run the step unless the saga is aborted or out of
+//! Rules 3, 4, 6, 8 and 10 for a step event: run the step unless the saga is aborted or out of
 //! time, record it with the event it emits, and abort the saga on a rejection or a failure.
 
 use std::sync::Arc;
 
-use tracing::{error, info, warn, Span};
+use serde_json::value::RawValue;
+use tracing::{debug, error, info, warn, Span};
 
 use super::handling::Handling;
 use super::runtime::{Failure, Infrastructure, Runtime, Settle};
 use crate::envelope::{Envelope, SagaKind};
 use crate::handler::{ErasedStep, Rejection, StepOutcome};
-use crate::journal::{AbortReason, CompensationState, SagaStatus, StepRecord};
+use crate::journal::{AbortReason, CompensationState, SagaRecord, SagaStatus, StepRecord};
 use crate::store::{Outgoing, OutgoingKind};
 use crate::telemetry::{DeadLetterReason, HandlerLabel, StepResultLabel};
 
@@ -32,6 +33,21 @@ impl Runtime {
             return Ok(Settle::Ack);
         }
 
+        let (single, joined, parts);
+        let data: &[&RawValue] = if step.input_types().len() == 1 {
+            single = [&*envelope.data];
+            &single
+        } else {
+            let Some(kept) = Self::join_parts(step.input_types(), envelope, record) else {
+                debug!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, "join waiting for its other events");
+                handling.mark_handled(envelope);
+                return Ok(Settle::Ack);
+            };
+            joined = kept;
+            parts = joined.iter().map(|data| &**data).collect::<Vec<_>>();
+            &parts
+        };
+
         let transaction = self.transaction_slot();
         let cx = self.context(envelope, &transaction);
         let began = self.now();
@@ -41,7 +57,7 @@ impl Runtime {
                 &self.options().step_retry,
                 Some(envelope.deadline),
                 &transaction,
-                |attempt| step.call(&envelope.data, cx.with_attempt(attempt)),
+                |attempt| step.call(data, cx.with_attempt(attempt)),
             )
             .await;
         let result = match &outcome {
@@ -138,5 +154,31 @@ impl Runtime {
             }
         }
         Ok(Settle::Ack)
+    }
+
+    /// Rule 10: keeps `envelope`, a part of a join of `types`, in the saga's record, and
+    /// returns the data of every part, in `types`' order, once all arrived. `None` while the
+    /// join waits, and for a type that already arrived (the first one counts, and the join
+    /// runs once).
+    fn join_parts(
+        types: &[&str],
+        envelope: &Envelope,
+        record: &mut SagaRecord,
+    ) -> Option<Vec<Box<RawValue>>> {
+        let kept = |record: &SagaRecord, event_type: &str| {
+            record
+                .steps
+                .iter()
+                .find(|step| step.is_join_part() && step.output.event_type == event_type)
+                .map(|step| step.output.data.clone())
+        };
+        if kept(record, &envelope.event_type).is_some() {
+            return None;
+        }
+        record.steps.push(StepRecord::join_part(envelope.clone()));
+        types
+            .iter()
+            .map(|event_type| kept(record, event_type))
+            .collect()
     }
 }

@@ -1,0 +1,513 @@
+//! Rule 10 (docs/concepts.md): a join runs once every event it waits for arrived, keeps the
+//! ones that arrived in the journal meanwhile, and leaves an abort nothing to undo of its own.
+//!
+//! A trip saga: trips starts with `TripRequested`; flights and hotels book in parallel; payments
+//! joins `FlightBooked` and `HotelBooked` and charges their sum (`PaymentCharged`); trips
+//! confirms (`TripConfirmed`, terminal). Hotels waits at a gate the test opens, so the flight
+//! is always booked first and the test can look at the join while it waits.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use choreo::journal::CompensationState;
+use choreo::{
+    AbortReason, Context, Event, HandlerError, RunningService, Saga, SagaCompensated, SagaData,
+    SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, SagaStart, SagaStatus, Service, Step,
+    StepResult, Store,
+};
+use common::{ev, sorted, Backend, Harness, StoreKind, ABORTED, COMPENSATED};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+scenarios! {
+    memory: [
+        a_join_runs_once_after_both_branches,
+        a_branch_rejecting_after_the_other_succeeded_compensates_it,
+    ];
+    kafka: [
+        a_join_runs_once_after_both_branches,
+        a_branch_rejecting_after_the_other_succeeded_compensates_it,
+    ];
+    rabbitmq: [
+        a_join_runs_once_after_both_branches,
+        a_branch_rejecting_after_the_other_succeeded_compensates_it,
+    ];
+    memory_sqlite: [a_join_waits_across_a_restart];
+    kafka_sqlite: [a_join_waits_across_a_restart];
+    rabbitmq_sqlite: [a_join_waits_across_a_restart];
+}
+
+const TOPIC: &str = "trips.saga";
+const SERVICES: [&str; 4] = ["trips", "flights", "hotels", "payments"];
+const FLIGHT_CENTS: u64 = 30_000;
+const HOTEL_CENTS: u64 = 20_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "trips.TripRequested.v1")]
+struct TripRequested {
+    trip: u64,
+    destination: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "flights.FlightBooked.v1")]
+struct FlightBooked {
+    trip: u64,
+    price_cents: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "hotels.HotelBooked.v1")]
+struct HotelBooked {
+    trip: u64,
+    price_cents: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "payments.PaymentCharged.v1")]
+struct PaymentCharged {
+    trip: u64,
+    amount_cents: u64,
+    card_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "trips.TripConfirmed.v1")]
+struct TripConfirmed {
+    trip: u64,
+}
+
+/// What the four services did, in order: `(service, action, trip)`.
+type Effects = Arc<Mutex<Vec<(&'static str, &'static str, u64)>>>;
+
+fn did(effects: &Effects, service: &'static str, action: &'static str, trip: u64) {
+    effects.lock().unwrap().push((service, action, trip));
+}
+
+fn trip_saga(backend: Backend) -> Saga {
+    // Long enough for a service to restart (and rejoin its group) while the saga waits.
+    Saga::new(TOPIC)
+        .timeout(backend.units(40))
+        .completes_on::<TripConfirmed>()
+}
+
+/// The trip saga's four services on a harness's transport, with stores of their own.
+struct Travel {
+    running: HashMap<&'static str, RunningService>,
+    log: SagaLog,
+    effects: Effects,
+    hotels_open: watch::Sender<bool>,
+    stores: HashMap<&'static str, Arc<dyn Store>>,
+    directory: Option<std::path::PathBuf>,
+    /// Declared last, so the broker outlives every client dropped before it.
+    h: Harness,
+}
+
+impl Travel {
+    async fn start(backend: Backend) -> Self {
+        let h = Harness::prepare(backend).await;
+        let log = SagaLog::start(Arc::clone(&h.transport), &trip_saga(backend), "trip-log")
+            .await
+            .unwrap();
+        let directory = (backend.store != StoreKind::Memory).then(|| {
+            let directory =
+                std::env::temp_dir().join(format!("choreo-travel-{}", uuid::Uuid::now_v7()));
+            std::fs::create_dir_all(&directory).unwrap();
+            directory
+        });
+        let mut travel = Self {
+            h,
+            log,
+            effects: Effects::default(),
+            hotels_open: watch::channel(false).0,
+            stores: HashMap::new(),
+            directory,
+            running: HashMap::new(),
+        };
+        for service in SERVICES {
+            travel.start_service(service).await;
+        }
+        travel
+    }
+
+    /// Starts (or restarts) `name` on its store, opened again as a new process would.
+    async fn start_service(&mut self, name: &'static str) {
+        let store: Arc<dyn Store> = match &self.directory {
+            None => Arc::clone(
+                self.stores
+                    .entry(name)
+                    .or_insert_with(|| Arc::new(choreo::MemoryStore::new())),
+            ),
+            Some(directory) => {
+                let path = directory.join(format!("{name}.db"));
+                choreo::open_store(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap()
+            }
+        };
+        self.stores.insert(name, Arc::clone(&store));
+        let builder = Service::builder(name, &trip_saga(self.h.backend))
+            .store(store)
+            .clock(Arc::new(self.h.clock.clone()))
+            .options(common::test_options(self.h.backend));
+        let effects = Arc::clone(&self.effects);
+        let undo = Arc::clone(&self.effects);
+        let service = match name {
+            "trips" => builder
+                .initiates::<TripRequested>()
+                .compensate(move |trip: TripRequested, _: Context| {
+                    did(&undo, "trips", "cancel_trip", trip.trip);
+                    async { Ok(()) }
+                })
+                .step(move |charged: PaymentCharged, _: Context| {
+                    did(&effects, "trips", "confirm_trip", charged.trip);
+                    async move { Ok(Step::done(TripConfirmed { trip: charged.trip })) }
+                }),
+            "flights" => builder
+                .step(move |trip: TripRequested, _: Context| {
+                    did(&effects, "flights", "book_flight", trip.trip);
+                    async move {
+                        Ok(Step::done(FlightBooked {
+                            trip: trip.trip,
+                            price_cents: FLIGHT_CENTS,
+                        }))
+                    }
+                })
+                .compensate(move |flight: FlightBooked, _: Context| {
+                    did(&undo, "flights", "cancel_flight", flight.trip);
+                    async { Ok(()) }
+                }),
+            "hotels" => {
+                let open = self.hotels_open.subscribe();
+                builder
+                    .step(move |trip: TripRequested, _: Context| {
+                        let (effects, mut open) = (Arc::clone(&effects), open.clone());
+                        async move { book_hotel(trip, &effects, &mut open).await }
+                    })
+                    .compensate(move |hotel: HotelBooked, _: Context| {
+                        did(&undo, "hotels", "cancel_hotel", hotel.trip);
+                        async { Ok(()) }
+                    })
+            }
+            "payments" => builder
+                .join(
+                    move |(flight, hotel): (FlightBooked, HotelBooked), cx: Context| {
+                        did(&effects, "payments", "charge", flight.trip);
+                        async move { charge(flight, hotel, cx) }
+                    },
+                )
+                .compensate(move |charged: PaymentCharged, _: Context| {
+                    did(&undo, "payments", "refund", charged.trip);
+                    async { Ok(()) }
+                }),
+            other => unreachable!("no service {other}"),
+        }
+        .build()
+        .unwrap();
+        let running = service.run(Arc::clone(&self.h.transport)).await.unwrap();
+        self.running.insert(name, running);
+    }
+
+    /// Requests trip `trip` to `destination`, paying with card token `tok_<trip>`.
+    async fn request(&self, trip: u64, destination: &str) -> SagaId {
+        let token = SagaData::new()
+            .with("card_token", &format!("tok_{trip}"))
+            .unwrap();
+        self.running["trips"]
+            .start_saga_with(
+                TripRequested {
+                    trip,
+                    destination: destination.to_owned(),
+                },
+                SagaStart::new().data(token),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Waits until payments' join keeps the saga's flight, and checks that it has not run.
+    async fn join_waits_with_the_flight(&self, saga: SagaId) {
+        self.log
+            .published::<FlightBooked>(saga, self.h.units(100))
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        loop {
+            if let Some(record) = self.record("payments", saga).await {
+                assert_eq!(kept_parts(&record), [FlightBooked::TYPE]);
+                assert!(!record.steps.iter().any(|step| !step.is_join_part()));
+                break;
+            }
+            assert!(
+                started.elapsed() < self.h.units(100),
+                "payments never kept the flight"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!self
+            .effects()
+            .iter()
+            .any(|(_, action, _)| *action == "charge"));
+    }
+
+    fn open_hotels(&self) {
+        self.hotels_open.send_replace(true);
+    }
+
+    async fn outcome(&self, saga: SagaId) -> SagaOutcome {
+        self.log
+            .wait_for_outcome(saga, &SERVICES, self.h.units(200))
+            .await
+            .unwrap_or_else(|not_ended| panic!("{not_ended}"))
+    }
+
+    /// Waits until every service's record of the saga is finished (completed, or aborted
+    /// and acknowledged): the topic shows an outcome before the last handlings commit.
+    async fn settled(&self, saga: SagaId) {
+        let started = tokio::time::Instant::now();
+        for service in SERVICES {
+            while !self
+                .record(service, saga)
+                .await
+                .is_some_and(|record| record.is_finished())
+            {
+                assert!(
+                    started.elapsed() < self.h.units(100),
+                    "{service} never finished the saga"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    async fn record(&self, service: &str, saga: SagaId) -> Option<SagaRecord> {
+        self.stores[service]
+            .load(service, saga, None)
+            .await
+            .unwrap()
+            .record
+    }
+
+    fn effects(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.effects.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Travel {
+    fn drop(&mut self) {
+        self.running.clear();
+        self.stores.clear();
+        if let Some(directory) = &self.directory {
+            let _ = std::fs::remove_dir_all(directory);
+        }
+    }
+}
+
+async fn book_hotel(
+    trip: TripRequested,
+    effects: &Effects,
+    open: &mut watch::Receiver<bool>,
+) -> StepResult<HotelBooked> {
+    open.wait_for(|open| *open)
+        .await
+        .map_err(HandlerError::transient)?;
+    if trip.destination == "nowhere" {
+        return Ok(Step::reject("no room left"));
+    }
+    did(effects, "hotels", "book_hotel", trip.trip);
+    Ok(Step::done(HotelBooked {
+        trip: trip.trip,
+        price_cents: HOTEL_CENTS,
+    }))
+}
+
+/// Charges the flight and the hotel together, with the card the trip started with.
+fn charge(flight: FlightBooked, hotel: HotelBooked, cx: Context) -> StepResult<PaymentCharged> {
+    let card_token = cx
+        .saga_data()
+        .get::<String>("card_token")
+        .map_err(HandlerError::permanent)?
+        .ok_or_else(|| HandlerError::permanent("no card token"))?;
+    Ok(Step::done(PaymentCharged {
+        trip: flight.trip,
+        amount_cents: flight.price_cents + hotel.price_cents,
+        card_token,
+    }))
+}
+
+/// The types of the events a record keeps for a join.
+fn kept_parts(record: &SagaRecord) -> Vec<&str> {
+    record
+        .steps
+        .iter()
+        .filter(|step| step.is_join_part())
+        .map(|step| step.output.event_type.as_str())
+        .collect()
+}
+
+fn own_steps(record: &SagaRecord) -> Vec<&str> {
+    record
+        .steps
+        .iter()
+        .filter(|step| !step.is_join_part())
+        .map(|step| step.output.event_type.as_str())
+        .collect()
+}
+
+/// The flow and effects of trip 1 to Lisbon, completed; and every participant's record.
+async fn completed_as_joined(t: &Travel, saga: SagaId) {
+    assert_eq!(t.outcome(saga).await, SagaOutcome::Completed);
+    t.settled(saga).await;
+    let events = t.log.events(saga);
+    assert_eq!(
+        t.log.flow(saga),
+        [
+            ev("trips", TripRequested::TYPE),
+            ev("flights", FlightBooked::TYPE),
+            ev("hotels", HotelBooked::TYPE),
+            ev("payments", PaymentCharged::TYPE),
+            ev("trips", TripConfirmed::TYPE),
+        ]
+    );
+    // The join's event is caused by the event that arrived last.
+    assert_eq!(events[3].causation_id, Some(events[2].id));
+    let charged: PaymentCharged = common::data(&events[3]);
+    assert_eq!(
+        charged,
+        PaymentCharged {
+            trip: 1,
+            amount_cents: FLIGHT_CENTS + HOTEL_CENTS,
+            card_token: "tok_1".into(),
+        }
+    );
+    assert_eq!(
+        t.effects(),
+        [
+            ("flights", "book_flight", 1),
+            ("hotels", "book_hotel", 1),
+            ("payments", "charge", 1),
+            ("trips", "confirm_trip", 1),
+        ]
+    );
+    let payments = t.record("payments", saga).await.unwrap();
+    assert_eq!(payments.status, SagaStatus::Completed);
+    assert_eq!(
+        kept_parts(&payments),
+        [FlightBooked::TYPE, HotelBooked::TYPE]
+    );
+    assert_eq!(own_steps(&payments), [PaymentCharged::TYPE]);
+    for (service, steps) in [
+        ("trips", vec![TripRequested::TYPE, TripConfirmed::TYPE]),
+        ("flights", vec![FlightBooked::TYPE]),
+        ("hotels", vec![HotelBooked::TYPE]),
+    ] {
+        let record = t.record(service, saga).await.unwrap();
+        assert_eq!(record.status, SagaStatus::Completed, "{service}");
+        assert_eq!(own_steps(&record), steps, "{service}");
+        assert!(kept_parts(&record).is_empty(), "{service}");
+    }
+}
+
+async fn a_join_runs_once_after_both_branches(backend: Backend) {
+    let t = Travel::start(backend).await;
+    let saga = t.request(1, "Lisbon").await;
+
+    t.join_waits_with_the_flight(saga).await;
+    t.open_hotels();
+    completed_as_joined(&t, saga).await;
+}
+
+async fn a_join_waits_across_a_restart(backend: Backend) {
+    let mut t = Travel::start(backend).await;
+    let saga = t.request(1, "Lisbon").await;
+
+    t.join_waits_with_the_flight(saga).await;
+    t.running.remove("payments").unwrap().kill();
+    t.start_service("payments").await;
+    t.open_hotels();
+    // The charge adds the flight's price, which only the restarted journal still had.
+    completed_as_joined(&t, saga).await;
+}
+
+async fn a_branch_rejecting_after_the_other_succeeded_compensates_it(backend: Backend) {
+    let t = Travel::start(backend).await;
+    let saga = t.request(1, "nowhere").await;
+
+    t.join_waits_with_the_flight(saga).await;
+    t.open_hotels();
+    assert_eq!(
+        t.outcome(saga).await,
+        SagaOutcome::Compensated {
+            reason: AbortReason::Rejected,
+            failed: vec![]
+        }
+    );
+    t.settled(saga).await;
+    let flow = t.log.flow(saga);
+    assert_eq!(
+        flow[..3],
+        [
+            ev("trips", TripRequested::TYPE),
+            ev("flights", FlightBooked::TYPE),
+            ev("hotels", ABORTED),
+        ]
+    );
+    assert_eq!(
+        sorted(flow[3..].to_vec()),
+        sorted(SERVICES.map(|service| ev(service, COMPENSATED)).to_vec())
+    );
+    let undone: HashMap<String, SagaCompensated> = t
+        .log
+        .events(saga)
+        .iter()
+        .filter(|event| event.kind == SagaKind::Compensated)
+        .map(|event| {
+            let ack: SagaCompensated = common::data(event);
+            (ack.service.clone(), ack)
+        })
+        .collect();
+    for (service, compensated) in [
+        ("trips", vec![TripRequested::TYPE]),
+        ("flights", vec![FlightBooked::TYPE]),
+        ("hotels", vec![]),
+        ("payments", vec![]),
+    ] {
+        assert_eq!(undone[service].compensated, compensated, "{service}");
+        assert!(undone[service].failed.is_empty(), "{service}");
+    }
+    assert_eq!(
+        sorted(t.effects()),
+        sorted(vec![
+            ("flights", "book_flight", 1),
+            ("flights", "cancel_flight", 1),
+            ("trips", "cancel_trip", 1),
+        ])
+    );
+    let aborted = SagaStatus::Aborted {
+        reason: AbortReason::Rejected,
+    };
+    // Payments kept the flight for its join and had nothing of its own to undo.
+    let payments = t.record("payments", saga).await.unwrap();
+    assert_eq!(payments.status, aborted);
+    assert_eq!(kept_parts(&payments), [FlightBooked::TYPE]);
+    assert_eq!(
+        payments.steps[0].compensation,
+        CompensationState::NotRequired
+    );
+    assert!(own_steps(&payments).is_empty());
+    let flights = t.record("flights", saga).await.unwrap();
+    assert_eq!(flights.status, aborted);
+    assert_eq!(
+        flights.steps[0].compensation,
+        CompensationState::Compensated
+    );
+    let hotels = t.record("hotels", saga).await.unwrap();
+    assert_eq!(hotels.status, aborted);
+    assert!(hotels.steps.is_empty());
+    assert_eq!(
+        t.record("trips", saga).await.unwrap().steps[0].compensation,
+        CompensationState::Compensated
+    );
+}
