@@ -21,11 +21,16 @@ use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The example binary `cargo test` built next to this test.
+/// The order saga example binary `cargo test` built next to this test.
 fn example() -> PathBuf {
+    example_named("order_saga")
+}
+
+/// Example binary `name`, built next to this test.
+fn example_named(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    profile_dir.join("examples").join("order_saga")
+    profile_dir.join("examples").join(name)
 }
 
 /// A Kafka broker of the kit, and its URL with a short group join and fetch wait, for
@@ -61,6 +66,120 @@ async fn on_kafka_the_example_completes_its_three_sagas_with_each_service_in_its
 async fn on_rabbitmq_the_example_completes_its_three_sagas_with_each_service_in_its_own_process() {
     let broker = rabbitmq().await;
     play_across_processes(broker.url()).await;
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_the_travel_example_plays_its_three_trips() {
+    let (_broker, url) = kafka().await;
+    play_the_trips(&url).await;
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_the_travel_example_plays_its_three_trips() {
+    let broker = rabbitmq().await;
+    play_the_trips(broker.url()).await;
+}
+
+/// Runs the travel example on the broker at `url` and checks what it printed: each trip's
+/// outcome and timeline, and what the services did.
+async fn play_the_trips(url: &str) {
+    let run = tokio::process::Command::new(example_named("travel"))
+        .env("CHOREO_URL", url)
+        .env_remove("CHOREO_STORE")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the travel example finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    // Each trip's outcome, then its events as `source kind type`, in order (the two
+    // bookings run in parallel, so the join's inputs may arrive either way round).
+    let trips: Vec<&str> = stdout.split("\ntrip ").skip(1).collect();
+    assert_eq!(trips.len(), 3, "{stdout}");
+    let timeline = |trip: &str| -> Vec<String> {
+        trip.lines()
+            .filter(|line| line.trim_start().starts_with('+'))
+            .map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields[2..5].join(" ")
+            })
+            .collect()
+    };
+    let branches = |events: &mut Vec<String>| events[1..3].sort();
+    assert!(
+        trips[0].starts_with("1 to Lisbon (should be confirmed): COMPLETED"),
+        "{stdout}"
+    );
+    let mut lisbon = timeline(trips[0]);
+    branches(&mut lisbon);
+    assert_eq!(
+        lisbon,
+        [
+            "trips start trips.TripRequested.v1",
+            "flights step flights.FlightBooked.v1",
+            "hotels step hotels.HotelBooked.v1",
+            "payments step payments.PaymentCharged.v1",
+            "trips complete trips.TripConfirmed.v1",
+        ]
+    );
+    assert!(
+        trips[1].starts_with("2 to Oslo (should be invoiced): COMPLETED"),
+        "{stdout}"
+    );
+    let mut oslo = timeline(trips[1]);
+    branches(&mut oslo);
+    assert_eq!(
+        oslo,
+        [
+            "trips start trips.TripRequested.v1",
+            "flights step flights.FlightBooked.v1",
+            "hotels step hotels.HotelBooked.v1",
+            "payments complete payments.InvoiceIssued.v1",
+        ]
+    );
+    assert!(
+        trips[2].starts_with(
+            "3 to Venice (should find no room and be compensated): COMPENSATED (rejected)"
+        ),
+        "{stdout}"
+    );
+    // Flights books before it learns of the abort (it comes after the request on the
+    // topic) and cancels after; the rest arrives in any order.
+    let mut venice = timeline(trips[2]);
+    venice[1..].sort();
+    assert_eq!(
+        venice,
+        [
+            "trips start trips.TripRequested.v1",
+            "flights compensated choreo.SagaCompensated.v1",
+            "flights step flights.FlightBooked.v1",
+            "hotels abort choreo.SagaAborted.v1",
+            "hotels compensated choreo.SagaCompensated.v1",
+            "payments compensated choreo.SagaCompensated.v1",
+            "trips compensated choreo.SagaCompensated.v1",
+        ]
+    );
+    for done in [
+        "flights  CH101 booked to Lisbon",
+        "hotels   Grand Lisbon booked",
+        "payments trip 1: 42000 cents charged",
+        "trips    trip 1 confirmed",
+        "payments trip 2: 42000 cents invoiced to ACME Corp",
+        "flights  CH103 cancelled",
+        "trips    trip 3 cancelled",
+    ] {
+        assert!(stdout.contains(done), "{stdout}");
+    }
+    assert!(
+        !stdout.contains("refunded") && !stdout.contains("voided"),
+        "{stdout}"
+    );
 }
 
 /// The example binary, configured to run one service of the saga.
