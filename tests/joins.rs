@@ -237,7 +237,7 @@ impl Travel {
         loop {
             if let Some(record) = self.record("payments", saga).await {
                 assert_eq!(kept_parts(&record), [FlightBooked::TYPE]);
-                assert!(!record.steps.iter().any(|step| !step.is_join_part()));
+                assert!(!record.steps.iter().any(|step| !step.is_received()));
                 break;
             }
             assert!(
@@ -342,7 +342,7 @@ fn kept_parts(record: &SagaRecord) -> Vec<&str> {
     record
         .steps
         .iter()
-        .filter(|step| step.is_join_part())
+        .filter(|step| step.is_received())
         .map(|step| step.output.event_type.as_str())
         .collect()
 }
@@ -351,7 +351,7 @@ fn own_steps(record: &SagaRecord) -> Vec<&str> {
     record
         .steps
         .iter()
-        .filter(|step| !step.is_join_part())
+        .filter(|step| !step.is_received())
         .map(|step| step.output.event_type.as_str())
         .collect()
 }

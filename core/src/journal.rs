@@ -63,8 +63,8 @@ pub enum CompensationState {
     NotRequired,
 }
 
-/// A step this service completed for a saga, or an event one of its joins received and keeps
-/// until the join's other events arrive ([`is_join_part`](Self::is_join_part)).
+/// A step this service completed for a saga, or an event it received and keeps
+/// ([`is_received`](Self::is_received)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// The event the step handled; `None` for the saga start.
@@ -80,9 +80,10 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
-    /// The record of an event a join received: `output` is that event itself (so `input` is
-    /// its id), never published by this service, with nothing to compensate here.
-    pub fn join_part(event: Envelope) -> Self {
+    /// The record of an event this service received and keeps: one a join of it waits with
+    /// (docs/concepts.md, rule 10). `output` is that event itself (so `input` is its id),
+    /// never published by this service, with nothing to compensate here.
+    pub fn received(event: Envelope) -> Self {
         Self {
             input: Some(event.id),
             output: event,
@@ -92,8 +93,8 @@ impl StepRecord {
         }
     }
 
-    /// Whether this records an event a join received rather than a step's own output.
-    pub fn is_join_part(&self) -> bool {
+    /// Whether this records an event this service received rather than a step's output.
+    pub fn is_received(&self) -> bool {
         self.input == Some(self.output.id)
     }
 }
@@ -110,7 +111,7 @@ pub struct SagaRecord {
     pub status: SagaStatus,
     /// Whether this service started it.
     pub initiated_here: bool,
-    /// Steps this service completed, oldest first, with the events its joins received.
+    /// Steps this service completed, oldest first, with the events it keeps.
     pub steps: Vec<StepRecord>,
     /// Whether this service recorded an abort of its own for it (sent through its outbox).
     pub abort_published: bool,

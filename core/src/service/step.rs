@@ -169,13 +169,13 @@ impl Runtime {
             record
                 .steps
                 .iter()
-                .find(|step| step.is_join_part() && step.output.event_type == event_type)
+                .find(|step| step.is_received() && step.output.event_type == event_type)
                 .map(|step| step.output.data.clone())
         };
         if kept(record, &envelope.event_type).is_some() {
             return None;
         }
-        record.steps.push(StepRecord::join_part(envelope.clone()));
+        record.steps.push(StepRecord::received(envelope.clone()));
         types
             .iter()
             .map(|event_type| kept(record, event_type))
