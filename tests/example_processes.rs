@@ -106,8 +106,9 @@ async fn play_the_trips(url: &str) {
         trip.lines()
             .filter(|line| line.trim_start().starts_with('+'))
             .map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                fields[2..5].join(" ")
+                // `+ 0.003s source kind type ...`; from 10 s on, `+10.003s`.
+                let fields: Vec<&str> = line.trim_start()[1..].split_whitespace().collect();
+                fields[1..4].join(" ")
             })
             .collect()
     };

@@ -3,8 +3,9 @@
 //!
 //! A trip saga: trips starts with `TripRequested`; flights and hotels book in parallel; payments
 //! joins `FlightBooked` and `HotelBooked` and charges their sum (`PaymentCharged`); trips
-//! confirms (`TripConfirmed`, terminal). Hotels waits at a gate the test opens, so the flight
-//! is always booked first and the test can look at the join while it waits.
+//! confirms (`TripConfirmed`, terminal). Flights and hotels each wait at a gate the test
+//! opens, so the test decides which booking arrives first and looks at the join while it
+//! waits for the other.
 
 mod common;
 
@@ -13,9 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use choreo::journal::CompensationState;
 use choreo::{
-    AbortReason, Context, Event, HandlerError, RunningService, Saga, SagaCompensated, SagaData,
-    SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, SagaStart, SagaStatus, Service, Step,
-    StepResult, Store,
+    AbortReason, Context, Envelope, Event, EventId, HandlerError, RunningService, Saga,
+    SagaCompensated, SagaData, SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, SagaStart,
+    SagaStatus, Service, Step, StepResult, Store,
 };
 use common::{ev, sorted, Backend, Harness, StoreKind, ABORTED, COMPENSATED};
 use serde::{Deserialize, Serialize};
@@ -24,14 +25,18 @@ use tokio::sync::watch;
 scenarios! {
     memory: [
         a_join_runs_once_after_both_branches,
+        a_join_takes_its_events_in_either_order,
+        a_join_runs_once_and_the_first_event_of_a_type_counts,
         a_branch_rejecting_after_the_other_succeeded_compensates_it,
     ];
     kafka: [
         a_join_runs_once_after_both_branches,
+        a_join_takes_its_events_in_either_order,
         a_branch_rejecting_after_the_other_succeeded_compensates_it,
     ];
     rabbitmq: [
         a_join_runs_once_after_both_branches,
+        a_join_takes_its_events_in_either_order,
         a_branch_rejecting_after_the_other_succeeded_compensates_it,
     ];
     memory_sqlite: [a_join_waits_across_a_restart];
@@ -55,6 +60,7 @@ struct TripRequested {
 #[event(name = "flights.FlightBooked.v1")]
 struct FlightBooked {
     trip: u64,
+    flight: String,
     price_cents: u64,
 }
 
@@ -62,6 +68,7 @@ struct FlightBooked {
 #[event(name = "hotels.HotelBooked.v1")]
 struct HotelBooked {
     trip: u64,
+    hotel: String,
     price_cents: u64,
 }
 
@@ -69,6 +76,8 @@ struct HotelBooked {
 #[event(name = "payments.PaymentCharged.v1")]
 struct PaymentCharged {
     trip: u64,
+    flight: String,
+    hotel: String,
     amount_cents: u64,
     card_token: String,
 }
@@ -98,6 +107,7 @@ struct Travel {
     running: HashMap<&'static str, RunningService>,
     log: SagaLog,
     effects: Effects,
+    flights_open: watch::Sender<bool>,
     hotels_open: watch::Sender<bool>,
     stores: HashMap<&'static str, Arc<dyn Store>>,
     directory: Option<std::path::PathBuf>,
@@ -121,6 +131,7 @@ impl Travel {
             h,
             log,
             effects: Effects::default(),
+            flights_open: watch::channel(true).0,
             hotels_open: watch::channel(false).0,
             stores: HashMap::new(),
             directory,
@@ -165,20 +176,18 @@ impl Travel {
                     did(&effects, "trips", "confirm_trip", charged.trip);
                     async move { Ok(Step::done(TripConfirmed { trip: charged.trip })) }
                 }),
-            "flights" => builder
-                .step(move |trip: TripRequested, _: Context| {
-                    did(&effects, "flights", "book_flight", trip.trip);
-                    async move {
-                        Ok(Step::done(FlightBooked {
-                            trip: trip.trip,
-                            price_cents: FLIGHT_CENTS,
-                        }))
-                    }
-                })
-                .compensate(move |flight: FlightBooked, _: Context| {
-                    did(&undo, "flights", "cancel_flight", flight.trip);
-                    async { Ok(()) }
-                }),
+            "flights" => {
+                let open = self.flights_open.subscribe();
+                builder
+                    .step(move |trip: TripRequested, _: Context| {
+                        let (effects, mut open) = (Arc::clone(&effects), open.clone());
+                        async move { book_flight(trip, &effects, &mut open).await }
+                    })
+                    .compensate(move |flight: FlightBooked, _: Context| {
+                        did(&undo, "flights", "cancel_flight", flight.trip);
+                        async { Ok(()) }
+                    })
+            }
             "hotels" => {
                 let open = self.hotels_open.subscribe();
                 builder
@@ -227,29 +236,54 @@ impl Travel {
             .unwrap()
     }
 
-    /// Waits until payments' join keeps the saga's flight, and checks that it has not run.
-    async fn join_waits_with_the_flight(&self, saga: SagaId) {
-        self.log
-            .published::<FlightBooked>(saga, self.h.units(100))
-            .await
-            .unwrap();
-        let started = tokio::time::Instant::now();
-        loop {
-            if let Some(record) = self.record("payments", saga).await {
-                assert_eq!(kept_parts(&record), [FlightBooked::TYPE]);
-                assert!(!record.steps.iter().any(|step| !step.is_received()));
-                break;
-            }
-            assert!(
-                started.elapsed() < self.h.units(100),
-                "payments never kept the flight"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    /// Waits until payments' join keeps the saga's `E`, checks that it keeps nothing else and
+    /// has not run, and returns the event.
+    async fn join_waits_with<E: Event>(&self, saga: SagaId) -> Envelope {
+        let published = self.published::<E>(saga).await;
+        self.wait_until_handled("payments", &published).await;
+        let record = self.record("payments", saga).await.unwrap();
+        assert_eq!(kept(&record), [&published]);
+        assert!(own_steps(&record).is_empty());
         assert!(!self
             .effects()
             .iter()
             .any(|(_, action, _)| *action == "charge"));
+        published
+    }
+
+    /// Waits for the saga's first `E` on the topic, and returns it.
+    async fn published<E: Event>(&self, saga: SagaId) -> Envelope {
+        self.log
+            .published::<E>(saga, self.h.units(30))
+            .await
+            .unwrap();
+        self.log
+            .events(saga)
+            .into_iter()
+            .find(|event| event.event_type == E::TYPE)
+            .unwrap()
+    }
+
+    /// Waits until `service` has `event` in its inbox.
+    async fn wait_until_handled(&self, service: &str, event: &Envelope) {
+        let started = tokio::time::Instant::now();
+        while !self.stores[service]
+            .load(service, event.saga_id, Some(event.id))
+            .await
+            .unwrap()
+            .handled
+        {
+            assert!(
+                started.elapsed() < self.h.units(30),
+                "{service} never handled {}",
+                event.event_type
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    fn open_flights(&self, open: bool) {
+        self.flights_open.send_replace(open);
     }
 
     fn open_hotels(&self) {
@@ -305,6 +339,22 @@ impl Drop for Travel {
     }
 }
 
+async fn book_flight(
+    trip: TripRequested,
+    effects: &Effects,
+    open: &mut watch::Receiver<bool>,
+) -> StepResult<FlightBooked> {
+    open.wait_for(|open| *open)
+        .await
+        .map_err(HandlerError::transient)?;
+    did(effects, "flights", "book_flight", trip.trip);
+    Ok(Step::done(FlightBooked {
+        trip: trip.trip,
+        flight: format!("CH{}", 100 + trip.trip),
+        price_cents: FLIGHT_CENTS,
+    }))
+}
+
 async fn book_hotel(
     trip: TripRequested,
     effects: &Effects,
@@ -319,6 +369,7 @@ async fn book_hotel(
     did(effects, "hotels", "book_hotel", trip.trip);
     Ok(Step::done(HotelBooked {
         trip: trip.trip,
+        hotel: format!("Grand {}", trip.destination),
         price_cents: HOTEL_CENTS,
     }))
 }
@@ -332,18 +383,20 @@ fn charge(flight: FlightBooked, hotel: HotelBooked, cx: Context) -> StepResult<P
         .ok_or_else(|| HandlerError::permanent("no card token"))?;
     Ok(Step::done(PaymentCharged {
         trip: flight.trip,
+        flight: flight.flight,
+        hotel: hotel.hotel,
         amount_cents: flight.price_cents + hotel.price_cents,
         card_token,
     }))
 }
 
-/// The types of the events a record keeps for a join.
-fn kept_parts(record: &SagaRecord) -> Vec<&str> {
+/// The events a record keeps for a join.
+fn kept(record: &SagaRecord) -> Vec<&Envelope> {
     record
         .steps
         .iter()
         .filter(|step| step.is_received())
-        .map(|step| step.output.event_type.as_str())
+        .map(|step| &step.output)
         .collect()
 }
 
@@ -356,47 +409,52 @@ fn own_steps(record: &SagaRecord) -> Vec<&str> {
         .collect()
 }
 
-/// The flow and effects of trip 1 to Lisbon, completed; and every participant's record.
-async fn completed_as_joined(t: &Travel, saga: SagaId) {
+/// Trip 1 to Lisbon completed, the join's events having arrived `first` then `second`: the
+/// flow, the charge, the effects, and every participant's record.
+async fn completed_as_joined(t: &Travel, saga: SagaId, first: &Envelope, second: &Envelope) {
     assert_eq!(t.outcome(saga).await, SagaOutcome::Completed);
     t.settled(saga).await;
     let events = t.log.events(saga);
+    let source = |event: &Envelope| ev(&event.source, &event.event_type);
     assert_eq!(
         t.log.flow(saga),
         [
             ev("trips", TripRequested::TYPE),
-            ev("flights", FlightBooked::TYPE),
-            ev("hotels", HotelBooked::TYPE),
+            source(first),
+            source(second),
             ev("payments", PaymentCharged::TYPE),
             ev("trips", TripConfirmed::TYPE),
         ]
     );
     // The join's event is caused by the event that arrived last.
-    assert_eq!(events[3].causation_id, Some(events[2].id));
+    assert_eq!(events[3].causation_id, Some(second.id));
     let charged: PaymentCharged = common::data(&events[3]);
     assert_eq!(
         charged,
         PaymentCharged {
             trip: 1,
+            flight: "CH101".into(),
+            hotel: "Grand Lisbon".into(),
             amount_cents: FLIGHT_CENTS + HOTEL_CENTS,
             card_token: "tok_1".into(),
         }
     );
+    let booking = |event: &Envelope| match event.source.as_str() {
+        "flights" => ("flights", "book_flight", 1),
+        _ => ("hotels", "book_hotel", 1),
+    };
     assert_eq!(
         t.effects(),
         [
-            ("flights", "book_flight", 1),
-            ("hotels", "book_hotel", 1),
+            booking(first),
+            booking(second),
             ("payments", "charge", 1),
             ("trips", "confirm_trip", 1),
         ]
     );
     let payments = t.record("payments", saga).await.unwrap();
     assert_eq!(payments.status, SagaStatus::Completed);
-    assert_eq!(
-        kept_parts(&payments),
-        [FlightBooked::TYPE, HotelBooked::TYPE]
-    );
+    assert_eq!(kept(&payments), [first, second]);
     assert_eq!(own_steps(&payments), [PaymentCharged::TYPE]);
     for (service, steps) in [
         ("trips", vec![TripRequested::TYPE, TripConfirmed::TYPE]),
@@ -406,7 +464,7 @@ async fn completed_as_joined(t: &Travel, saga: SagaId) {
         let record = t.record(service, saga).await.unwrap();
         assert_eq!(record.status, SagaStatus::Completed, "{service}");
         assert_eq!(own_steps(&record), steps, "{service}");
-        assert!(kept_parts(&record).is_empty(), "{service}");
+        assert!(kept(&record).is_empty(), "{service}");
     }
 }
 
@@ -414,28 +472,100 @@ async fn a_join_runs_once_after_both_branches(backend: Backend) {
     let t = Travel::start(backend).await;
     let saga = t.request(1, "Lisbon").await;
 
-    t.join_waits_with_the_flight(saga).await;
+    let flight = t.join_waits_with::<FlightBooked>(saga).await;
     t.open_hotels();
-    completed_as_joined(&t, saga).await;
+    let hotel = t.published::<HotelBooked>(saga).await;
+    completed_as_joined(&t, saga, &flight, &hotel).await;
+}
+
+async fn a_join_takes_its_events_in_either_order(backend: Backend) {
+    let t = Travel::start(backend).await;
+    t.open_flights(false);
+    t.open_hotels();
+    let saga = t.request(1, "Lisbon").await;
+
+    let hotel = t.join_waits_with::<HotelBooked>(saga).await;
+    t.open_flights(true);
+    let flight = t.published::<FlightBooked>(saga).await;
+    // The join's handler still gets the flight first, as its tuple lists it.
+    completed_as_joined(&t, saga, &hotel, &flight).await;
 }
 
 async fn a_join_waits_across_a_restart(backend: Backend) {
     let mut t = Travel::start(backend).await;
     let saga = t.request(1, "Lisbon").await;
 
-    t.join_waits_with_the_flight(saga).await;
+    let flight = t.join_waits_with::<FlightBooked>(saga).await;
     t.running.remove("payments").unwrap().kill();
     t.start_service("payments").await;
+    let reopened = t.record("payments", saga).await.unwrap();
+    assert_eq!(kept(&reopened), [&flight]);
     t.open_hotels();
-    // The charge adds the flight's price, which only the restarted journal still had.
-    completed_as_joined(&t, saga).await;
+    // The charge names the flight, which only the reopened journal still had.
+    let hotel = t.published::<HotelBooked>(saga).await;
+    completed_as_joined(&t, saga, &flight, &hotel).await;
+}
+
+async fn a_join_runs_once_and_the_first_event_of_a_type_counts(backend: Backend) {
+    let t = Travel::start(backend).await;
+    let saga = t.request(1, "Lisbon").await;
+    let flight = t.join_waits_with::<FlightBooked>(saga).await;
+
+    // A second flight of the same saga, while the join waits: ignored.
+    let mut rebooked = flight.clone();
+    rebooked.id = EventId::new();
+    rebooked.data = serde_json::value::to_raw_value(&FlightBooked {
+        trip: 1,
+        flight: "CH999".into(),
+        price_cents: 99_999,
+    })
+    .unwrap();
+    t.h.transport
+        .publish(TOPIC, rebooked.clone())
+        .await
+        .unwrap();
+    t.wait_until_handled("payments", &rebooked).await;
+    assert_eq!(kept(&t.record("payments", saga).await.unwrap()), [&flight]);
+
+    t.open_hotels();
+    let hotel = t.published::<HotelBooked>(saga).await;
+    assert_eq!(t.outcome(saga).await, SagaOutcome::Completed);
+    t.settled(saga).await;
+    let charged: PaymentCharged = t.log.published(saga, t.h.units(1)).await.unwrap();
+    assert_eq!(charged.flight, "CH101");
+    assert_eq!(charged.amount_cents, FLIGHT_CENTS + HOTEL_CENTS);
+
+    // After the join ran: the first flight and the hotel again (duplicates), and yet another
+    // flight.
+    let mut another = flight.clone();
+    another.id = EventId::new();
+    for late in [flight.clone(), hotel.clone(), another] {
+        t.h.transport.publish(TOPIC, late.clone()).await.unwrap();
+        t.wait_until_handled("payments", &late).await;
+    }
+    let charges = t
+        .effects()
+        .into_iter()
+        .filter(|(_, action, _)| *action == "charge")
+        .count();
+    assert_eq!(charges, 1);
+    let payments = t.record("payments", saga).await.unwrap();
+    assert_eq!(own_steps(&payments), [PaymentCharged::TYPE]);
+    assert_eq!(kept(&payments), [&flight, &hotel]);
+    let charged_events = t
+        .log
+        .flow(saga)
+        .into_iter()
+        .filter(|(_, event_type)| event_type == PaymentCharged::TYPE)
+        .count();
+    assert_eq!(charged_events, 1);
 }
 
 async fn a_branch_rejecting_after_the_other_succeeded_compensates_it(backend: Backend) {
     let t = Travel::start(backend).await;
     let saga = t.request(1, "nowhere").await;
 
-    t.join_waits_with_the_flight(saga).await;
+    t.join_waits_with::<FlightBooked>(saga).await;
     t.open_hotels();
     assert_eq!(
         t.outcome(saga).await,
@@ -491,7 +621,8 @@ async fn a_branch_rejecting_after_the_other_succeeded_compensates_it(backend: Ba
     // Payments kept the flight for its join and had nothing of its own to undo.
     let payments = t.record("payments", saga).await.unwrap();
     assert_eq!(payments.status, aborted);
-    assert_eq!(kept_parts(&payments), [FlightBooked::TYPE]);
+    assert_eq!(kept(&payments).len(), 1);
+    assert_eq!(kept(&payments)[0].event_type, FlightBooked::TYPE);
     assert_eq!(
         payments.steps[0].compensation,
         CompensationState::NotRequired

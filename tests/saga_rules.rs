@@ -491,8 +491,9 @@ async fn no_step_starts_past_the_deadline(backend: Backend) {
         amount_cents: 2_500,
         sku: "book".into(),
     };
-    h.publish(h.event("payments", saga, deadline, SagaKind::Step, &credit))
-        .await;
+    let mut late = h.event("payments", saga, deadline, SagaKind::Step, &credit);
+    late.saga_data = card_token("tok_late");
+    h.publish(late.clone()).await;
 
     let outcome = h.outcome(saga).await;
     assert_eq!(
@@ -504,7 +505,8 @@ async fn no_step_starts_past_the_deadline(backend: Backend) {
     );
     assert_eq!(h.world.attempts("reserve_stock", 7), 0);
     assert!(h.effects(7).await.is_empty());
-    // Inventory, holding the late event, aborted the saga itself after its grace period.
+    // Inventory, holding the late event, aborted the saga itself after its grace period,
+    // with the saga data and the trace of that event (rule 2), which it kept for this.
     let flow = h.flow(saga);
     assert_eq!(
         flow[..2],
@@ -514,6 +516,13 @@ async fn no_step_starts_past_the_deadline(backend: Backend) {
         ]
     );
     assert_eq!(flow.len(), 5);
+    let abort = &h.log.events(saga)[1];
+    assert_eq!(abort.saga_data, late.saga_data);
+    assert_eq!(abort.trace.trace_id(), late.trace.trace_id());
+    let inventory = h.record("inventory", saga).await.unwrap();
+    assert_eq!(inventory.steps.len(), 1);
+    assert!(inventory.steps[0].is_received());
+    assert_eq!(inventory.steps[0].output, late);
 }
 
 async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated(backend: Backend) {

@@ -119,6 +119,10 @@ pub(crate) trait ErasedStep: Send + Sync + 'static {
     /// The event types the step waits for: one, or the parts of a join.
     fn input_types(&self) -> &'static [&'static str];
 
+    /// What metrics and dead-letter reasons call the step: its input type, or its parts'
+    /// types joined with ` + `.
+    fn label(&self) -> &str;
+
     /// Every type of event the step may emit.
     fn output_types(&self) -> &'static [&'static str];
 
@@ -142,6 +146,10 @@ struct TypedStep<H, E> {
 impl<E: Event, H: StepHandler<E>> ErasedStep for TypedStep<H, E> {
     fn input_types(&self) -> &'static [&'static str] {
         std::slice::from_ref(&E::TYPE)
+    }
+
+    fn label(&self) -> &str {
+        E::TYPE
     }
 
     fn output_types(&self) -> &'static [&'static str] {
@@ -180,9 +188,9 @@ fn decided<D: Emit>(step: Step<D>) -> Result<StepOutcome, HandlerError> {
 
 /// The events a join waits for: a tuple of two to four [`Event`] types, all of one saga.
 ///
-/// Implemented for tuples; a [`JoinHandler`] receives one value of each, in the tuple's
-/// order, whatever order they arrived in.
-pub trait Parts: Sized + Send + 'static {
+/// Implemented for those tuples only; a [`JoinHandler`] receives one value of each, in the
+/// tuple's order, whatever order they arrived in.
+pub trait Parts: Sized + Send + 'static + sealed::Tuple {
     /// The event types, in the tuple's order.
     const TYPES: &'static [&'static str];
 
@@ -191,8 +199,15 @@ pub trait Parts: Sized + Send + 'static {
     fn decode(data: &[&RawValue]) -> Result<Self, HandlerError>;
 }
 
+mod sealed {
+    /// Only tuples of events are [`Parts`](super::Parts).
+    pub trait Tuple {}
+}
+
 macro_rules! parts_of_tuples {
     ($(($($part:ident $index:tt),+))*) => {$(
+        impl<$($part: Event),+> sealed::Tuple for ($($part,)+) {}
+
         impl<$($part: Event),+> Parts for ($($part,)+) {
             const TYPES: &'static [&'static str] = &[$($part::TYPE),+];
 
@@ -265,18 +280,24 @@ where
 pub(crate) fn erase_join<P: Parts, H: JoinHandler<P>>(handler: H) -> Arc<dyn ErasedStep> {
     Arc::new(TypedJoin {
         handler: Arc::new(handler),
+        label: P::TYPES.join(" + "),
         parts: PhantomData::<fn(P)>,
     })
 }
 
 struct TypedJoin<H, P> {
     handler: Arc<H>,
+    label: String,
     parts: PhantomData<fn(P)>,
 }
 
 impl<P: Parts, H: JoinHandler<P>> ErasedStep for TypedJoin<H, P> {
     fn input_types(&self) -> &'static [&'static str] {
         P::TYPES
+    }
+
+    fn label(&self) -> &str {
+        &self.label
     }
 
     fn output_types(&self) -> &'static [&'static str] {
@@ -299,4 +320,63 @@ pub(crate) fn decode_data<E: Event>(data: &RawValue) -> Result<E, HandlerError> 
     serde_json::from_str(data.get()).map_err(|error| {
         HandlerError::permanent(format!("data is not a valid `{}`: {error}", E::TYPE))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use serde_json::value::to_raw_value;
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct A(u8);
+    impl Event for A {
+        const TYPE: &'static str = "test.A.v1";
+    }
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct B(u8);
+    impl Event for B {
+        const TYPE: &'static str = "test.B.v1";
+    }
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct C(u8);
+    impl Event for C {
+        const TYPE: &'static str = "test.C.v1";
+    }
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct D(u8);
+    impl Event for D {
+        const TYPE: &'static str = "test.D.v1";
+    }
+
+    fn raw(values: &[u8]) -> Vec<Box<RawValue>> {
+        values.iter().map(|v| to_raw_value(v).unwrap()).collect()
+    }
+
+    #[test]
+    fn parts_list_and_decode_their_types_in_the_tuple_order() {
+        assert_eq!(<(A, B)>::TYPES, ["test.A.v1", "test.B.v1"]);
+        assert_eq!(
+            <(A, B, C, D)>::TYPES,
+            ["test.A.v1", "test.B.v1", "test.C.v1", "test.D.v1"]
+        );
+        let data = raw(&[1, 2, 3, 4]);
+        let data: Vec<&RawValue> = data.iter().map(|d| &**d).collect();
+        assert_eq!(<(A, B)>::decode(&data[..2]).unwrap(), (A(1), B(2)));
+        assert_eq!(<(A, B, C)>::decode(&data[..3]).unwrap(), (A(1), B(2), C(3)));
+        assert_eq!(
+            <(A, B, C, D)>::decode(&data).unwrap(),
+            (A(1), B(2), C(3), D(4))
+        );
+    }
+
+    #[test]
+    fn a_part_that_does_not_decode_is_a_permanent_error_naming_its_type() {
+        let data = [to_raw_value(&1).unwrap(), to_raw_value(&"two").unwrap()];
+        let data: Vec<&RawValue> = data.iter().map(|d| &**d).collect();
+        let error = <(A, B)>::decode(&data).unwrap_err();
+        assert_eq!(error.kind(), crate::ErrorKind::Permanent);
+        assert!(error.to_string().contains("test.B.v1"), "{error}");
+    }
 }

@@ -67,11 +67,12 @@ pub enum CompensationState {
 /// ([`is_received`](Self::is_received)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
-    /// The event the step handled; `None` for the saga start.
+    /// The event the step handled; `None` for the saga start; a received event's own id.
     pub input: Option<EventId>,
-    /// The event the step emitted: what its compensation receives.
+    /// The event the step emitted: what its compensation receives; or the received event.
     pub output: Envelope,
-    /// Whether the output was withheld because the deadline passed while the step ran.
+    /// Whether the output was withheld because the deadline passed while the step ran;
+    /// always, for a received event, which is never this service's to publish.
     pub withheld: bool,
     /// Whether the output was published (the journal is its outbox until then).
     pub published: bool,
@@ -80,9 +81,11 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
-    /// The record of an event this service received and keeps: one a join of it waits with
-    /// (docs/concepts.md, rule 10). `output` is that event itself (so `input` is its id),
-    /// never published by this service, with nothing to compensate here.
+    /// The record of an event this service received and keeps: an event a join waits with
+    /// (docs/concepts.md, rule 10), or one whose step did not run because the deadline
+    /// passed, kept for the saga data and trace of the abort. `output` is that event itself
+    /// (so `input` is its id), never published by this service, with nothing to compensate
+    /// here.
     pub fn received(event: Envelope) -> Self {
         Self {
             input: Some(event.id),

@@ -58,6 +58,7 @@ macro_rules! store_conformance_tests {
             purge_deletes_finished_sagas_and_old_inbox_ids_only,
             committed_state_survives_reopening,
             concurrent_commits_of_many_sagas_all_land,
+            received_events_load_back_and_are_never_sent,
         );
     };
     (@each $subject:path; $($check:ident),* $(,)?) => {
@@ -628,6 +629,38 @@ pub async fn committed_state_survives_reopening(subject: &dyn StoreSubject) {
         .unwrap_or_else(|error| panic!("load: {error}"));
     assert_eq!(loaded.record, Some(record));
     assert!(loaded.handled);
+}
+
+/// Events a service keeps ([`StepRecord::received`], e.g. what a join waits with) load back
+/// as they were, in a record that holds nothing else or among steps, and are never handed out
+/// for sending, while an unpublished step beside them is.
+pub async fn received_events_load_back_and_are_never_sent(subject: &dyn StoreSubject) {
+    let store = subject.open().await;
+    let service = fresh_service();
+    let saga = SagaId::new();
+    let mut record = SagaRecord::new(saga, Deadline::after(now(), Duration::from_secs(30)));
+    record.steps.push(StepRecord::received(envelope(
+        saga,
+        "flights.FlightBooked.v1",
+        SagaKind::Step,
+    )));
+    commit(&store, vec![creating(&service, &record, None)]).await;
+    assert_eq!(load(&store, &service, saga).await.as_ref(), Some(&record));
+    assert!(recover(&store, &service).await.unsent.is_empty());
+
+    let stored = record.clone();
+    record.steps.push(StepRecord::received(envelope(
+        saga,
+        "hotels.HotelBooked.v1",
+        SagaKind::Step,
+    )));
+    record.steps.push(step(saga, "payments.PaymentCharged.v1"));
+    commit(&store, vec![changing(&service, 1, &stored, &record)]).await;
+    assert_eq!(load(&store, &service, saga).await.as_ref(), Some(&record));
+    let unsent = recover(&store, &service).await.unsent;
+    assert_eq!(unsent.len(), 1, "{unsent:?}");
+    assert_eq!(unsent[0].envelope, record.steps[2].output);
+    assert_eq!(unsent[0].kind, OutgoingKind::Step { position: 2 });
 }
 
 /// Many handlings committing at once, as a service's workers do, all land.

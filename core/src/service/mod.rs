@@ -211,10 +211,12 @@ impl ServiceBuilder {
 
     /// Registers `handler` as a join: a step that runs once, when an event of every type of
     /// `P` (a tuple of two to four event types) arrived for the saga, in any order. Until
-    /// then the events that arrived wait in the service's journal, so a restart keeps them;
-    /// an abort meanwhile leaves the join nothing to do (each event's own service undoes
-    /// it). The join's event is caused by the event that arrived last. Of a type that
-    /// arrives twice in one saga, the first event counts.
+    /// then the events that arrived wait in the service's journal (with a durable store, a
+    /// restart keeps them); an abort meanwhile leaves the join nothing to do (each event's
+    /// own service undoes it). The join runs with the [`Context`](crate::Context) of the
+    /// event that arrived last, which causes the join's event; one arriving past the
+    /// deadline is not kept, and the join does not run (rule 8). Of a type that arrives
+    /// twice in one saga, the first event counts.
     pub fn join<P: Parts, H: JoinHandler<P>>(mut self, handler: H) -> Self {
         let join = erase_join::<P, H>(handler);
         self.emitted.extend(join.output_types());

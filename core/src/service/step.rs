@@ -28,24 +28,32 @@ impl Runtime {
         }
         if envelope.deadline.has_passed(self.now()) {
             info!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, "step not started: the saga's deadline passed");
+            keep_for_the_abort(record, envelope);
             self.arm_timer(record);
             handling.mark_handled(envelope);
             return Ok(Settle::Ack);
         }
 
-        let (single, joined, parts);
-        let data: &[&RawValue] = if step.input_types().len() == 1 {
-            single = [&*envelope.data];
-            &single
+        let joined;
+        let data: Vec<&RawValue> = if step.input_types().len() == 1 {
+            vec![&envelope.data]
         } else {
-            let Some(kept) = Self::join_parts(step.input_types(), envelope, record) else {
-                debug!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, "join waiting for its other events");
-                handling.mark_handled(envelope);
-                return Ok(Settle::Ack);
-            };
-            joined = kept;
-            parts = joined.iter().map(|data| &**data).collect::<Vec<_>>();
-            &parts
+            match Self::join_parts(step.input_types(), envelope, record) {
+                Join::Ready(parts) => {
+                    joined = parts;
+                    joined.iter().map(|data| &**data).collect()
+                }
+                Join::Waiting => {
+                    debug!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, "join keeps the event and waits for its other events");
+                    handling.mark_handled(envelope);
+                    return Ok(Settle::Ack);
+                }
+                Join::HasOne => {
+                    info!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, "event ignored: the join has one of this type already");
+                    handling.mark_handled(envelope);
+                    return Ok(Settle::Ack);
+                }
+            }
         };
 
         let transaction = self.transaction_slot();
@@ -57,7 +65,7 @@ impl Runtime {
                 &self.options().step_retry,
                 Some(envelope.deadline),
                 &transaction,
-                |attempt| step.call(data, cx.with_attempt(attempt)),
+                |attempt| step.call(&data, cx.with_attempt(attempt)),
             )
             .await;
         let result = match &outcome {
@@ -67,7 +75,7 @@ impl Runtime {
             Err(Failure::OutOfTime(_)) => StepResultLabel::TimedOut,
         };
         self.metrics.step_finished(
-            &envelope.event_type,
+            step.label(),
             result,
             self.now().duration_since(began).unwrap_or_default(),
         );
@@ -125,11 +133,7 @@ impl Runtime {
                 self.record_abort(handling, Some(envelope), AbortReason::Rejected, reason)?;
             }
             Err(failure @ Failure::GaveUp(_)) => {
-                let reason = format!(
-                    "step for `{}` failed: {}",
-                    envelope.event_type,
-                    failure.describe()
-                );
+                let reason = format!("step for `{}` failed: {}", step.label(), failure.describe());
                 error!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "dead-lettering the event and aborting the saga");
                 self.metrics.dead_lettered(DeadLetterReason::StepFailed);
                 self.record_abort(
@@ -148,7 +152,8 @@ impl Runtime {
             }
             Err(Failure::OutOfTime(error)) => {
                 warn!(service = %self.name(), saga_id = %envelope.saga_id, %error, "deadline passed while retrying; the saga times out");
-                if let Some(record) = handling.record() {
+                if let Some(record) = handling.record_mut() {
+                    keep_for_the_abort(record, envelope);
                     self.arm_timer(record);
                 }
             }
@@ -157,14 +162,9 @@ impl Runtime {
     }
 
     /// Rule 10: keeps `envelope`, a part of a join of `types`, in the saga's record, and
-    /// returns the data of every part, in `types`' order, once all arrived. `None` while the
-    /// join waits, and for a type that already arrived (the first one counts, and the join
-    /// runs once).
-    fn join_parts(
-        types: &[&str],
-        envelope: &Envelope,
-        record: &mut SagaRecord,
-    ) -> Option<Vec<Box<RawValue>>> {
+    /// returns the data of every part, in `types`' order, once all arrived. Every received
+    /// event of a part's type counts as that part: none of another kind gets this far.
+    fn join_parts(types: &[&str], envelope: &Envelope, record: &mut SagaRecord) -> Join {
         let kept = |record: &SagaRecord, event_type: &str| {
             record
                 .steps
@@ -173,12 +173,35 @@ impl Runtime {
                 .map(|step| step.output.data.clone())
         };
         if kept(record, &envelope.event_type).is_some() {
-            return None;
+            return Join::HasOne;
         }
         record.steps.push(StepRecord::received(envelope.clone()));
-        types
+        match types
             .iter()
             .map(|event_type| kept(record, event_type))
             .collect()
+        {
+            Some(parts) => Join::Ready(parts),
+            None => Join::Waiting,
+        }
+    }
+}
+
+/// Where a join stands once an event of one of its types arrived.
+enum Join {
+    /// Every part arrived: their data, in the join's order.
+    Ready(Vec<Box<RawValue>>),
+    /// The event is kept; others are missing.
+    Waiting,
+    /// The join has an event of this type already (the first counts, and the join runs
+    /// once): this one is ignored.
+    HasOne,
+}
+
+/// Keeps `envelope`, whose step did not run, in a record that holds nothing else, so that the
+/// abort this service's timer fires carries the saga's data and trace (rule 2).
+fn keep_for_the_abort(record: &mut SagaRecord, envelope: &Envelope) {
+    if record.steps.is_empty() {
+        record.steps.push(StepRecord::received(envelope.clone()));
     }
 }
