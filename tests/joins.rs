@@ -18,7 +18,7 @@ use choreo::{
     SagaCompensated, SagaData, SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, SagaStart,
     SagaStatus, Service, Step, StepResult, Store,
 };
-use common::{ev, sorted, Backend, Harness, StoreKind, ABORTED, COMPENSATED};
+use common::{compensated, ev, sorted, Backend, Harness, StoreKind, ABORTED, COMPENSATED};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -567,13 +567,7 @@ async fn a_branch_rejecting_after_the_other_succeeded_compensates_it(backend: Ba
 
     t.join_waits_with::<FlightBooked>(saga).await;
     t.open_hotels();
-    assert_eq!(
-        t.outcome(saga).await,
-        SagaOutcome::Compensated {
-            reason: AbortReason::Rejected,
-            failed: vec![]
-        }
-    );
+    assert_eq!(t.outcome(saga).await, compensated(AbortReason::Rejected));
     t.settled(saga).await;
     let flow = t.log.flow(saga);
     assert_eq!(

@@ -320,10 +320,7 @@ async fn a_permanent_error_or_a_panic_is_dead_lettered_without_retry(backend: Ba
 
         assert_eq!(
             h.outcome(saga).await,
-            SagaOutcome::Compensated {
-                reason: AbortReason::DeadLettered,
-                failed: vec![]
-            }
+            compensated(AbortReason::DeadLettered)
         );
         assert_eq!(h.world.attempts("reserve_stock", order), 1);
         let dead = h.dead_letters(count).await;
@@ -565,14 +562,7 @@ async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated(backend: B
     );
     assert_eq!(
         sorted_effects(h.effects(order).await),
-        sorted_effects(vec![
-            effect("orders", "create_order", order),
-            effect("payments", "reserve_credit", order),
-            effect("inventory", "reserve_stock", order),
-            effect("payments", "release_credit", order),
-            effect("inventory", "release_stock", order),
-            effect("orders", "cancel_order", order),
-        ])
+        every_reservation_undone(order)
     );
 }
 
@@ -616,14 +606,7 @@ async fn the_deadline_fires_even_when_the_initiating_service_is_stopped(backend:
     h.settle().await;
     assert_eq!(
         sorted_effects(h.effects(order).await),
-        sorted_effects(vec![
-            effect("orders", "create_order", order),
-            effect("payments", "reserve_credit", order),
-            effect("inventory", "reserve_stock", order),
-            effect("payments", "release_credit", order),
-            effect("inventory", "release_stock", order),
-            effect("orders", "cancel_order", order),
-        ])
+        every_reservation_undone(order)
     );
     for service in SERVICES {
         let record = h.record(service, saga).await.unwrap();
@@ -1076,14 +1059,7 @@ async fn saga_data_reaches_the_compensations_of_a_timed_out_saga(backend: Backen
     }
     assert_eq!(
         sorted_effects(h.effects(order).await),
-        sorted_effects(vec![
-            effect("orders", "create_order", order),
-            effect("payments", "reserve_credit", order),
-            effect("inventory", "reserve_stock", order),
-            effect("payments", "release_credit", order),
-            effect("inventory", "release_stock", order),
-            effect("orders", "cancel_order", order),
-        ])
+        every_reservation_undone(order)
     );
     every_handler_read(&h, order, &data).await;
     for service in SERVICES {

@@ -110,14 +110,7 @@ async fn two_instances_handling_one_saga_at_once_are_serialised_by_the_store() {
 
     assert_eq!(
         sorted_effects(h.effects(order_id).await),
-        sorted_effects(vec![
-            effect("orders", "create_order", order_id),
-            effect("orders", "cancel_order", order_id),
-            effect("payments", "reserve_credit", order_id),
-            effect("payments", "release_credit", order_id),
-            effect("inventory", "reserve_stock", order_id),
-            effect("inventory", "release_stock", order_id),
-        ]),
+        every_reservation_undone(order_id),
         "the capture's business write was rolled back with its refused commit"
     );
     assert_eq!(

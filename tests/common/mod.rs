@@ -255,6 +255,20 @@ pub fn every_forward_step_once(order_id: u64) -> Vec<Effect> {
     ]
 }
 
+/// The effects of an order aborted after inventory reserved stock but before payments
+/// captured: each reservation undone once, and the order cancelled. Sorted, for comparing
+/// with `sorted_effects`.
+pub fn every_reservation_undone(order_id: u64) -> Vec<Effect> {
+    sorted_effects(vec![
+        effect("orders", "create_order", order_id),
+        effect("payments", "reserve_credit", order_id),
+        effect("inventory", "reserve_stock", order_id),
+        effect("payments", "release_credit", order_id),
+        effect("inventory", "release_stock", order_id),
+        effect("orders", "cancel_order", order_id),
+    ])
+}
+
 /// Inventory has no stock now but will: the order waits for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "inventory.StockBackordered.v1")]
