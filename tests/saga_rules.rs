@@ -936,6 +936,73 @@ async fn waiting_for_an_outcome_names_what_is_missing_when_it_gives_up() {
     );
 }
 
+/// Waiting for the end with the participants learned from the saga's events: every service
+/// that published one of them, acknowledgements aside, must acknowledge the abort. Payments
+/// reserves the credit and is killed; the saga times out; orders and inventory acknowledge,
+/// and the wait gives up naming payments. Once payments is back it compensates from its store
+/// and acknowledges, and the wait ends.
+#[tokio::test(start_paused = true)]
+async fn waiting_for_the_end_learns_the_participants_from_the_events() {
+    let mut h = Harness::start(Backend::MEMORY).await;
+    let slow = h.units(3);
+    h.world.set(|b| {
+        b.slow_skus.insert("slow".into(), slow);
+    });
+    let (order, saga) = h.place_order_within(100, "slow", h.units(10)).await;
+    h.log
+        .published::<CreditReserved>(saga, h.units(5))
+        .await
+        .unwrap();
+    h.kill("payments");
+
+    let waited = h.units(30);
+    let not_ended = h.log.wait_for_end(saga, waited).await.unwrap_err();
+    assert_eq!(
+        (not_ended.aborted, not_ended.unacknowledged.clone()),
+        (true, vec!["payments".to_owned()]),
+        "{not_ended}"
+    );
+    assert!(
+        not_ended
+            .to_string()
+            .contains("aborted, no acknowledgement yet from payments; its events:"),
+        "{not_ended}"
+    );
+    assert_eq!(h.log.ended(saga), None);
+
+    h.start_service("payments").await;
+    let outcome = h.log.wait_for_end(saga, waited).await.unwrap();
+    assert_eq!(outcome, compensated(AbortReason::TimedOut));
+    let flow = h.flow(saga);
+    assert_eq!(
+        flow[..4],
+        [
+            ev("orders", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", StockReserved::TYPE),
+            ev("orders", ABORTED),
+        ]
+    );
+    assert_eq!(sorted(flow[4..].to_vec()), every_acknowledgement());
+    assert_eq!(
+        sorted_effects(h.effects(order).await),
+        every_reservation_undone(order)
+    );
+    for service in SERVICES {
+        let record = h.record(service, saga).await.unwrap();
+        assert_eq!(
+            (record.status, record.compensation_acknowledged),
+            (
+                SagaStatus::Aborted {
+                    reason: AbortReason::TimedOut
+                },
+                true
+            ),
+            "{service}"
+        );
+    }
+}
+
 /// Typed waits on the saga log: an event published, and an event a service consumed (it
 /// replied to it), each with its data; a wait that is not met fails saying what it waited
 /// for, with the saga's timeline.

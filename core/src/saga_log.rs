@@ -198,6 +198,37 @@ impl SagaLog {
         }
     }
 
+    /// The saga's outcome if it has ended, with the participants learned from its events:
+    /// every service that published an event of the saga, but for acknowledgements, must
+    /// acknowledge an abort (every service that did a step, started the saga or decided
+    /// the abort). A step that raced the abort and whose event is not seen yet is not
+    /// waited for: name the participants ([`outcome`](Self::outcome)) where that matters.
+    pub fn ended(&self, saga: SagaId) -> Option<SagaOutcome> {
+        let events = self.events(saga);
+        let participants = participants_of(&events);
+        let participants: Vec<&str> = participants.iter().map(String::as_str).collect();
+        outcome_of(&events, &participants)
+    }
+
+    /// Waits up to `timeout` for the saga to end (see [`ended`](Self::ended)), with the
+    /// participants learned from its events. If it does not, the error says which of them
+    /// have not acknowledged an abort, and shows its events.
+    pub async fn wait_for_end(
+        &self,
+        saga: SagaId,
+        timeout: Duration,
+    ) -> Result<SagaOutcome, NotEnded> {
+        let ended = self.recorded(|| self.ended(saga));
+        match tokio::time::timeout(timeout, ended).await {
+            Ok(outcome) => Ok(outcome),
+            Err(_) => {
+                let participants = participants_of(&self.events(saga));
+                let participants: Vec<&str> = participants.iter().map(String::as_str).collect();
+                Err(self.not_ended(saga, &participants, timeout))
+            }
+        }
+    }
+
     fn not_ended(&self, saga: SagaId, participants: &[&str], waited: Duration) -> NotEnded {
         let (events, seen) = {
             let all = self.inner.lock();
@@ -378,6 +409,17 @@ fn outcome_of(events: &[Envelope], participants: &[&str]) -> Option<SagaOutcome>
         .iter()
         .any(|event| event.kind == SagaKind::Complete)
         .then_some(SagaOutcome::Completed)
+}
+
+/// The services that published `events`, acknowledgements aside, in order of appearance.
+fn participants_of(events: &[Envelope]) -> Vec<String> {
+    let mut participants: Vec<String> = Vec::new();
+    for event in events {
+        if event.kind != SagaKind::Compensated && !participants.contains(&event.source) {
+            participants.push(event.source.clone());
+        }
+    }
+    participants
 }
 
 /// The acknowledgements among `events`.

@@ -440,10 +440,13 @@ impl Harness {
     /// The transport and the stores of `backend`; no service started yet.
     pub async fn prepare(backend: Backend) -> Self {
         if backend.via != Via::Memory {
-            // Logs of broker tests, under RUST_LOG. (A test of the spans sets the process's
-            // subscriber itself, before the first harness of the in-memory transport.)
+            // Logs of broker tests, under RUST_LOG; warnings by default, shown with a
+            // failing test's output. (A test of the spans sets the process's subscriber
+            // itself, before the first harness of the in-memory transport.)
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
             let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_env_filter(filter)
                 .with_test_writer()
                 .try_init();
         }
