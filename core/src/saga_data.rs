@@ -173,6 +173,28 @@ mod tests {
         );
     }
 
+    /// Every hop reads the data and writes it again: a number must come back as it went,
+    /// not rounded differently once per service, however many digits its producer wrote.
+    #[test]
+    fn numbers_travel_every_hop_unchanged() {
+        #[allow(clippy::excessive_precision)]
+        let cases = [
+            ("99333.4444444444444444", 99_333.444_444_444_444_444_4_f64),
+            (
+                "2222222222222222222222222222222222e80",
+                2.222_222_222_222_222_222_222_222_222_222e113,
+            ),
+            ("0.1", 0.1),
+        ];
+        for (written, value) in cases {
+            let mut data = SagaData::from_json(&format!(r#"{{"amount":{written}}}"#)).unwrap();
+            for _ in 0..3 {
+                assert_eq!(data.get::<f64>("amount").unwrap(), Some(value), "{written}");
+                data = SagaData::from_json(data.as_json()).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn data_larger_than_the_limit_is_refused() {
         let big = "x".repeat(SagaData::MAX_BYTES);
