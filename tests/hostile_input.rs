@@ -1,0 +1,168 @@
+//! Hostile input on the saga topic, on each transport: messages no well-behaved producer
+//! sends, each dead-lettered by every service with its reason or handled as the saga rules
+//! say (docs/concepts.md), while the services go on with the sagas behind them.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use choreo::{
+    AbortReason, Deadline, Envelope, Event, RawMessage, SagaId, SagaKind, SagaOutcome, SagaStatus,
+};
+use common::*;
+
+scenarios! {
+    memory: [hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_on];
+    kafka: [hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_on];
+    rabbitmq: [hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_on];
+}
+
+/// An order's start as a producer outside the example would publish it.
+fn stranger_start(h: &Harness, order_id: u64, deadline: Deadline) -> Envelope {
+    let order = OrderPlaced {
+        order_id,
+        amount_cents: 2_500,
+        sku: "book".into(),
+    };
+    h.event("stranger", SagaId::new(), deadline, SagaKind::Start, &order)
+}
+
+/// `message` without its header `name`.
+fn without(mut message: RawMessage, name: &str) -> RawMessage {
+    message.headers.retain(|(key, _)| key != name);
+    message
+}
+
+/// Every header of the message with a value that is not UTF-8; a message with a header
+/// twice; one without its saga id; a start whose deadline is in the year 9999 (a saga like
+/// any other: it completes); one whose deadline was in 1970 (past the retention: ignored)
+/// and then an abort of that saga (a saga nobody knows: each service records that it ended
+/// and acknowledges). Behind them all, an order placed as usual completes.
+async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_on(
+    backend: Backend,
+) {
+    let h = Harness::start(backend).await;
+    let far = h.next_order_id() + 1_000;
+    let mut malformed: Vec<(RawMessage, &str)> = Vec::new();
+
+    let mut not_utf8 = stranger_start(&h, far, h.deadline_in(backend.timeout())).to_binary();
+    for (_, value) in &mut not_utf8.headers {
+        *value = b"\xff\xfe not UTF-8 \xc3\x28".to_vec();
+    }
+    malformed.push((not_utf8, "is invalid: "));
+    malformed.push((
+        without(
+            stranger_start(&h, far + 1, h.deadline_in(backend.timeout())).to_binary(),
+            "ce_sagaid",
+        ),
+        "missing required attribute `sagaid`",
+    ));
+    // An AMQP header table holds each name once: RabbitMQ cannot carry a duplicate.
+    #[cfg(feature = "rabbitmq")]
+    let carries_duplicates = backend.via != Via::RabbitMq;
+    #[cfg(not(feature = "rabbitmq"))]
+    let carries_duplicates = true;
+    if carries_duplicates {
+        let mut twice = stranger_start(&h, far + 2, h.deadline_in(backend.timeout())).to_binary();
+        twice
+            .headers
+            .push(("ce_type".into(), b"inventory.StockReserved.v1".to_vec()));
+        malformed.push((twice, "attribute `type` appears more than once"));
+    }
+    for (message, _) in &malformed {
+        h.publish_raw(TOPIC, None, message.clone()).await;
+    }
+
+    let year_9999 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    let lasting = stranger_start(&h, far + 3, Deadline::at(year_9999));
+    h.publish(lasting.clone()).await;
+
+    let year_1970 = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400);
+    let ancient = stranger_start(&h, far + 4, Deadline::at(year_1970));
+    h.publish(ancient.clone()).await;
+    let unknown = ancient.saga_id;
+    h.publish(h.abort_event(
+        unknown,
+        h.deadline_in(backend.timeout()),
+        AbortReason::Rejected,
+    ))
+    .await;
+
+    let (order, saga) = h.place_order(2_500, "book").await;
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    assert_eq!(h.flow(saga), completed_flow());
+    assert_eq!(h.effects(order).await, every_forward_step_once(order));
+
+    // Each service dead-lettered each malformed message once, saying why.
+    let letters = h.dead_letters(malformed.len() * SERVICES.len()).await;
+    for (message, reason) in &malformed {
+        let of_it: Vec<_> = letters
+            .iter()
+            .filter(|letter| letter.body == message.body)
+            .collect();
+        assert_eq!(of_it.len(), SERVICES.len(), "{reason}: {letters:?}");
+        for letter in of_it {
+            assert!(
+                letter.reason.starts_with("malformed event: ") && letter.reason.contains(reason),
+                "{}",
+                letter.reason
+            );
+        }
+    }
+
+    // The year-9999 saga is a saga like any other, with its deadline kept.
+    assert_eq!(h.outcome(lasting.saga_id).await, SagaOutcome::Completed);
+    assert_eq!(
+        h.flow(lasting.saga_id),
+        [
+            ev("stranger", OrderPlaced::TYPE),
+            ev("payments", CreditReserved::TYPE),
+            ev("inventory", StockReserved::TYPE),
+            ev("payments", PaymentCaptured::TYPE),
+            ev("orders", OrderConfirmed::TYPE),
+        ]
+    );
+    assert_eq!(
+        h.effects(far + 3).await,
+        every_forward_step_once(far + 3)[1..]
+    );
+    for service in SERVICES {
+        let record = h.record(service, lasting.saga_id).await.unwrap();
+        assert_eq!(
+            (record.status, record.deadline),
+            (SagaStatus::Completed, Deadline::at(year_9999)),
+            "{service}"
+        );
+    }
+
+    // The 1970 start did nothing anywhere; the abort of its saga left each service a record
+    // that it ended, with no step, and an acknowledgement.
+    assert_eq!(h.outcome(unknown).await, compensated(AbortReason::Rejected));
+    let flow = h.flow(unknown);
+    assert_eq!(
+        flow[..2],
+        [ev("stranger", OrderPlaced::TYPE), ev("tester", ABORTED)]
+    );
+    assert_eq!(sorted(flow[2..].to_vec()), every_acknowledgement());
+    assert_eq!(h.effects(far + 4).await, []);
+    for service in SERVICES {
+        let record = h.record(service, unknown).await.unwrap();
+        assert_eq!(
+            (record.status, record.steps.len()),
+            (
+                SagaStatus::Aborted {
+                    reason: AbortReason::Rejected
+                },
+                0
+            ),
+            "{service}"
+        );
+    }
+    for (ack_service, ack) in acknowledgements(&h, unknown) {
+        assert_eq!(
+            (ack.compensated, ack.failed),
+            (vec![], vec![]),
+            "{ack_service}"
+        );
+    }
+}
