@@ -89,6 +89,9 @@ pub struct Envelope {
     pub saga_id: SagaId,
     /// `causationid`: the id of the event whose handling produced this one (none for a start).
     pub causation_id: Option<EventId>,
+    /// `joinedcauses`: of a join's output, the other events the join ran with (the last
+    /// one is `causation_id`); empty otherwise, and then not on the wire.
+    pub joined_causes: Vec<EventId>,
     /// `sagadeadline`: when the saga must be aborted.
     pub deadline: Deadline,
     /// `sagakind`: what the event is to its saga.
@@ -110,6 +113,7 @@ impl PartialEq for Envelope {
             && self.time == other.time
             && self.saga_id == other.saga_id
             && self.causation_id == other.causation_id
+            && self.joined_causes == other.joined_causes
             && self.deadline == other.deadline
             && self.kind == other.kind
             && self.trace == other.trace
@@ -126,6 +130,7 @@ impl fmt::Debug for Envelope {
             .field("source", &self.source)
             .field("saga_id", &self.saga_id)
             .field("causation_id", &self.causation_id)
+            .field("joined_causes", &self.joined_causes)
             .field("kind", &self.kind)
             .field("deadline", &self.deadline)
             .field("data", &self.data.get())
@@ -205,6 +210,7 @@ impl Envelope {
                 "time" => "ce_time",
                 "sagaid" => "ce_sagaid",
                 "causationid" => "ce_causationid",
+                "joinedcauses" => "ce_joinedcauses",
                 "sagadeadline" => "ce_sagadeadline",
                 "sagakind" => "ce_sagakind",
                 "traceparent" => "ce_traceparent",
@@ -365,6 +371,14 @@ impl Envelope {
             ),
             None => None,
         };
+        let joined_causes = match get("joinedcauses")? {
+            Some(value) => value
+                .split(',')
+                .map(|id| id.trim().parse::<EventId>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| invalid("joinedcauses", error.to_string()))?,
+            None => Vec::new(),
+        };
         let deadline = required("sagadeadline")?
             .parse::<Deadline>()
             .map_err(|error| invalid("sagadeadline", error.to_string()))?;
@@ -393,6 +407,7 @@ impl Envelope {
             time,
             saga_id,
             causation_id,
+            joined_causes,
             deadline,
             kind,
             trace,
@@ -411,6 +426,10 @@ impl Envelope {
         emit("sagaid", Cow::Owned(self.saga_id.to_string()));
         if let Some(causation_id) = self.causation_id {
             emit("causationid", Cow::Owned(causation_id.to_string()));
+        }
+        if !self.joined_causes.is_empty() {
+            let ids: Vec<String> = self.joined_causes.iter().map(ToString::to_string).collect();
+            emit("joinedcauses", Cow::Owned(ids.join(",")));
         }
         emit("sagadeadline", Cow::Owned(self.deadline.to_rfc3339()));
         emit("sagakind", Cow::Borrowed(self.kind.as_str()));
@@ -458,7 +477,7 @@ fn push_json_string(json: &mut String, value: &str) {
     }
 }
 
-const KNOWN_ATTRIBUTES: [&str; 14] = [
+const KNOWN_ATTRIBUTES: [&str; 15] = [
     "specversion",
     "id",
     "source",
@@ -467,6 +486,7 @@ const KNOWN_ATTRIBUTES: [&str; 14] = [
     "datacontenttype",
     "sagaid",
     "causationid",
+    "joinedcauses",
     "sagadeadline",
     "sagakind",
     "traceparent",

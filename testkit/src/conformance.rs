@@ -91,6 +91,7 @@ fn event(saga: SagaId, number: u32) -> Envelope {
         time: now,
         saga_id: saga,
         causation_id: Some(EventId::new()),
+        joined_causes: Vec::new(),
         deadline: Deadline::after(now, Duration::from_secs(300)),
         kind: SagaKind::Step,
         trace: TraceContext::new_root(),

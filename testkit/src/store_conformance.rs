@@ -104,6 +104,7 @@ fn envelope(saga: SagaId, event_type: &str, kind: SagaKind) -> Envelope {
         time: now(),
         saga_id: saga,
         causation_id: Some(EventId::new()),
+        joined_causes: Vec::new(),
         deadline: Deadline::after(now(), Duration::from_secs(30)),
         kind,
         trace: TraceContext::new_root(),

@@ -16,6 +16,7 @@ fn event(saga: SagaId, n: u32) -> Envelope {
         time: SystemTime::now(),
         saga_id: saga,
         causation_id: None,
+        joined_causes: Vec::new(),
         deadline: Deadline::after(SystemTime::now(), Duration::from_secs(60)),
         kind: SagaKind::Step,
         trace: TraceContext::new_root(),

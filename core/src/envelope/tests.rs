@@ -10,6 +10,7 @@ fn sample() -> Envelope {
         time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123),
         saga_id: SagaId::new(),
         causation_id: Some(EventId::new()),
+        joined_causes: Vec::new(),
         deadline: Deadline::at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_030)),
         kind: SagaKind::Step,
         trace: TraceContext::new_root(),
@@ -56,6 +57,7 @@ fn structured_mode_round_trips_every_attribute() {
 fn an_event_without_causation_or_trace_round_trips() {
     let envelope = Envelope {
         causation_id: None,
+        joined_causes: Vec::new(),
         trace: TraceContext::none(),
         kind: SagaKind::Start,
         ..sample()

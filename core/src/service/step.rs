@@ -10,6 +10,7 @@ use super::handling::Handling;
 use super::runtime::{Failure, Infrastructure, Runtime, Settle};
 use crate::envelope::{Envelope, SagaKind};
 use crate::handler::{ErasedStep, Rejection, StepOutcome};
+use crate::ids::EventId;
 use crate::journal::{AbortReason, CompensationState, SagaRecord, SagaStatus, StepRecord};
 use crate::store::{Outgoing, OutgoingKind};
 use crate::telemetry::{DeadLetterReason, HandlerLabel, StepResultLabel};
@@ -35,13 +36,19 @@ impl Runtime {
         }
 
         let joined;
+        let mut joined_causes = Vec::new();
         let data: Vec<&RawValue> = if step.input_types().len() == 1 {
             vec![&envelope.data]
         } else {
             match Self::join_parts(step.input_types(), envelope, record) {
                 Join::Ready(parts) => {
                     joined = parts;
-                    joined.iter().map(|data| &**data).collect()
+                    joined_causes = joined
+                        .iter()
+                        .map(|(id, _)| *id)
+                        .filter(|id| *id != envelope.id)
+                        .collect();
+                    joined.iter().map(|(_, data)| &**data).collect()
                 }
                 Join::Waiting => {
                     debug!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, "join keeps the event and waits for its other events");
@@ -93,6 +100,7 @@ impl Runtime {
                     SagaKind::Step
                 };
                 let mut output = self.caused_by(envelope, output_type, kind, data);
+                output.joined_causes = joined_causes;
                 let withheld = envelope.deadline.has_passed(self.now());
                 let span = if withheld {
                     Span::none()
@@ -162,7 +170,7 @@ impl Runtime {
     }
 
     /// Rule 10: keeps `envelope`, a part of a join of `types`, in the saga's record, and
-    /// returns the data of every part, in `types`' order, once all arrived. Every received
+    /// returns the id and data of every part, in `types`' order, once all arrived. Every received
     /// event of a part's type counts as that part: none of another kind gets this far.
     fn join_parts(types: &[&str], envelope: &Envelope, record: &mut SagaRecord) -> Join {
         let kept = |record: &SagaRecord, event_type: &str| {
@@ -170,7 +178,7 @@ impl Runtime {
                 .steps
                 .iter()
                 .find(|step| step.is_received() && step.output.event_type == event_type)
-                .map(|step| step.output.data.clone())
+                .map(|step| (step.output.id, step.output.data.clone()))
         };
         if kept(record, &envelope.event_type).is_some() {
             return Join::HasOne;
@@ -189,8 +197,8 @@ impl Runtime {
 
 /// Where a join stands once an event of one of its types arrived.
 enum Join {
-    /// Every part arrived: their data, in the join's order.
-    Ready(Vec<Box<RawValue>>),
+    /// Every part arrived: their ids and data, in the join's order.
+    Ready(Vec<(EventId, Box<RawValue>)>),
     /// The event is kept; others are missing.
     Waiting,
     /// The join has an event of this type already (the first counts, and the join runs

@@ -169,6 +169,7 @@ mod tests {
             time: now,
             saga_id: saga,
             causation_id: None,
+            joined_causes: Vec::new(),
             deadline: Deadline::after(now, Duration::from_secs(30)),
             kind: SagaKind::Step,
             trace: TraceContext::default(),
