@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use choreo::journal::CompensationState;
 use choreo::{
-    AbortReason, Context, Envelope, Event, EventId, HandlerError, RunningService, Saga,
-    SagaCompensated, SagaData, SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, SagaStart,
+    AbortReason, CompensationOrder, Context, Envelope, Event, EventId, HandlerError,
+    RunningService, Saga, SagaData, SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, SagaStart,
     SagaStatus, Service, Step, StepResult, Store,
 };
 use common::{compensated, ev, sorted, Backend, Harness, StoreKind, ABORTED, COMPENSATED};
@@ -24,17 +24,26 @@ use tokio::sync::watch;
 
 scenarios! {
     memory: [
+        in_reverse_order_the_last_step_is_undone_first_and_the_first_last,
+        in_reverse_order_a_participant_with_nothing_to_undo_holds_nobody_up,
+        in_reverse_order_a_participant_down_during_the_abort_is_waited_for,
         a_join_runs_once_after_both_branches,
         a_join_takes_its_events_in_either_order,
         a_join_runs_once_and_the_first_event_of_a_type_counts,
         a_branch_rejecting_after_the_other_succeeded_compensates_it,
     ];
     kafka: [
+        in_reverse_order_the_last_step_is_undone_first_and_the_first_last,
+        in_reverse_order_a_participant_with_nothing_to_undo_holds_nobody_up,
+        in_reverse_order_a_participant_down_during_the_abort_is_waited_for,
         a_join_runs_once_after_both_branches,
         a_join_takes_its_events_in_either_order,
         a_branch_rejecting_after_the_other_succeeded_compensates_it,
     ];
     rabbitmq: [
+        in_reverse_order_the_last_step_is_undone_first_and_the_first_last,
+        in_reverse_order_a_participant_with_nothing_to_undo_holds_nobody_up,
+        in_reverse_order_a_participant_down_during_the_abort_is_waited_for,
         a_join_runs_once_after_both_branches,
         a_join_takes_its_events_in_either_order,
         a_branch_rejecting_after_the_other_succeeded_compensates_it,
@@ -48,6 +57,8 @@ const TOPIC: &str = "trips.saga";
 const SERVICES: [&str; 4] = ["trips", "flights", "hotels", "payments"];
 const FLIGHT_CENTS: u64 = 30_000;
 const HOTEL_CENTS: u64 = 20_000;
+/// A card token payments declines.
+const DECLINED_CARD: &str = "tok_declined";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "trips.TripRequested.v1")]
@@ -95,11 +106,12 @@ fn did(effects: &Effects, service: &'static str, action: &'static str, trip: u64
     effects.lock().unwrap().push((service, action, trip));
 }
 
-fn trip_saga(backend: Backend) -> Saga {
+fn trip_saga(backend: Backend, order: CompensationOrder) -> Saga {
     // Long enough for a service to restart (and rejoin its group) while the saga waits.
     Saga::new(TOPIC)
         .timeout(backend.units(40))
         .completes_on::<TripConfirmed>()
+        .compensation_order(order)
 }
 
 /// The trip saga's four services on a harness's transport, with stores of their own.
@@ -111,16 +123,26 @@ struct Travel {
     hotels_open: watch::Sender<bool>,
     stores: HashMap<&'static str, Arc<dyn Store>>,
     directory: Option<std::path::PathBuf>,
+    order: CompensationOrder,
     /// Declared last, so the broker outlives every client dropped before it.
     h: Harness,
 }
 
 impl Travel {
     async fn start(backend: Backend) -> Self {
+        Self::start_in(backend, CompensationOrder::Parallel).await
+    }
+
+    /// The four services, compensating an abort in `order`.
+    async fn start_in(backend: Backend, order: CompensationOrder) -> Self {
         let h = Harness::prepare(backend).await;
-        let log = SagaLog::start(Arc::clone(&h.transport), &trip_saga(backend), "trip-log")
-            .await
-            .unwrap();
+        let log = SagaLog::start(
+            Arc::clone(&h.transport),
+            &trip_saga(backend, order),
+            "trip-log",
+        )
+        .await
+        .unwrap();
         let directory = (backend.store != StoreKind::Memory).then(|| {
             let directory =
                 std::env::temp_dir().join(format!("choreo-travel-{}", uuid::Uuid::now_v7()));
@@ -135,6 +157,7 @@ impl Travel {
             hotels_open: watch::channel(false).0,
             stores: HashMap::new(),
             directory,
+            order,
             running: HashMap::new(),
         };
         for service in SERVICES {
@@ -159,7 +182,7 @@ impl Travel {
             }
         };
         self.stores.insert(name, Arc::clone(&store));
-        let builder = Service::builder(name, &trip_saga(self.h.backend))
+        let builder = Service::builder(name, &trip_saga(self.h.backend, self.order))
             .store(store)
             .clock(Arc::new(self.h.clock.clone()))
             .options(common::test_options(self.h.backend));
@@ -172,9 +195,17 @@ impl Travel {
                     did(&undo, "trips", "cancel_trip", trip.trip);
                     async { Ok(()) }
                 })
-                .step(move |charged: PaymentCharged, _: Context| {
-                    did(&effects, "trips", "confirm_trip", charged.trip);
-                    async move { Ok(Step::done(TripConfirmed { trip: charged.trip })) }
+                .step(move |charged: PaymentCharged, cx: Context| {
+                    let declined = cx.saga_data().get::<bool>("trip_declined");
+                    if !matches!(declined, Ok(Some(true))) {
+                        did(&effects, "trips", "confirm_trip", charged.trip);
+                    }
+                    async move {
+                        match declined.map_err(HandlerError::permanent)? {
+                            Some(true) => Ok(Step::reject("the traveller declined the price")),
+                            _ => Ok(Step::done(TripConfirmed { trip: charged.trip })),
+                        }
+                    }
                 }),
             "flights" => {
                 let open = self.flights_open.subscribe();
@@ -203,7 +234,10 @@ impl Travel {
             "payments" => builder
                 .join(
                     move |(flight, hotel): (FlightBooked, HotelBooked), cx: Context| {
-                        did(&effects, "payments", "charge", flight.trip);
+                        let card = cx.saga_data().get::<String>("card_token");
+                        if !matches!(card.as_ref().map(Option::as_deref), Ok(Some(DECLINED_CARD))) {
+                            did(&effects, "payments", "charge", flight.trip);
+                        }
                         async move { charge(flight, hotel, cx) }
                     },
                 )
@@ -224,13 +258,18 @@ impl Travel {
         let token = SagaData::new()
             .with("card_token", &format!("tok_{trip}"))
             .unwrap();
+        self.request_with(trip, destination, token).await
+    }
+
+    /// Requests trip `trip` to `destination` with saga data `data`.
+    async fn request_with(&self, trip: u64, destination: &str, data: SagaData) -> SagaId {
         self.running["trips"]
             .start_saga_with(
                 TripRequested {
                     trip,
                     destination: destination.to_owned(),
                 },
-                SagaStart::new().data(token),
+                SagaStart::new().data(data),
             )
             .await
             .unwrap()
@@ -381,6 +420,9 @@ fn charge(flight: FlightBooked, hotel: HotelBooked, cx: Context) -> StepResult<P
         .get::<String>("card_token")
         .map_err(HandlerError::permanent)?
         .ok_or_else(|| HandlerError::permanent("no card token"))?;
+    if card_token == DECLINED_CARD {
+        return Ok(Step::reject("card declined"));
+    }
     Ok(Step::done(PaymentCharged {
         trip: flight.trip,
         flight: flight.flight,
@@ -426,8 +468,9 @@ async fn completed_as_joined(t: &Travel, saga: SagaId, first: &Envelope, second:
             ev("trips", TripConfirmed::TYPE),
         ]
     );
-    // The join's event is caused by the event that arrived last.
+    // The join's event is caused by the event that arrived last, and names the other.
     assert_eq!(events[3].causation_id, Some(second.id));
+    assert_eq!(events[3].joined_causes, [first.id]);
     let charged: PaymentCharged = common::data(&events[3]);
     assert_eq!(
         charged,
@@ -582,16 +625,7 @@ async fn a_branch_rejecting_after_the_other_succeeded_compensates_it(backend: Ba
         sorted(flow[3..].to_vec()),
         sorted(SERVICES.map(|service| ev(service, COMPENSATED)).to_vec())
     );
-    let undone: HashMap<String, SagaCompensated> = t
-        .log
-        .events(saga)
-        .iter()
-        .filter(|event| event.kind == SagaKind::Compensated)
-        .map(|event| {
-            let ack: SagaCompensated = common::data(event);
-            (ack.service.clone(), ack)
-        })
-        .collect();
+    let undone = common::acknowledgements_in(&t.log.events(saga));
     for (service, compensated) in [
         ("trips", vec![TripRequested::TYPE]),
         ("flights", vec![FlightBooked::TYPE]),
@@ -635,4 +669,235 @@ async fn a_branch_rejecting_after_the_other_succeeded_compensates_it(backend: Ba
         t.record("trips", saga).await.unwrap().steps[0].compensation,
         CompensationState::Compensated
     );
+}
+
+/// The saga data of a trip the traveller declines once it is charged.
+fn declined_once_charged(trip: u64) -> SagaData {
+    SagaData::new()
+        .with("card_token", &format!("tok_{trip}"))
+        .unwrap()
+        .with("trip_declined", &true)
+        .unwrap()
+}
+
+/// The saga's acknowledgements, in the order the topic shows them.
+fn acknowledgers(t: &Travel, saga: SagaId) -> Vec<String> {
+    t.log
+        .events(saga)
+        .into_iter()
+        .filter(|event| event.kind == SagaKind::Compensated)
+        .map(|event| event.source)
+        .collect()
+}
+
+/// What `trip`'s services did, `(service, action)`, in order.
+fn effects_of(t: &Travel, trip: u64) -> Vec<(&'static str, &'static str)> {
+    t.effects()
+        .into_iter()
+        .filter(|(_, _, of)| *of == trip)
+        .map(|(service, action, _)| (service, action))
+        .collect()
+}
+
+/// Types of the events `service` kept for the saga, sorted.
+async fn kept_types(t: &Travel, service: &str, saga: SagaId) -> Vec<String> {
+    let record = t.record(service, saga).await.unwrap();
+    sorted(
+        kept(&record)
+            .into_iter()
+            .map(|event| format!("{} from {}", event.event_type, event.source))
+            .collect(),
+    )
+}
+
+/// Each service's record is aborted for `reason`, acknowledged, and its own steps undone.
+async fn all_undone(t: &Travel, saga: SagaId) {
+    for service in SERVICES {
+        let record = t.record(service, saga).await.unwrap();
+        assert_eq!(
+            (record.status, record.compensation_acknowledged),
+            (
+                SagaStatus::Aborted {
+                    reason: AbortReason::Rejected
+                },
+                true
+            ),
+            "{service}"
+        );
+        for step in record.steps.iter().filter(|step| !step.is_received()) {
+            assert_eq!(
+                step.compensation,
+                CompensationState::Compensated,
+                "{service}"
+            );
+        }
+    }
+}
+
+/// With the reverse compensation order, trips the traveller declines once charged are undone
+/// from the last step back: payments refunds first; flights and hotels cancel once payments
+/// acknowledged (the charge joined both bookings); trips cancels last, once all three did.
+/// The acknowledgements on the topic and the effects show that order in every saga.
+async fn in_reverse_order_the_last_step_is_undone_first_and_the_first_last(backend: Backend) {
+    let t = Travel::start_in(backend, CompensationOrder::Reverse).await;
+    t.open_hotels();
+    let trips: u64 = if backend.paused() { 20 } else { 5 };
+    let mut sagas = Vec::new();
+    for trip in 1..=trips {
+        let data = declined_once_charged(trip);
+        sagas.push((trip, t.request_with(trip, "Lisbon", data).await));
+    }
+    for (trip, saga) in sagas {
+        assert_eq!(t.outcome(saga).await, compensated(AbortReason::Rejected));
+        t.settled(saga).await;
+        let flow = t.log.flow(saga);
+        assert_eq!(flow[0], ev("trips", TripRequested::TYPE));
+        assert_eq!(
+            sorted(flow[1..3].to_vec()),
+            [
+                ev("flights", FlightBooked::TYPE),
+                ev("hotels", HotelBooked::TYPE)
+            ]
+        );
+        assert_eq!(
+            flow[3..5],
+            [ev("payments", PaymentCharged::TYPE), ev("trips", ABORTED)]
+        );
+        let acks = acknowledgers(&t, saga);
+        assert_eq!(acks.len(), 4, "{acks:?}");
+        assert_eq!(acks[0], "payments", "trip {trip}: {acks:?}");
+        assert_eq!(sorted(acks[1..3].to_vec()), ["flights", "hotels"]);
+        assert_eq!(acks[3], "trips", "trip {trip}: {acks:?}");
+
+        let effects = effects_of(&t, trip);
+        assert_eq!(
+            sorted(effects[..2].to_vec()),
+            [("flights", "book_flight"), ("hotels", "book_hotel")]
+        );
+        assert_eq!(
+            effects[2..4],
+            [("payments", "charge"), ("payments", "refund")]
+        );
+        assert_eq!(
+            sorted(effects[4..6].to_vec()),
+            [("flights", "cancel_flight"), ("hotels", "cancel_hotel")]
+        );
+        assert_eq!(effects[6..], [("trips", "cancel_trip")]);
+        all_undone(&t, saga).await;
+
+        // What each kept to know whom to wait for: the events descending from its steps,
+        // and the acknowledgements that arrived while it waited.
+        let charged = format!("{} from payments", PaymentCharged::TYPE);
+        let acked_by = |service: &str| format!("{COMPENSATED} from {service}");
+        for branch in ["flights", "hotels"] {
+            assert_eq!(
+                kept_types(&t, branch, saga).await,
+                sorted(vec![charged.clone(), acked_by("payments")]),
+                "{branch}"
+            );
+        }
+        let trips_kept = kept_types(&t, "trips", saga).await;
+        for expected in [
+            format!("{} from flights", FlightBooked::TYPE),
+            format!("{} from hotels", HotelBooked::TYPE),
+            acked_by("payments"),
+            acked_by("flights"),
+            acked_by("hotels"),
+        ] {
+            assert!(trips_kept.contains(&expected), "{expected}: {trips_kept:?}");
+        }
+    }
+}
+
+/// With the reverse order, a participant with nothing to undo does not hold anyone up:
+/// payments declines the card (the join's step rejects, so it has no step of its own), and
+/// flights and hotels cancel at once; trips still cancels last.
+async fn in_reverse_order_a_participant_with_nothing_to_undo_holds_nobody_up(backend: Backend) {
+    let t = Travel::start_in(backend, CompensationOrder::Reverse).await;
+    t.open_hotels();
+    let declined_card = SagaData::new().with("card_token", DECLINED_CARD).unwrap();
+    let saga = t.request_with(1, "Lisbon", declined_card).await;
+
+    assert_eq!(t.outcome(saga).await, compensated(AbortReason::Rejected));
+    t.settled(saga).await;
+    let flow = t.log.flow(saga);
+    assert_eq!(flow[3], ev("payments", ABORTED));
+    let acks = acknowledgers(&t, saga);
+    assert_eq!(
+        sorted(acks[..3].to_vec()),
+        ["flights", "hotels", "payments"]
+    );
+    assert_eq!(acks[3..], ["trips"]);
+    let undone = common::acknowledgements_in(&t.log.events(saga));
+    assert!(undone["payments"].compensated.is_empty());
+    let effects = effects_of(&t, 1);
+    assert_eq!(
+        sorted(effects[2..4].to_vec()),
+        [("flights", "cancel_flight"), ("hotels", "cancel_hotel")]
+    );
+    assert_eq!(effects[4..], [("trips", "cancel_trip")]);
+    assert!(!effects.contains(&("payments", "charge")));
+    all_undone(&t, saga).await;
+}
+
+/// With the reverse order, a participant that is down when the saga aborts holds up only
+/// those before it: flights is killed once it booked; payments refunds and hotels cancels,
+/// but trips waits, having kept their acknowledgements, until flights is back, cancels from
+/// its store and acknowledges.
+async fn in_reverse_order_a_participant_down_during_the_abort_is_waited_for(backend: Backend) {
+    let mut t = Travel::start_in(backend, CompensationOrder::Reverse).await;
+    let saga = t.request_with(1, "Lisbon", declined_once_charged(1)).await;
+    let flight = t.join_waits_with::<FlightBooked>(saga).await;
+    t.wait_until_handled("flights", &t.published::<TripRequested>(saga).await)
+        .await;
+    t.running.remove("flights").unwrap().kill();
+    t.open_hotels();
+
+    // Payments and hotels undo their steps; trips keeps their acknowledgements and waits.
+    let two_acks = t.log.wait_until(saga, |events| {
+        events
+            .iter()
+            .filter(|event| event.kind == SagaKind::Compensated)
+            .count()
+            >= 2
+    });
+    tokio::time::timeout(t.h.units(100), two_acks)
+        .await
+        .unwrap_or_else(|_| panic!("no acknowledgements:\n{}", t.log.timeline(saga)));
+    assert_eq!(acknowledgers(&t, saga), ["payments", "hotels"]);
+    let acks = t
+        .log
+        .events(saga)
+        .into_iter()
+        .filter(|event| event.kind == SagaKind::Compensated)
+        .collect::<Vec<_>>();
+    for ack in &acks {
+        t.wait_until_handled("trips", ack).await;
+    }
+    let trips = t.record("trips", saga).await.unwrap();
+    assert!(!trips.compensation_acknowledged);
+    assert_eq!(trips.steps[0].compensation, CompensationState::Pending);
+    assert!(!effects_of(&t, 1).contains(&("trips", "cancel_trip")));
+
+    t.start_service("flights").await;
+    assert_eq!(t.outcome(saga).await, compensated(AbortReason::Rejected));
+    t.settled(saga).await;
+    assert_eq!(
+        acknowledgers(&t, saga),
+        ["payments", "hotels", "flights", "trips"]
+    );
+    assert_eq!(
+        effects_of(&t, 1),
+        [
+            ("flights", "book_flight"),
+            ("hotels", "book_hotel"),
+            ("payments", "charge"),
+            ("payments", "refund"),
+            ("hotels", "cancel_hotel"),
+            ("flights", "cancel_flight"),
+            ("trips", "cancel_trip"),
+        ]
+    );
+    assert_eq!(t.log.events(saga)[1].id, flight.id);
+    all_undone(&t, saga).await;
 }

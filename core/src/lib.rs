@@ -36,7 +36,7 @@ pub use crate::handler::{JoinHandler, Parts, Rejection, Step, StepHandler, StepR
 pub use crate::ids::{EventId, SagaId};
 pub use crate::journal::{AbortReason, SagaRecord, SagaStatus};
 pub use crate::retry::RetryPolicy;
-pub use crate::saga::{Saga, SagaAborted, SagaCompensated};
+pub use crate::saga::{CompensationOrder, Saga, SagaAborted, SagaCompensated};
 pub use crate::saga_data::{SagaData, SagaDataError};
 pub use crate::saga_log::{NotEnded, NotSeen, SagaLog, SagaOutcome};
 pub use crate::service::{

@@ -34,6 +34,21 @@ struct SagaInner {
     topic: String,
     timeout: Duration,
     terminal: HashSet<&'static str>,
+    compensation_order: CompensationOrder,
+}
+
+/// In what order the participants of an aborted saga compensate (docs/concepts.md, rule 5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CompensationOrder {
+    /// Every participant compensates as soon as the abort reaches it: the fastest.
+    #[default]
+    Parallel,
+    /// A participant compensates only once every participant whose events descend, in the
+    /// saga's causation chain, from its newest step has acknowledged the abort: the saga is
+    /// undone from its last step back to its first. Every participant of the saga must use
+    /// the same order.
+    Reverse,
 }
 
 impl Saga {
@@ -44,6 +59,7 @@ impl Saga {
                 topic: topic.into(),
                 timeout: Duration::from_secs(30),
                 terminal: HashSet::new(),
+                compensation_order: CompensationOrder::Parallel,
             }),
         }
     }
@@ -58,6 +74,18 @@ impl Saga {
     pub fn completes_on<E: Event>(mut self) -> Self {
         Arc::make_mut(&mut self.inner).terminal.insert(E::TYPE);
         self
+    }
+
+    /// Sets the order in which participants compensate an abort; [`CompensationOrder::Parallel`]
+    /// unless set.
+    pub fn compensation_order(mut self, order: CompensationOrder) -> Self {
+        Arc::make_mut(&mut self.inner).compensation_order = order;
+        self
+    }
+
+    /// The order in which participants compensate an abort.
+    pub fn order_of_compensation(&self) -> CompensationOrder {
+        self.inner.compensation_order
     }
 
     /// The topic.

@@ -1051,10 +1051,15 @@ pub fn data<T: serde::de::DeserializeOwned>(event: &Envelope) -> T {
 
 /// Each participant's compensation acknowledgement of the saga, by service.
 pub fn acknowledgements(h: &Harness, saga: SagaId) -> HashMap<String, SagaCompensated> {
+    acknowledgements_in(&h.log.events(saga))
+}
+
+/// The acknowledgements among `events`, by service; each service acknowledges once.
+pub fn acknowledgements_in(events: &[Envelope]) -> HashMap<String, SagaCompensated> {
     let mut acks = HashMap::new();
-    for event in h.log.events(saga) {
+    for event in events {
         if event.kind == SagaKind::Compensated {
-            let ack: SagaCompensated = data(&event);
+            let ack: SagaCompensated = data(event);
             let previous = acks.insert(ack.service.clone(), ack);
             assert!(previous.is_none(), "a service acknowledged twice");
         }
@@ -1080,6 +1085,7 @@ impl Harness {
             time: self.clock.now(),
             saga_id: saga,
             causation_id: None,
+            joined_causes: Vec::new(),
             deadline,
             kind,
             trace: TraceContext::new_root(),

@@ -67,14 +67,22 @@ impl Runtime {
     }
 
     /// Runs the compensation of every step not yet undone, newest first, committing each
-    /// with its own writes; then acknowledges, recording the abort as handled.
-    async fn compensate_all(&self, handling: &mut Handling) -> Result<(), Infrastructure> {
+    /// with its own writes; then acknowledges, recording the abort as handled. Under the
+    /// reverse order, only once the later steps of the saga are undone: until then the
+    /// record is committed as it is, and an acknowledgement kept later calls this again.
+    pub(super) async fn compensate_all(
+        &self,
+        handling: &mut Handling,
+    ) -> Result<(), Infrastructure> {
         let Some(record) = handling.record() else {
             return Ok(());
         };
         let Some(abort) = record.abort.clone() else {
             return Ok(());
         };
+        if self.compensation_waits(record) {
+            return self.commit(handling).await;
+        }
         for position in (0..record.steps.len()).rev() {
             let Some(record) = handling.record() else {
                 break;

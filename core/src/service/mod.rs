@@ -7,6 +7,7 @@ mod deadline;
 mod dispatch;
 mod handling;
 mod options;
+mod order;
 mod outbox;
 mod recovery;
 mod runtime;

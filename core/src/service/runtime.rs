@@ -287,9 +287,11 @@ impl Runtime {
     }
 
     /// Whether the saga rules apply here to an event of `event_type`: an abort, a terminal
-    /// event, or an event one of this service's steps handles.
+    /// event, or an event one of this service's steps handles; under the reverse
+    /// compensation order, every event of the saga.
     fn concerns(&self, event_type: &str, is_abort: bool) -> bool {
         is_abort
+            || self.in_reverse()
             || self.saga().is_terminal(event_type)
             || self.definition.steps.contains_key(event_type)
     }
@@ -316,11 +318,14 @@ impl Runtime {
             return self.on_abort(envelope, handling).await;
         }
         let mut settle = Settle::Ack;
-        if let Some(step) = self.definition.steps.get(envelope.event_type.as_str()) {
+        let step = self.definition.steps.get(envelope.event_type.as_str());
+        if let Some(step) = step {
             settle = self.on_step(envelope, step, &mut handling).await?;
         }
         if self.saga().is_terminal(&envelope.event_type) {
             self.on_complete(envelope, &mut handling);
+        } else if step.is_none() && self.in_reverse() {
+            self.on_other_event(envelope, &mut handling).await?;
         }
         self.commit(&mut handling).await?;
         Ok(settle)
@@ -436,6 +441,7 @@ impl Runtime {
             time: self.now(),
             saga_id,
             causation_id,
+            joined_causes: Vec::new(),
             deadline,
             kind,
             trace,
