@@ -9,11 +9,16 @@
 //! both bookings (a join) and then has two outcomes: it charges the card the trip started
 //! with (`PaymentCharged`, which trips confirms) or, for a business trip, issues an invoice
 //! (`InvoiceIssued`, which ends the saga itself). The card token and the company account
-//! travel as saga data: no event copies them for payments' sake.
+//! travel as saga data: no event copies them for payments' sake, and neither does any copy the
+//! traveller's budget for trips'.
 //!
-//! One run plays three trips and prints each one's timeline: one is confirmed, one is
-//! invoiced, and one finds no hotel room, so flights cancels the flight it had booked and
-//! trips cancels the request.
+//! The saga compensates in reverse order (docs/concepts.md, rule 5): the last step is undone
+//! first. One run plays four trips and prints each one's timeline: one is confirmed, one is
+//! invoiced, one finds no hotel room, so flights cancels the flight it had booked and trips
+//! cancels the request, and one costs more than the traveller's budget once charged, so
+//! payments refunds first, then flights and hotels cancel, then trips. (In the trip with no
+//! room, flights' booking may still be on its way when hotels aborts: trips, not knowing of
+//! it yet, does not wait for it. The rule says so.)
 //!
 //! ```text
 //! cargo run --example travel
@@ -28,8 +33,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use choreo::{
-    AbortReason, Context, Emit, Event, HandlerError, Saga, SagaData, SagaLog, SagaOutcome,
-    SagaStart, Service, Step, StepResult, Store,
+    AbortReason, CompensationOrder, Context, Emit, Event, HandlerError, Saga, SagaData, SagaLog,
+    SagaOutcome, SagaStart, Service, Step, StepResult, Store,
 };
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +100,7 @@ fn trip_saga() -> Saga {
         .timeout(Duration::from_secs(5))
         .completes_on::<TripConfirmed>()
         .completes_on::<InvoiceIssued>()
+        .compensation_order(CompensationOrder::Reverse)
 }
 
 /// What the services did, for the run's summary: `(service, what)`.
@@ -115,13 +121,22 @@ fn trips_service(ledger: Ledger, store: Arc<dyn Store>) -> Service {
             note(&ledger, "trips", format!("trip {} cancelled", trip.trip));
             async { Ok(()) }
         })
-        .step(move |charged: PaymentCharged, _: Context| {
-            note(
-                &confirming,
-                "trips",
-                format!("trip {} confirmed", charged.trip),
-            );
-            async move { Ok(Step::done(TripConfirmed { trip: charged.trip })) }
+        .step(move |charged: PaymentCharged, cx: Context| {
+            let budget = cx.saga_data().get::<u64>("budget_cents");
+            let over_budget = matches!(budget, Ok(Some(budget)) if charged.amount_cents > budget);
+            let what = if over_budget {
+                format!("trip {} declined: over the budget", charged.trip)
+            } else {
+                format!("trip {} confirmed", charged.trip)
+            };
+            note(&confirming, "trips", what);
+            async move {
+                if over_budget {
+                    return Ok(Step::reject("the charge is over the traveller's budget"));
+                }
+                budget.map_err(HandlerError::permanent)?;
+                Ok(Step::done(TripConfirmed { trip: charged.trip }))
+            }
         })
         .build()
         .expect("the trips service is well defined")
@@ -307,26 +322,31 @@ async fn run() -> anyhow::Result<()> {
     }
     let trips = &running[0];
 
+    let card = SagaData::new().with("card_token", "tok_visa_4242")?;
     let plays = [
+        ("Lisbon", card.clone(), "be confirmed", None),
         (
-            "Lisbon",
-            ("card_token", "tok_visa_4242"),
-            "be confirmed",
+            "Oslo",
+            SagaData::new().with("account", "ACME Corp")?,
+            "be invoiced",
             None,
         ),
-        ("Oslo", ("account", "ACME Corp"), "be invoiced", None),
         (
             FULL,
-            ("card_token", "tok_visa_4242"),
+            card.clone(),
             "find no room and be compensated",
+            Some(AbortReason::Rejected),
+        ),
+        (
+            "Rome",
+            card.with("budget_cents", &40_000)?,
+            "be over budget and undone from the charge back",
             Some(AbortReason::Rejected),
         ),
     ];
     let mut sagas = Vec::new();
-    for (index, (destination, (key, value), expectation, expected)) in plays.into_iter().enumerate()
-    {
+    for (index, (destination, data, expectation, expected)) in plays.into_iter().enumerate() {
         let trip = index as u64 + 1;
-        let data = SagaData::new().with(key, value)?;
         let saga = trips
             .start_saga_with(
                 TripRequested {

@@ -70,14 +70,14 @@ async fn on_rabbitmq_the_example_completes_its_three_sagas_with_each_service_in_
 
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_kafka_the_travel_example_plays_its_three_trips() {
+async fn on_kafka_the_travel_example_plays_its_four_trips() {
     let (_broker, url) = kafka().await;
     play_the_trips(&url).await;
 }
 
 #[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_rabbitmq_the_travel_example_plays_its_three_trips() {
+async fn on_rabbitmq_the_travel_example_plays_its_four_trips() {
     let broker = rabbitmq().await;
     play_the_trips(broker.url()).await;
 }
@@ -101,7 +101,7 @@ async fn play_the_trips(url: &str) {
     // Each trip's outcome, then its events as `source kind type`, in order (the two
     // bookings run in parallel, so the join's inputs may arrive either way round).
     let trips: Vec<&str> = stdout.split("\ntrip ").skip(1).collect();
-    assert_eq!(trips.len(), 3, "{stdout}");
+    assert_eq!(trips.len(), 4, "{stdout}");
     let timeline = |trip: &str| -> Vec<String> {
         trip.lines()
             .filter(|line| line.trim_start().starts_with('+'))
@@ -166,7 +166,49 @@ async fn play_the_trips(url: &str) {
             "trips compensated choreo.SagaCompensated.v1",
         ]
     );
+    assert!(
+        trips[3].starts_with(
+            "4 to Rome (should be over budget and undone from the charge back): COMPENSATED (rejected)"
+        ),
+        "{stdout}"
+    );
+    // In reverse order: payments' charge undone first, the two bookings next, the request last.
+    let mut rome = timeline(trips[3]);
+    branches(&mut rome);
+    rome[6..8].sort();
+    assert_eq!(
+        rome,
+        [
+            "trips start trips.TripRequested.v1",
+            "flights step flights.FlightBooked.v1",
+            "hotels step hotels.HotelBooked.v1",
+            "payments step payments.PaymentCharged.v1",
+            "trips abort choreo.SagaAborted.v1",
+            "payments compensated choreo.SagaCompensated.v1",
+            "flights compensated choreo.SagaCompensated.v1",
+            "hotels compensated choreo.SagaCompensated.v1",
+            "trips compensated choreo.SagaCompensated.v1",
+        ]
+    );
+    let position = |line: &str| {
+        stdout
+            .find(line)
+            .unwrap_or_else(|| panic!("no `{line}` in\n{stdout}"))
+    };
+    let refunded = position("payments trip 4 refunded");
+    assert!(refunded < position("flights  CH104 cancelled"), "{stdout}");
+    assert!(
+        refunded < position("hotels   Grand Rome cancelled"),
+        "{stdout}"
+    );
+    for booking in ["flights  CH104 cancelled", "hotels   Grand Rome cancelled"] {
+        assert!(
+            position(booking) < position("trips    trip 4 cancelled"),
+            "{stdout}"
+        );
+    }
     for done in [
+        "trips    trip 4 declined: over the budget",
         "flights  CH101 booked to Lisbon",
         "hotels   Grand Lisbon booked",
         "payments trip 1: 42000 cents charged",
@@ -178,7 +220,7 @@ async fn play_the_trips(url: &str) {
         assert!(stdout.contains(done), "{stdout}");
     }
     assert!(
-        !stdout.contains("refunded") && !stdout.contains("voided"),
+        !stdout.contains("trip 1 refunded") && !stdout.contains("voided"),
         "{stdout}"
     );
 }
