@@ -33,8 +33,8 @@ fn without(mut message: RawMessage, name: &str) -> RawMessage {
     message
 }
 
-/// Every header of the message with a value that is not UTF-8; a message with a header
-/// twice; one without its saga id; a start whose deadline is in the year 9999 (a saga like
+/// Every header of the message with a value that is not UTF-8, or only its source; a message
+/// with a header twice; one without its saga id; a start whose deadline is in the year 9999 (a saga like
 /// any other: it completes); one whose deadline was in 1970 (past the retention: ignored)
 /// and then an abort of that saga (a saga nobody knows: each service records that it ended
 /// and acknowledges). Behind them all, an order placed as usual completes.
@@ -49,7 +49,15 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     for (_, value) in &mut not_utf8.headers {
         *value = b"\xff\xfe not UTF-8 \xc3\x28".to_vec();
     }
-    malformed.push((not_utf8, "is invalid: "));
+    malformed.push((not_utf8, "is invalid: not UTF-8"));
+    let mut source_not_utf8 =
+        stranger_start(&h, far + 5, h.deadline_in(backend.timeout())).to_binary();
+    for (name, value) in &mut source_not_utf8.headers {
+        if name == "ce_source" {
+            *value = b"\xffstranger".to_vec();
+        }
+    }
+    malformed.push((source_not_utf8, "attribute `source` is invalid: not UTF-8"));
     malformed.push((
         without(
             stranger_start(&h, far + 1, h.deadline_in(backend.timeout())).to_binary(),
@@ -145,6 +153,12 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     );
     assert_eq!(sorted(flow[2..].to_vec()), every_acknowledgement());
     assert_eq!(h.effects(far + 4).await, []);
+    // Nothing else was dead-lettered: not the year-9999 saga, not the 1970 start, not the
+    // abort of a saga nobody knew.
+    assert_eq!(
+        h.dead_letters(0).await.len(),
+        malformed.len() * SERVICES.len()
+    );
     for service in SERVICES {
         let record = h.record(service, unknown).await.unwrap();
         assert_eq!(

@@ -940,7 +940,8 @@ async fn waiting_for_an_outcome_names_what_is_missing_when_it_gives_up() {
 /// that published one of them, acknowledgements aside, must acknowledge the abort. Payments
 /// reserves the credit and is killed; the saga times out; orders and inventory acknowledge,
 /// and the wait gives up naming payments. Once payments is back it compensates from its store
-/// and acknowledges, and the wait ends.
+/// and acknowledges, and the wait ends. Then inventory is down while payments rejects an
+/// order: inventory took no part, so the wait does not need it.
 #[tokio::test(start_paused = true)]
 async fn waiting_for_the_end_learns_the_participants_from_the_events() {
     let mut h = Harness::start(Backend::MEMORY).await;
@@ -1001,6 +1002,34 @@ async fn waiting_for_the_end_learns_the_participants_from_the_events() {
             "{service}"
         );
     }
+
+    h.kill("inventory");
+    let (refused, saga) = h.place_order(50_000, "book").await;
+    let outcome = h.log.wait_for_end(saga, waited).await.unwrap();
+    assert_eq!(outcome, compensated(AbortReason::Rejected));
+    let flow = h.flow(saga);
+    assert_eq!(
+        flow[..2],
+        [ev("orders", OrderPlaced::TYPE), ev("payments", ABORTED)]
+    );
+    assert_eq!(
+        sorted(flow[2..].to_vec()),
+        [ev("orders", COMPENSATED), ev("payments", COMPENSATED)]
+    );
+    assert_eq!(
+        h.effects(refused).await,
+        [
+            effect("orders", "create_order", refused),
+            effect("orders", "cancel_order", refused),
+        ]
+    );
+    // Named, inventory is waited for in vain.
+    let not_ended = h
+        .log
+        .wait_for_outcome(saga, &SERVICES, waited)
+        .await
+        .unwrap_err();
+    assert_eq!(not_ended.unacknowledged, ["inventory"]);
 }
 
 /// Typed waits on the saga log: an event published, and an event a service consumed (it

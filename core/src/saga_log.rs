@@ -43,8 +43,9 @@ struct LogInner {
     changed: watch::Sender<u64>,
 }
 
-/// A saga that did not end within the time [`SagaLog::wait_for_outcome`] was given: who it
-/// still waits for, and every event of it seen so far.
+/// A saga that did not end within the time [`SagaLog::wait_for_outcome`] or
+/// [`SagaLog::wait_for_end`] was given: who it still waits for, and every event of it seen
+/// so far. (The participants `wait_for_end` learns all sent events, so none is `never_seen`.)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.describe())]
 pub struct NotEnded {
@@ -201,13 +202,13 @@ impl SagaLog {
     /// The saga's outcome if it has ended, with the participants learned from its events:
     /// every service that published an event of the saga, but for acknowledgements, must
     /// acknowledge an abort (every service that did a step, started the saga or decided
-    /// the abort). A step that raced the abort and whose event is not seen yet is not
-    /// waited for: name the participants ([`outcome`](Self::outcome)) where that matters.
+    /// the abort). A participant whose event never reached the topic is not waited for: a
+    /// step that finished past the deadline (its event is withheld) or that raced the
+    /// abort. A saga that can time out, or one with events from outside any service (a
+    /// test's own), needs the participants named: [`outcome`](Self::outcome).
     pub fn ended(&self, saga: SagaId) -> Option<SagaOutcome> {
         let events = self.events(saga);
-        let participants = participants_of(&events);
-        let participants: Vec<&str> = participants.iter().map(String::as_str).collect();
-        outcome_of(&events, &participants)
+        outcome_of(&events, &participants_of(&events))
     }
 
     /// Waits up to `timeout` for the saga to end (see [`ended`](Self::ended)), with the
@@ -222,9 +223,8 @@ impl SagaLog {
         match tokio::time::timeout(timeout, ended).await {
             Ok(outcome) => Ok(outcome),
             Err(_) => {
-                let participants = participants_of(&self.events(saga));
-                let participants: Vec<&str> = participants.iter().map(String::as_str).collect();
-                Err(self.not_ended(saga, &participants, timeout))
+                let events = self.events(saga);
+                Err(self.not_ended(saga, &participants_of(&events), timeout))
             }
         }
     }
@@ -412,11 +412,11 @@ fn outcome_of(events: &[Envelope], participants: &[&str]) -> Option<SagaOutcome>
 }
 
 /// The services that published `events`, acknowledgements aside, in order of appearance.
-fn participants_of(events: &[Envelope]) -> Vec<String> {
-    let mut participants: Vec<String> = Vec::new();
+fn participants_of(events: &[Envelope]) -> Vec<&str> {
+    let mut participants: Vec<&str> = Vec::new();
     for event in events {
-        if event.kind != SagaKind::Compensated && !participants.contains(&event.source) {
-            participants.push(event.source.clone());
+        if event.kind != SagaKind::Compensated && !participants.contains(&event.source.as_str()) {
+            participants.push(&event.source);
         }
     }
     participants
