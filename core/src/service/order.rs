@@ -10,7 +10,7 @@ use super::handling::Handling;
 use super::runtime::{Infrastructure, Runtime};
 use crate::envelope::{Envelope, SagaKind};
 use crate::ids::EventId;
-use crate::journal::{SagaRecord, SagaStatus, StepRecord};
+use crate::journal::{SagaRecord, StepRecord};
 use crate::saga::CompensationOrder;
 
 impl Runtime {
@@ -19,10 +19,12 @@ impl Runtime {
         self.saga().order_of_compensation() == CompensationOrder::Reverse
     }
 
-    /// An event of the saga no step of this service handles, under the reverse order: kept
-    /// when it descends from this service's work or acknowledges an abort; an
-    /// acknowledgement may let the compensation go on.
-    pub(super) async fn on_other_event(
+    /// Under the reverse order, after the rules ran on `envelope`: keeps it when it is
+    /// another service's event descending from this service's work and nothing of it was
+    /// recorded (no step of this service handles it, or the step rejected, failed, emitted
+    /// nothing or was skipped), or when it acknowledges the abort; an acknowledgement lets
+    /// the compensation go on. Kept until this service acknowledged the abort itself.
+    pub(super) async fn keep_for_the_order(
         &self,
         envelope: &Envelope,
         handling: &mut Handling,
@@ -31,34 +33,32 @@ impl Runtime {
             // This service did nothing in the saga: nothing of it to order.
             return Ok(());
         };
-        let open = match record.status {
-            SagaStatus::Active => true,
-            SagaStatus::Aborted { .. } => !record.compensation_acknowledged,
-            _ => false,
-        };
-        if !open
-            || envelope.source == self.name()
-            || record
-                .steps
-                .iter()
-                .any(|step| step.output.id == envelope.id)
-        {
+        if record.compensation_acknowledged || envelope.source == self.name() {
             return Ok(());
         }
-        let keep = match envelope.kind {
-            SagaKind::Compensated => true,
-            SagaKind::Start | SagaKind::Step | SagaKind::Complete => descends(record, envelope),
-            SagaKind::Abort => false,
-        };
-        if !keep {
-            return Ok(());
-        }
-        debug!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, source = %envelope.source, "kept for the compensation order");
-        record.steps.push(StepRecord::received(envelope.clone()));
-        let aborted = record.is_aborted();
-        handling.mark_handled(envelope);
-        if envelope.kind == SagaKind::Compensated && aborted {
-            self.compensate_all(handling).await?;
+        let kept = record
+            .steps
+            .iter()
+            .any(|step| step.input == Some(envelope.id) || step.output.id == envelope.id);
+        match envelope.kind {
+            SagaKind::Compensated => {
+                // Not marked handled: the row makes a redelivery harmless, and a
+                // redelivery after a failed compensation must try it again.
+                if !kept {
+                    record.steps.push(StepRecord::received(envelope.clone()));
+                }
+                if record.is_aborted() {
+                    self.compensate_all(handling).await?;
+                }
+            }
+            SagaKind::Start | SagaKind::Step | SagaKind::Complete => {
+                if !kept && descends(record, envelope) {
+                    debug!(service = %self.name(), saga_id = %envelope.saga_id, event_type = %envelope.event_type, source = %envelope.source, "kept for the compensation order");
+                    record.steps.push(StepRecord::received(envelope.clone()));
+                    handling.mark_handled(envelope);
+                }
+            }
+            SagaKind::Abort => {}
         }
         Ok(())
     }
@@ -92,7 +92,12 @@ fn descends(record: &SagaRecord, event: &Envelope) -> bool {
 /// The participants whose acknowledgement this service's compensation waits for: those that
 /// emitted an event descending from its newest step and have not acknowledged.
 fn waits_for(service: &str, record: &SagaRecord) -> BTreeSet<String> {
-    let Some(newest) = record.steps.iter().rposition(|step| !step.is_received()) else {
+    // The newest step whose event others could have seen: a withheld one was never sent.
+    let Some(newest) = record
+        .steps
+        .iter()
+        .rposition(|step| !step.is_received() && !step.withheld)
+    else {
         return BTreeSet::new();
     };
     let mut descendants = HashSet::from([record.steps[newest].output.id]);

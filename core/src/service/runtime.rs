@@ -216,8 +216,9 @@ impl Runtime {
                 if !self.concerns(&envelope.event_type, envelope.kind == SagaKind::Abort) =>
             {
                 // Not this service's business: acknowledged here, without a task or a span,
-                // so a trace shows only the services that acted on each event. Decoded all
-                // the same, so that every consumer group dead-letters a malformed event.
+                // so a trace shows only the services that acted on each event (under the
+                // reverse compensation order, every event is). Decoded all the same, so
+                // that every consumer group dead-letters a malformed event.
                 drop(permit);
                 if let Err(error) = delivery.ack().await {
                     warn!(service = %self.name(), event_id = %envelope.id, %error, "cannot settle delivery");
@@ -324,8 +325,9 @@ impl Runtime {
         }
         if self.saga().is_terminal(&envelope.event_type) {
             self.on_complete(envelope, &mut handling);
-        } else if step.is_none() && self.in_reverse() {
-            self.on_other_event(envelope, &mut handling).await?;
+        }
+        if self.in_reverse() {
+            self.keep_for_the_order(envelope, &mut handling).await?;
         }
         self.commit(&mut handling).await?;
         Ok(settle)
