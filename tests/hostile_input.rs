@@ -120,6 +120,7 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
 
     // The year-9999 saga is a saga like any other, with its deadline kept.
     assert_eq!(h.outcome(lasting.saga_id).await, SagaOutcome::Completed);
+    h.settled(lasting.saga_id).await;
     assert_eq!(
         h.flow(lasting.saga_id),
         [
@@ -146,6 +147,7 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     // The 1970 start did nothing anywhere; the abort of its saga left each service a record
     // that it ended, with no step, and an acknowledgement.
     assert_eq!(h.outcome(unknown).await, compensated(AbortReason::Rejected));
+    h.settled(unknown).await;
     let flow = h.flow(unknown);
     assert_eq!(
         flow[..2],

@@ -917,6 +917,25 @@ impl Harness {
         }
     }
 
+    /// Waits until every service's record of `saga` is finished (completed, or aborted and
+    /// acknowledged): the topic shows an outcome before the last handlings commit.
+    pub async fn settled(&self, saga: SagaId) {
+        let started = tokio::time::Instant::now();
+        for service in SERVICES {
+            while !self
+                .record(service, saga)
+                .await
+                .is_some_and(|record| record.is_finished())
+            {
+                assert!(
+                    started.elapsed() < self.units(100),
+                    "{service} never finished saga {saga}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
     /// Lets every deadline, grace period and retry that can still fire run out.
     pub async fn settle(&self) {
         tokio::time::sleep(if self.backend.paused() {
