@@ -319,8 +319,7 @@ impl Runtime {
             return self.on_abort(envelope, handling).await;
         }
         let mut settle = Settle::Ack;
-        let step = self.definition.steps.get(envelope.event_type.as_str());
-        if let Some(step) = step {
+        if let Some(step) = self.definition.steps.get(envelope.event_type.as_str()) {
             settle = self.on_step(envelope, step, &mut handling).await?;
         }
         if self.saga().is_terminal(&envelope.event_type) {

@@ -170,8 +170,9 @@ impl Runtime {
     }
 
     /// Rule 10: keeps `envelope`, a part of a join of `types`, in the saga's record, and
-    /// returns the id and data of every part, in `types`' order, once all arrived. Every received
-    /// event of a part's type counts as that part: none of another kind gets this far.
+    /// returns the id and data of every part, in `types`' order, once all arrived. Every
+    /// received event of a part's type counts as that part: none of another kind gets this
+    /// far.
     fn join_parts(types: &[&str], envelope: &Envelope, record: &mut SagaRecord) -> Join {
         let kept = |record: &SagaRecord, event_type: &str| {
             record
