@@ -199,6 +199,17 @@ impl KafkaConfig {
         client
     }
 
+    /// The producer's `message.max.bytes`: librdkafka's default (1 000 000) unless the URL
+    /// sets `rdkafka.message.max.bytes`.
+    pub fn max_message_bytes(&self) -> usize {
+        self.extra
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "message.max.bytes")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(crate::oversize::DEFAULT_MAX_MESSAGE_BYTES)
+    }
+
     /// The dead-letter topic of `topic`.
     pub fn dead_letter_topic(&self, topic: &str) -> String {
         format!("{topic}{}", self.dead_letter_suffix)
@@ -238,6 +249,9 @@ mod tests {
         assert_eq!(config.message_timeout, Duration::from_secs(30));
         assert_eq!(config.extra, [("linger.ms".to_owned(), "2".to_owned())]);
         assert_eq!(config.dead_letter_topic("orders.saga"), "orders.saga.dlq");
+        assert_eq!(config.max_message_bytes(), 1_000_000);
+        let raised = parse("kafka://k:9092?rdkafka.message.max.bytes=16777216").unwrap();
+        assert_eq!(raised.max_message_bytes(), 16_777_216);
     }
 
     #[test]

@@ -11,13 +11,18 @@
 //!   in flight one at a time and in order. A nacked or dropped delivery is delivered again by
 //!   the subscription; after a crash, the uncommitted ones are redelivered by Kafka and the
 //!   runtime's inbox absorbs them.
-//! - Dead letters of `t` go to `t.dlq` with the reason in headers; the partition goes on.
+//! - Dead letters of `t` go to `t.dlq` with the reason in headers; the partition goes on. A
+//!   dead letter too large for the producer's `message.max.bytes` (or refused by the broker
+//!   as too large) is sent cut down to fit, saying so in its headers, rather than lost or
+//!   redelivered without end.
 //! - Topics are created on demand with the configured partitions.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod config;
 mod consumer;
+mod oversize;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -155,7 +160,20 @@ impl Inner {
         key: Option<&str>,
         message: &RawMessage,
     ) -> Result<(), TransportError> {
-        self.ensure_topic(topic).await?;
+        self.send(topic, key, message)
+            .await
+            .map_err(|error| error.into_transport(&self.config))
+    }
+
+    /// [`produce`](Self::produce), telling a message too large for the producer or the
+    /// broker from other failures.
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        message: &RawMessage,
+    ) -> Result<(), SendError> {
+        self.ensure_topic(topic).await.map_err(SendError::Topic)?;
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
         for (name, value) in &message.headers {
             headers = headers.insert(Header {
@@ -179,20 +197,80 @@ impl Inner {
                 // The broker may have lost the topic (e.g. it restarted with memory storage):
                 // make sure it exists before the next attempt.
                 self.forget_topic(topic);
-                Err(classify(error, &self.config))
+                Err(SendError::Kafka(error))
             }
         }
     }
 
+    /// Sends `message` to the dead-letter topic of `topic`. A letter larger than the
+    /// producer's `message.max.bytes` goes with its body cut to fit (its headers too, if they
+    /// alone do not fit); one the broker refuses as too large goes again without a body, then
+    /// with only choreo's headers. Any other failure is returned, and the message is
+    /// delivered again.
     pub(crate) async fn dead_letter(
         &self,
         topic: &str,
         message: RawMessage,
         reason: &str,
     ) -> Result<(), TransportError> {
-        let record = dead_letter_message(message, topic, reason);
-        self.produce(&self.config.dead_letter_topic(topic), None, &record)
-            .await
+        let destination = self.config.dead_letter_topic(topic);
+        let letter = dead_letter_message(message, topic, reason);
+        let max_bytes = self.config.max_message_bytes();
+        let mut sending = oversize::fit(&letter, max_bytes);
+        loop {
+            match self.send(&destination, None, &sending).await {
+                Ok(()) => {
+                    if let Cow::Owned(sent) = &sending {
+                        tracing::warn!(
+                            %destination, reason,
+                            bytes = letter.body.len(),
+                            sent_bytes = sent.body.len(),
+                            max_bytes,
+                            "dead letter too large to send whole: sent cut down"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(error) if error.too_large() => match oversize::smaller(&letter, &sending) {
+                    Some(smaller) => {
+                        tracing::debug!(%destination, "dead letter refused as too large; sending less of it");
+                        sending = Cow::Owned(smaller);
+                    }
+                    None => return Err(error.into_transport(&self.config)),
+                },
+                Err(error) => return Err(error.into_transport(&self.config)),
+            }
+        }
+    }
+}
+
+/// Why a produce failed.
+enum SendError {
+    /// The topic could not be made sure of.
+    Topic(TransportError),
+    /// The producer or the broker refused or lost the message.
+    Kafka(KafkaError),
+}
+
+impl SendError {
+    /// Whether the message was refused as too large, by the producer or by the broker.
+    fn too_large(&self) -> bool {
+        match self {
+            Self::Topic(_) => false,
+            Self::Kafka(error) => matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge
+                )
+            ),
+        }
+    }
+
+    fn into_transport(self, config: &KafkaConfig) -> TransportError {
+        match self {
+            Self::Topic(error) => error,
+            Self::Kafka(error) => classify(error, config),
+        }
     }
 }
 

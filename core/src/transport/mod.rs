@@ -153,6 +153,12 @@ pub trait Acknowledge: Send {
 pub const DEAD_LETTER_REASON_HEADER: &str = "choreo-dead-letter-reason";
 /// The header that carries the topic a dead letter came from.
 pub const DEAD_LETTER_TOPIC_HEADER: &str = "choreo-dead-letter-topic";
+/// The header of a dead letter that was too large for its destination and was sent cut
+/// down: what was left out, `body` (all or part of it) or `body,headers` (the original
+/// message's headers too; the `choreo-dead-letter-*` headers are always kept).
+pub const DEAD_LETTER_TRUNCATED_HEADER: &str = "choreo-dead-letter-truncated";
+/// The header of a truncated dead letter that carries the original body's size in bytes.
+pub const DEAD_LETTER_ORIGINAL_SIZE_HEADER: &str = "choreo-dead-letter-original-size";
 
 /// `message` as a dead letter from `topic`: its headers and body, plus the reason and the topic
 /// it came from in [`DEAD_LETTER_REASON_HEADER`] and [`DEAD_LETTER_TOPIC_HEADER`].
