@@ -6,10 +6,12 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
+use choreo::transport::{DEAD_LETTER_ORIGINAL_SIZE_HEADER, DEAD_LETTER_TRUNCATED_HEADER};
 use choreo::{
     AbortReason, Deadline, Envelope, Event, RawMessage, SagaId, SagaKind, SagaOutcome, SagaStatus,
 };
 use common::*;
+use serde::{Deserialize, Serialize};
 
 scenarios! {
     memory: [hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_on];
@@ -34,10 +36,12 @@ fn without(mut message: RawMessage, name: &str) -> RawMessage {
 }
 
 /// Every header of the message with a value that is not UTF-8, or only its source; a message
-/// with a header twice; one without its saga id; a start whose deadline is in the year 9999 (a saga like
-/// any other: it completes); one whose deadline was in 1970 (past the retention: ignored)
-/// and then an abort of that saga (a saga nobody knows: each service records that it ended
-/// and acknowledges). Behind them all, an order placed as usual completes.
+/// with a header twice; one without its saga id; two messages of 10 MiB ([`TenMebibytes`]);
+/// a start whose deadline is in the year 9999 (a saga like any other: it completes, behind
+/// the two large messages on their partition); one whose deadline was in 1970 (past the
+/// retention: ignored) and then an abort of that saga (a saga nobody knows: each service
+/// records that it ended and acknowledges). Behind them all, an order placed as usual
+/// completes.
 async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_on(
     backend: Backend,
 ) {
@@ -83,6 +87,7 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
 
     let year_9999 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
     let lasting = stranger_start(&h, far + 3, Deadline::at(year_9999));
+    let large = TenMebibytes::publish_ahead_of(&h, lasting.saga_id, far + 6).await;
     h.publish(lasting.clone()).await;
 
     let year_1970 = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400);
@@ -102,7 +107,9 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     assert_eq!(h.effects(order).await, every_forward_step_once(order));
 
     // Each service dead-lettered each malformed message once, saying why.
-    let letters = h.dead_letters(malformed.len() * SERVICES.len()).await;
+    let dead_lettered = (malformed.len() + 1) * SERVICES.len();
+    let letters = h.dead_letters(dead_lettered).await;
+    large.check(&h, &letters).await;
     for (message, reason) in &malformed {
         let of_it: Vec<_> = letters
             .iter()
@@ -155,12 +162,9 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     );
     assert_eq!(sorted(flow[2..].to_vec()), every_acknowledgement());
     assert_eq!(h.effects(far + 4).await, []);
-    // Nothing else was dead-lettered: not the year-9999 saga, not the 1970 start, not the
-    // abort of a saga nobody knew.
-    assert_eq!(
-        h.dead_letters(0).await.len(),
-        malformed.len() * SERVICES.len()
-    );
+    // Nothing else was dead-lettered: not the 10 MiB export, not the year-9999 saga, not the
+    // 1970 start, not the abort of a saga nobody knew.
+    assert_eq!(h.dead_letters(0).await.len(), dead_lettered);
     for service in SERVICES {
         let record = h.record(service, unknown).await.unwrap();
         assert_eq!(
@@ -180,5 +184,97 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
             (vec![], vec![]),
             "{ack_service}"
         );
+    }
+}
+
+/// Ten mebibytes.
+const TEN_MIB: usize = 10 * 1024 * 1024;
+
+/// An event no service of the order saga handles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CatalogueExported {
+    catalogue: String,
+}
+
+impl Event for CatalogueExported {
+    const TYPE: &'static str = "marketing.CatalogueExported.v1";
+}
+
+/// Two messages of 10 MiB from a producer outside the example: an order start whose data was
+/// cut off mid-upload (10 MiB that are not JSON: a malformed event, which each service
+/// dead-letters with its reason, docs/concepts.md), and a well-formed event of 10 MiB of a
+/// type no service handles (acknowledged and dropped by each).
+struct TenMebibytes {
+    cut_off: RawMessage,
+    export: Envelope,
+}
+
+impl TenMebibytes {
+    /// Publishes both with the Kafka key of `saga` (ahead of its events on their partition,
+    /// which the services reach only past the two).
+    async fn publish_ahead_of(h: &Harness, saga: SagaId, order_id: u64) -> Self {
+        let deadline = h.deadline_in(h.backend.timeout());
+        let key = saga.to_string();
+        let mut cut_off = stranger_start(h, order_id, deadline).to_binary();
+        cut_off.body =
+            format!(r#"{{"order_id":{order_id},"amount_cents":2500,"sku":""#).into_bytes();
+        cut_off.body.resize(TEN_MIB, b'x');
+        h.publish_raw(TOPIC, Some(&key), cut_off.clone()).await;
+        let export = h.event(
+            "marketing",
+            SagaId::new(),
+            deadline,
+            SagaKind::Start,
+            &CatalogueExported {
+                catalogue: "x".repeat(TEN_MIB),
+            },
+        );
+        h.publish_raw(TOPIC, Some(&key), export.to_binary()).await;
+        Self { cut_off, export }
+    }
+
+    /// Each service dead-lettered the cut-off start once, with its reason: whole, or on Kafka,
+    /// whose producer takes 1 000 000 bytes at most, cut to fit and saying so (its headers
+    /// kept); and none has a record of the export's saga.
+    async fn check(&self, h: &Harness, letters: &[DeadLetter]) {
+        #[cfg(feature = "kafka")]
+        let cut_to_fit = h.backend.via == Via::Kafka;
+        #[cfg(not(feature = "kafka"))]
+        let cut_to_fit = false;
+        let of_it: Vec<_> = letters
+            .iter()
+            .filter(|letter| letter.message.header("ce_id") == self.cut_off.header("ce_id"))
+            .collect();
+        assert_eq!(of_it.len(), SERVICES.len(), "{letters:?}");
+        for letter in of_it {
+            assert!(
+                letter
+                    .reason
+                    .starts_with("malformed event: data is not valid JSON: EOF while parsing"),
+                "{letter:?}"
+            );
+            if cut_to_fit {
+                assert!(
+                    (990_000..1_000_000).contains(&letter.body.len()),
+                    "{letter:?}"
+                );
+                assert!(self.cut_off.body.starts_with(&letter.body), "{letter:?}");
+                assert_eq!(letter.message.headers, self.cut_off.headers);
+                assert_eq!(letter.mark(DEAD_LETTER_TRUNCATED_HEADER), Some("body"));
+                assert_eq!(
+                    letter.mark(DEAD_LETTER_ORIGINAL_SIZE_HEADER),
+                    Some(TEN_MIB.to_string().as_str())
+                );
+            } else {
+                assert!(letter.body == self.cut_off.body, "{letter:?}");
+                assert_eq!(letter.mark(DEAD_LETTER_TRUNCATED_HEADER), None);
+            }
+        }
+        for service in SERVICES {
+            assert!(
+                h.record(service, self.export.saga_id).await.is_none(),
+                "{service}"
+            );
+        }
     }
 }

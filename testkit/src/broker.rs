@@ -60,6 +60,9 @@ const KAFKA: Spec = Spec {
         ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1"),
         ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1"),
         ("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0"),
+        // Records of up to 16 MiB, as a cluster that takes large messages is set up (the
+        // default is 1 MiB); tansu has no such limit.
+        ("KAFKA_MESSAGE_MAX_BYTES", "16777216"),
         ("LISTENER_URL", "tcp://0.0.0.0:9092"),
         ("ADVERTISED_LISTENER_URL", "tcp://localhost:{port}"),
     ],

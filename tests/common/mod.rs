@@ -620,7 +620,9 @@ impl Harness {
         store
     }
 
-    /// Publishes bytes that need not be an event.
+    /// Publishes bytes that need not be an event, as a producer outside choreo would. On
+    /// Kafka that producer raised librdkafka's `message.max.bytes` (1 000 000 by default) to
+    /// 16 MiB, to send larger messages than choreo's own producer does.
     pub async fn publish_raw(&self, topic: &str, key: Option<&str>, message: choreo::RawMessage) {
         if let Some(memory) = &self.memory {
             memory.publish_raw(topic, key, message).unwrap();
@@ -628,7 +630,11 @@ impl Harness {
         }
         #[cfg(feature = "kafka")]
         if let Some(broker) = &self.kafka {
-            let url = choreo::TransportUrl::parse(broker.url()).unwrap();
+            let url = choreo::TransportUrl::parse(&format!(
+                "{}?rdkafka.message.max.bytes=16777216",
+                broker.url()
+            ))
+            .unwrap();
             let kafka = choreo::kafka::KafkaTransport::connect(&url).await.unwrap();
             return kafka.publish_raw(topic, key, &message).await.unwrap();
         }
@@ -1137,11 +1143,50 @@ impl Harness {
 }
 
 /// A dead letter as seen on the dead-letter topic.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DeadLetter {
     pub reason: String,
     pub body: Vec<u8>,
+    /// The message without the `choreo-dead-letter-*` headers.
     pub message: choreo::RawMessage,
+    /// The `choreo-dead-letter-*` headers, their values as text.
+    pub marks: Vec<(String, String)>,
+}
+
+impl DeadLetter {
+    /// The `choreo-dead-letter-*` header `name`.
+    pub fn mark(&self, name: &str) -> Option<&str> {
+        self.marks
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+impl std::fmt::Debug for DeadLetter {
+    /// A large body or header value is shown by its size and first bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = |bytes: &[u8]| {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+            if bytes.len() > 200 {
+                format!("{text}... ({} bytes)", bytes.len())
+            } else {
+                text
+            }
+        };
+        let headers: Vec<_> = self
+            .message
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), short(value)))
+            .collect();
+        f.debug_struct("DeadLetter")
+            .field("reason", &self.reason)
+            .field("body", &short(&self.body))
+            .field("headers", &headers)
+            .field("marks", &self.marks)
+            .finish()
+    }
 }
 
 /// Records what arrives on `<topic>.dlq`, as an operator's consumer would.
@@ -1180,6 +1225,12 @@ impl DeadLetterLog {
                     .map(|reason| String::from_utf8_lossy(reason).into_owned())
                     .unwrap_or_default();
                 let mut message = (*delivery.message).clone();
+                let marks = message
+                    .headers
+                    .iter()
+                    .filter(|(key, _)| key.starts_with("choreo-dead-letter-"))
+                    .map(|(key, value)| (key.clone(), String::from_utf8_lossy(value).into_owned()))
+                    .collect();
                 message
                     .headers
                     .retain(|(key, _)| !key.starts_with("choreo-dead-letter-"));
@@ -1187,6 +1238,7 @@ impl DeadLetterLog {
                     reason,
                     body: message.body.clone(),
                     message,
+                    marks,
                 });
                 notify.notify_waiters();
                 let _ = delivery.ack().await;
