@@ -9,10 +9,14 @@
 //! - [`conformance`] is the transport conformance suite: the behaviour every transport must
 //!   have, written once and run against each.
 //! - [`store_conformance`] is the store conformance suite, likewise for stores.
+//! - [`faults`] wraps any transport and any store to inject faults on purpose, seeded:
+//!   duplicated, delayed and dropped deliveries, lost acknowledgements, failed publishes and
+//!   commits, outages, slow commits and handlers.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod broker;
 pub mod conformance;
+pub mod faults;
 mod probe;
 pub mod store_conformance;
 
