@@ -105,13 +105,13 @@ impl Setup {
     /// Installs the global `tracing` subscriber (logs to stderr, and spans to OTLP when an
     /// endpoint is set), the global meter provider and the W3C trace-context propagator.
     pub fn init(self) -> Result<Telemetry, TelemetryError> {
-        let log_filter = match env::var("RUST_LOG") {
+        let logged = match env::var("RUST_LOG") {
             Ok(filter) if !filter.is_empty() => filter,
             _ => self.log_filter.clone(),
         };
         let logs = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_filter(parse_filter(&log_filter)?);
+            .with_filter(log_filter(&logged)?);
 
         if !exporting()? {
             tracing_subscriber::registry().with(logs).try_init()?;
@@ -140,7 +140,7 @@ impl Setup {
         let tracer = tracer_provider.tracer(TARGET);
         let spans = tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(parse_filter(&self.trace_filter)?);
+            .with_filter(log_filter(&self.trace_filter)?);
         tracing_subscriber::registry()
             .with(logs)
             .with(spans)
@@ -185,11 +185,27 @@ fn exporting() -> Result<bool, TelemetryError> {
         .any(|name| env::var(name).is_ok_and(|value| !value.is_empty())))
 }
 
-fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
-    EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
+/// Targets that log credentials at `trace`, each with the level they are kept at: lapin
+/// writes every AMQP frame it sends to its `trace` log, the login's (the user and password of
+/// the URL) among them.
+pub const CREDENTIAL_TARGETS: [(&str, &str); 1] = [("lapin::io_loop", "debug")];
+
+/// The filter [`Setup::init`] applies, to logs and to exported spans alike: `filter` (an
+/// `EnvFilter` such as `RUST_LOG`'s), with each of the [`CREDENTIAL_TARGETS`] kept at its
+/// level unless `filter` names that target itself. `RUST_LOG=trace` then logs everything but
+/// passwords. A subscriber of your own can take it too.
+pub fn log_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
+    let invalid = |source| TelemetryError::Filter {
         filter: filter.to_owned(),
         source,
-    })
+    };
+    let mut parsed = EnvFilter::try_new(filter).map_err(invalid)?;
+    for (target, level) in CREDENTIAL_TARGETS {
+        if !filter.contains(target) {
+            parsed = parsed.add_directive(format!("{target}={level}").parse().map_err(invalid)?);
+        }
+    }
+    Ok(parsed)
 }
 
 /// Keeps the export running; flushes and stops it when shut down or dropped.
@@ -236,6 +252,59 @@ impl Drop for Telemetry {
 mod tests {
     use super::*;
 
+    /// What a subscriber with `log_filter(filter)` writes of one `trace` event from each of
+    /// `targets`.
+    fn logged(filter: &str, targets: &[&str]) -> String {
+        use std::sync::{Arc, Mutex};
+
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&written);
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || Sink(Arc::clone(&sink)))
+                .with_filter(log_filter(filter).unwrap()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            for target in targets {
+                match *target {
+                    "lapin::io_loop" => tracing::trace!(target: "lapin::io_loop", "frame"),
+                    "lapin::channel" => tracing::trace!(target: "lapin::channel", "frame"),
+                    _ => tracing::trace!(target: "app", "frame"),
+                }
+            }
+        });
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_filter_keeps_the_frames_that_carry_a_login_out_of_trace_logs() {
+        let targets = ["lapin::io_loop", "lapin::channel", "app"];
+        for filter in ["trace", "lapin=trace", "info,lapin=trace,app=trace"] {
+            let text = logged(filter, &targets);
+            assert!(!text.contains("lapin::io_loop"), "{filter}: {text}");
+            assert!(text.contains("lapin::channel"), "{filter}: {text}");
+        }
+        assert!(logged("trace", &targets).contains(" app: frame"));
+        // Naming the target is asking for its frames.
+        let text = logged("lapin::io_loop=trace", &targets);
+        assert!(text.contains("lapin::io_loop: frame"), "{text}");
+    }
+
     /// One test for every variable, as they are process-wide.
     #[test]
     fn export_follows_the_standard_variables() {
@@ -275,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_bad_filter_is_named() {
-        let error = parse_filter("choreo=loud").unwrap_err();
+        let error = log_filter("choreo=loud").unwrap_err();
         assert!(
             error
                 .to_string()
