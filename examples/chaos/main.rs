@@ -149,17 +149,7 @@ async fn main() -> anyhow::Result<()> {
         dir.display()
     );
     let report = run::run(transport, &dir, settings, &[]).await?;
-    println!(
-        "faults: {}; {} services killed; {} broker disruptions; {:.1} s",
-        report.faults,
-        report.kills,
-        report.disruptions,
-        report.elapsed.as_secs_f64()
-    );
-    for example in &report.verdicts.examples {
-        println!("  {example}");
-    }
-    println!("{}", report.verdicts);
+    println!("{report}");
     if !report.verdicts.is_clean() {
         bail!("the run found faults (seed {})", settings.seed);
     }

@@ -74,10 +74,31 @@ pub(crate) struct Report {
     pub(crate) faults: FaultCounts,
     /// Services killed.
     pub(crate) kills: u64,
+    /// Times the broker or the stores were taken away for a while.
+    pub(crate) outages: u64,
     /// Broker disruptions.
     pub(crate) disruptions: usize,
     /// From the first start to the last saga's end.
     pub(crate) elapsed: Duration,
+}
+
+/// What was done, the first faulty sagas found, and the checker's line, last.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "faults: {}; {} services killed; {} outages; {} broker disruptions; {:.1} s",
+            self.faults,
+            self.kills,
+            self.outages,
+            self.disruptions,
+            self.elapsed.as_secs_f64()
+        )?;
+        for example in &self.verdicts.examples {
+            writeln!(f, "  {example}")?;
+        }
+        write!(f, "{}", self.verdicts)
+    }
 }
 
 /// The services' processes: each slot holds the running instance, if it is up.
@@ -206,7 +227,7 @@ pub(crate) async fn run(
     let elapsed = began.elapsed();
 
     stop_killing.cancel();
-    let kills = killer.await??;
+    let (kills, outages) = killer.await??;
     // Every service up again, to finish what its last instance left, then stopped cleanly
     // so that what the checker reads no longer changes.
     for name in SERVICES {
@@ -214,10 +235,10 @@ pub(crate) async fn run(
             fleet.start(name).await?;
         }
     }
+    let settling = tokio::time::Instant::now() + Duration::from_secs(30);
     for started in &started {
-        let _ = log
-            .wait_for_outcome(started.saga, &SERVICES, Duration::from_secs(5))
-            .await;
+        let left = settling.saturating_duration_since(tokio::time::Instant::now());
+        let _ = log.wait_for_outcome(started.saga, &SERVICES, left).await;
     }
     fleet.shutdown().await;
 
@@ -226,6 +247,7 @@ pub(crate) async fn run(
         verdicts,
         faults: faults.counts(),
         kills,
+        outages,
         disruptions: disrupted,
         elapsed,
     })
@@ -266,27 +288,36 @@ async fn start_saga(
 }
 
 /// Kills a random service every `every` on average and starts it again a moment later,
-/// until `stop`; returns how many it killed.
+/// and takes the broker or the stores away for up to a second about every other time,
+/// until `stop`; returns how many services it killed and how many outages it caused.
 async fn kill_and_restart(
     fleet: Arc<Fleet>,
     every: Duration,
     stop: CancellationToken,
-) -> anyhow::Result<u64> {
-    let mut kills = 0;
+) -> anyhow::Result<(u64, u64)> {
+    let (mut kills, mut outages) = (0, 0);
     if every.is_zero() {
-        return Ok(kills);
+        return Ok((kills, outages));
     }
+    let faults = &fleet.faults;
     loop {
-        let wait = fleet.faults.up_to(every * 2);
         tokio::select! {
-            () = stop.cancelled() => return Ok(kills),
-            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return Ok((kills, outages)),
+            () = tokio::time::sleep(faults.up_to(every * 2)) => {}
         }
-        let name = SERVICES[fleet.faults.choose(SERVICES.len())];
+        let outage = faults.up_to(Duration::from_secs(1));
+        let which = faults.choose(4);
+        if which == 0 {
+            faults.transport_outage(outage);
+        } else if which == 1 {
+            faults.store_outage(outage);
+        }
+        outages += u64::from(which < 2);
+        let name = SERVICES[faults.choose(SERVICES.len())];
         if fleet.kill(name) {
             kills += 1;
         }
-        tokio::time::sleep(fleet.faults.up_to(Duration::from_millis(300))).await;
+        tokio::time::sleep(faults.up_to(Duration::from_millis(300))).await;
         fleet.start(name).await?;
     }
 }
