@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use choreo_core::{TransportUrl, UrlError};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Settings of a RabbitMQ transport, from its URL.
 #[derive(Clone)]
@@ -25,6 +28,12 @@ pub struct RabbitMqConfig {
     pub reconnect_max: Duration,
     /// Suffix of dead-letter topics (option `dead.letter.suffix`, default `.dlq`).
     pub dead_letter_suffix: String,
+    /// What `amqps://` trusts and presents beside the system's trust roots: options
+    /// `ssl.ca.location`, `ssl.certificate.location` and `ssl.key.location`, read when the URL
+    /// is.
+    tls: OwnedTLSConfig,
+    /// The files `tls` was read from, for `Debug`.
+    tls_files: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Debug for RabbitMqConfig {
@@ -33,6 +42,7 @@ impl std::fmt::Debug for RabbitMqConfig {
             .field("uri", &self.redacted)
             .field("exchange", &self.exchange)
             .field("prefetch", &self.prefetch)
+            .field("tls_files", &self.tls_files)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +90,8 @@ impl RabbitMqConfig {
             publish_timeout: Duration::from_secs(30),
             reconnect_max: Duration::from_secs(5),
             dead_letter_suffix: ".dlq".to_owned(),
+            tls: OwnedTLSConfig::default(),
+            tls_files: Vec::new(),
         };
         let millis = |key: &str, value: &str| {
             value
@@ -87,8 +99,12 @@ impl RabbitMqConfig {
                 .map(Duration::from_millis)
                 .map_err(|_| url.invalid_option(key, "expected milliseconds"))
         };
+        let (mut ca, mut certificate, mut key_file) = (None, None, None);
         for (key, value) in url.options() {
             match key.as_str() {
+                "ssl.ca.location" => ca = Some(value),
+                "ssl.certificate.location" => certificate = Some(value),
+                "ssl.key.location" => key_file = Some(value),
                 "exchange" if !value.is_empty() => config.exchange = value,
                 "prefetch" => {
                     config.prefetch = value
@@ -105,12 +121,94 @@ impl RabbitMqConfig {
                     return Err(url.invalid_option(
                         other,
                         "unknown option; known: exchange, prefetch, connect.timeout.ms, \
-                         publish.timeout.ms, reconnect.max.ms, dead.letter.suffix",
+                         publish.timeout.ms, reconnect.max.ms, dead.letter.suffix, \
+                         ssl.ca.location, ssl.certificate.location, ssl.key.location",
                     ))
                 }
             }
         }
+        config.read_tls_files(url, ca, certificate, key_file)?;
         Ok(config)
+    }
+
+    /// Reads and checks the TLS files named by the URL's `ssl.*` options.
+    fn read_tls_files(
+        &mut self,
+        url: &TransportUrl,
+        ca: Option<String>,
+        certificate: Option<String>,
+        key: Option<String>,
+    ) -> Result<(), UrlError> {
+        const CA: &str = "ssl.ca.location";
+        const CERTIFICATE: &str = "ssl.certificate.location";
+        const KEY: &str = "ssl.key.location";
+        for (option, given) in [(CA, &ca), (CERTIFICATE, &certificate), (KEY, &key)] {
+            if given.is_some() && url.scheme() != "amqps" {
+                return Err(url.invalid_option(option, "TLS files need an amqps:// URL"));
+            }
+        }
+        let read = |option: &'static str, path: &str| {
+            if path.is_empty() {
+                return Err(url.invalid_option(option, "expected the path of a PEM file"));
+            }
+            std::fs::read(path).map_err(|error| {
+                url.invalid_option(option, format!("cannot read `{path}`: {error}"))
+            })
+        };
+        let certificates = |option: &'static str, path: &str, pem: &[u8]| {
+            match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
+                Ok(certificates) if !certificates.is_empty() => Ok(()),
+                Ok(_) => Err(url.invalid_option(
+                    option,
+                    format!("`{path}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+                )),
+                Err(error) => {
+                    Err(url.invalid_option(option, format!("`{path}` is not valid PEM: {error}")))
+                }
+            }
+        };
+        if let Some(path) = ca {
+            let pem = read(CA, &path)?;
+            certificates(CA, &path, &pem)?;
+            // Only PEM blocks were found above, which are ASCII.
+            self.tls.cert_chain = Some(String::from_utf8_lossy(&pem).into_owned());
+            self.tls_files.push((CA, path));
+        }
+        match (certificate, key) {
+            (Some(certificate), Some(key)) => {
+                let pem = read(CERTIFICATE, &certificate)?;
+                certificates(CERTIFICATE, &certificate, &pem)?;
+                let key_pem = read(KEY, &key)?;
+                // The parser's error is not shown: it could quote the key file.
+                if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+                    return Err(url.invalid_option(
+                        KEY,
+                        format!(
+                            "`{key}` holds no PEM private key (PKCS#8, PKCS#1 or SEC1, \
+                             unencrypted)"
+                        ),
+                    ));
+                }
+                self.tls.identity = Some(OwnedIdentity::PKCS8 { pem, key: key_pem });
+                self.tls_files.push((CERTIFICATE, certificate));
+                self.tls_files.push((KEY, key));
+            }
+            (Some(_), None) => {
+                return Err(url.invalid_option(CERTIFICATE, format!("needs {KEY} too")))
+            }
+            (None, Some(_)) => {
+                return Err(url.invalid_option(KEY, format!("needs {CERTIFICATE} too")))
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// What `amqps://` trusts beside the system's roots and the client certificate it
+    /// presents, as lapin takes them (`Connection::connect_with_config`). Public so code
+    /// beside choreo can open its own connection.
+    pub fn tls_config(&self) -> &OwnedTLSConfig {
+        &self.tls
     }
 
     /// The AMQP URI to connect with, password included: never log it (see
@@ -164,5 +262,127 @@ mod tests {
         );
         let error = parse("amqp://rabbit?prefetch=0").err().unwrap().to_string();
         assert!(error.contains("1 to 65535"), "{error}");
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_naming_the_option_and_the_path() {
+        let dir = std::env::temp_dir().join(format!(
+            "choreo-rabbitmq-tls-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        // Any base64 body parses as a PEM block; the handshake is what checks the contents.
+        let cert = write(
+            "cert.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        let key = write(
+            "key.pem",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        let not_pem = write("notes.txt", "not a certificate\n");
+        let missing = dir.join("missing.pem").display().to_string();
+        let url = |options: &str| format!("amqps://app:s3cret@rabbit/%2f?{options}");
+
+        let config = parse(&url(&format!(
+            "ssl.ca.location={cert}&ssl.certificate.location={cert}&ssl.key.location={key}"
+        )))
+        .unwrap();
+        let tls = config.tls_config();
+        assert!(tls
+            .cert_chain
+            .as_deref()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+        assert!(matches!(tls.identity, Some(OwnedIdentity::PKCS8 { .. })));
+        let debug = format!("{config:?}");
+        assert!(debug.contains(&key) && !debug.contains("s3cret"), "{debug}");
+        assert!(parse("amqps://rabbit")
+            .unwrap()
+            .tls_config()
+            .identity
+            .is_none());
+
+        let cases = [
+            (
+                format!("ssl.ca.location={missing}"),
+                "ssl.ca.location",
+                format!("cannot read `{missing}`: "),
+            ),
+            (
+                format!("ssl.ca.location={not_pem}"),
+                "ssl.ca.location",
+                format!("`{not_pem}` holds no PEM certificate"),
+            ),
+            (
+                format!("ssl.ca.location={key}"),
+                "ssl.ca.location",
+                format!("`{key}` holds no PEM certificate"),
+            ),
+            (
+                format!("ssl.certificate.location={not_pem}&ssl.key.location={key}"),
+                "ssl.certificate.location",
+                format!("`{not_pem}` holds no PEM certificate"),
+            ),
+            (
+                format!("ssl.certificate.location={cert}&ssl.key.location={cert}"),
+                "ssl.key.location",
+                format!("`{cert}` holds no PEM private key"),
+            ),
+            (
+                format!("ssl.certificate.location={cert}&ssl.key.location={missing}"),
+                "ssl.key.location",
+                format!("cannot read `{missing}`: "),
+            ),
+            (
+                format!("ssl.certificate.location={cert}"),
+                "ssl.certificate.location",
+                "needs ssl.key.location too".to_owned(),
+            ),
+            (
+                format!("ssl.key.location={key}"),
+                "ssl.key.location",
+                "needs ssl.certificate.location too".to_owned(),
+            ),
+            (
+                "ssl.ca.location=".to_owned(),
+                "ssl.ca.location",
+                "expected the path of a PEM file".to_owned(),
+            ),
+        ];
+        for (options, option, reason) in cases {
+            let error = parse(&url(&options)).err().unwrap();
+            match &error {
+                UrlError::InvalidOption {
+                    option: named,
+                    reason: said,
+                    url,
+                } => {
+                    assert_eq!(named, option, "{error}");
+                    assert!(said.starts_with(&reason), "{error}");
+                    assert_eq!(url, &format!("amqps://app:***@rabbit/%2f?{options}"));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(
+                !format!("{error} {error:?}").contains("s3cret"),
+                "{error:?}"
+            );
+        }
+        let error = parse(&format!("amqp://rabbit?ssl.ca.location={cert}"))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&error, UrlError::InvalidOption { option, reason, .. }
+            if option == "ssl.ca.location" && reason == "TLS files need an amqps:// URL"),
+            "{error:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,7 +12,9 @@
 //! - Consuming: manual acks after the handler and its publishes succeeded, `basic_qos`
 //!   prefetch; deliveries of one saga are handed out one at a time and in order. A poison
 //!   message is published to `<topic>.dlq` with its reason and acked.
-//! - TLS: `amqps://` uses rustls (ring) and the system's trust roots.
+//! - TLS: `amqps://` uses rustls (ring) and the system's trust roots, plus the CA certificates
+//!   of `ssl.ca.location`; `ssl.certificate.location` and `ssl.key.location` give a client
+//!   certificate.
 //! - Connection loss: subscriptions reconnect with exponential backoff, re-declare the
 //!   topology and resume; unacked deliveries come back from the broker and the runtime's inbox
 //!   absorbs repeats. Publishing reconnects on its next call.
@@ -33,7 +35,10 @@ use choreo_core::{
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, DefaultConnectionBuilder,
+    ExchangeKind,
+};
 use tokio::sync::Mutex;
 
 pub use crate::config::RabbitMqConfig;
@@ -86,7 +91,12 @@ impl RabbitMqTransport {
 /// Opens a connection and a channel, declaring the events exchange.
 pub(crate) async fn open(config: &RabbitMqConfig) -> Result<(Connection, Channel), TransportError> {
     let attempt = async {
-        let connection = Connection::connect(config.uri(), ConnectionProperties::default())
+        let connection = DefaultConnectionBuilder::new()
+            .map_err(|error| connection_error(config, error))?
+            .with_uri_str(config.uri().to_owned())
+            .with_properties(ConnectionProperties::default())
+            .with_tls_config(config.tls_config().clone())
+            .connect()
             .await
             .map_err(|error| connection_error(config, error))?;
         let channel = connection
