@@ -1,12 +1,13 @@
 //! The chaos run of `examples/chaos`, shorter and seeded, on every transport: sagas of the
-//! order services under duplicated, delayed, reordered and dropped deliveries, lost
-//! acknowledgements, failed publishes and commits, slow handlers and services killed at
-//! random instants, with RabbitMQ restarted twice and Kafka paused twice mid-run. Every saga
-//! must end completed or compensated: none lost, no double effect, no orphan. And the checker
-//! must see faults where there are some: with an inbox that forgets what it handled, it
-//! reports double effects.
+//! order services under duplicated, delayed and dropped deliveries (on memory also reordered
+//! within a saga), lost acknowledgements, failed publishes and commits, outages, slow
+//! handlers and services killed at random instants, with RabbitMQ restarted twice and Kafka
+//! paused twice mid-run. Every saga must end completed or compensated: none lost, no double
+//! effect, no orphan. And the checker must see faults where there are some: with an inbox
+//! that forgets what it handled, it reports double effects.
 //!
 //! `CHOREO_CHAOS_SAGAS` sets the number of sagas of the broker runs (300 by default).
+#![cfg(feature = "sqlite")]
 
 #[allow(dead_code)]
 #[path = "../examples/chaos/checker.rs"]
@@ -41,7 +42,11 @@ async fn run_in_fresh_files(
         .await
         .unwrap();
     println!("seed {}: {report}", settings.seed);
-    let _ = std::fs::remove_dir_all(&dir);
+    if report.verdicts.is_clean() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("the services' files are kept in {}", dir.display());
+    }
     report
 }
 
@@ -61,7 +66,7 @@ fn assert_clean(report: &Report, sagas: u64) {
             && faults.dropped > 0
             && faults.lost_acks > 0
             && faults.failed_publishes > 0
-            && faults.failed_commits > 0,
+            && faults.failed_store_calls > 0,
         "{faults}"
     );
     assert!(report.kills > 0);

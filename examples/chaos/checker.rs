@@ -12,7 +12,7 @@ use std::path::Path;
 
 use choreo::journal::CompensationState;
 use choreo::sqlite::rusqlite::Connection;
-use choreo::{SagaId, SagaKind, SagaLog, SagaOutcome, SagaStatus};
+use choreo::{Event, SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, SagaStatus};
 
 use crate::services::{self, Plan, SERVICES};
 
@@ -69,6 +69,27 @@ impl fmt::Display for Verdicts {
 /// One service's effects for one order, oldest first.
 type Effects = Vec<(i64, String)>;
 
+/// The effect a step whose output is `event_type` applies, and the effect that undoes it
+/// (none for the confirmation: cancelling the order undoes it).
+fn effect_of(event_type: &str) -> Option<(&'static str, Option<&'static str>)> {
+    match event_type {
+        services::OrderPlaced::TYPE => Some(("placed", Some("cancelled"))),
+        services::CreditReserved::TYPE | services::StockReserved::TYPE => {
+            Some(("reserved", Some("released")))
+        }
+        services::OrderConfirmed::TYPE => Some(("confirmed", None)),
+        _ => None,
+    }
+}
+
+/// What one saga left: on the topic, and in each service's effects and journal.
+struct Traces {
+    outcome: Option<SagaOutcome>,
+    events: Vec<choreo::Envelope>,
+    effects: HashMap<&'static str, Effects>,
+    records: HashMap<&'static str, SagaRecord>,
+}
+
 /// Classifies every saga in `started`, reading the services' files in `dir` and the events
 /// `log` recorded. The services must be stopped.
 pub(crate) async fn check(
@@ -89,76 +110,89 @@ pub(crate) async fn check(
         ..Verdicts::default()
     };
     for saga in started {
-        let mut faults = Faults::default();
-        let outcome = log.outcome(saga.saga, &SERVICES);
-        let of = |name: &str| -> Effects {
-            effects[name]
-                .get(&saga.order_id)
-                .cloned()
-                .unwrap_or_default()
+        let mut traces = Traces {
+            outcome: log.outcome(saga.saga, &SERVICES),
+            events: log.events(saga.saga),
+            effects: HashMap::new(),
+            records: HashMap::new(),
         };
-        let (orders, payments, inventory) = (of("orders"), of("payments"), of("inventory"));
-        for (name, effects) in [
-            ("orders", &orders),
-            ("payments", &payments),
-            ("inventory", &inventory),
-        ] {
-            faults.count_twice(name, effects);
-        }
-        faults.count_steps_sent_twice(&log.events(saga.saga));
-        match &outcome {
-            None => faults.lost("it did not end on the topic".to_owned()),
-            Some(SagaOutcome::Compensated { failed, .. }) if !failed.is_empty() => {
-                faults.lost(format!("compensations failed: {failed:?}"))
-            }
-            Some(SagaOutcome::Completed) => {
-                if !saga.plan.can_complete() {
-                    faults.unexpected = true;
-                    faults.why.push("completed against its plan".to_owned());
-                }
-                faults.expect_done("orders", &orders, &["placed", "confirmed"]);
-                faults.expect_done("payments", &payments, &["reserved"]);
-                faults.expect_done("inventory", &inventory, &["reserved"]);
-            }
-            Some(SagaOutcome::Compensated { .. }) => {
-                // Cancelling the order undoes its confirmation too (a confirmation that
-                // finished past the deadline is withheld, and has no compensation of its own).
-                faults.expect_undone("orders", &orders, &["placed", "confirmed"], "cancelled");
-                faults.expect_undone("payments", &payments, &["reserved"], "released");
-                faults.expect_undone("inventory", &inventory, &["reserved"], "released");
-            }
-        }
         for name in SERVICES {
-            let loaded = stores[name].load(name, saga.saga, None).await?;
-            let Some(record) = loaded.record else {
-                continue;
-            };
-            match (&outcome, &record.status) {
-                (Some(SagaOutcome::Completed), SagaStatus::Active | SagaStatus::Completed) => {}
-                (Some(SagaOutcome::Compensated { .. }), SagaStatus::Aborted { .. }) => {
-                    let undone = record.steps.iter().all(|step| {
-                        step.is_received()
-                            || matches!(
-                                step.compensation,
-                                CompensationState::Compensated | CompensationState::NotRequired
-                            )
-                    });
-                    if !undone || !record.compensation_acknowledged {
-                        faults.lost(format!("{name}'s journal has compensations left to do"));
-                    }
-                }
-                (None, _) => {}
-                (_, status) => faults.lost(format!("{name}'s journal says {status:?}")),
+            let of_order = effects[name].get(&saga.order_id).cloned();
+            traces.effects.insert(name, of_order.unwrap_or_default());
+            if let Some(record) = stores[name].load(name, saga.saga, None).await?.record {
+                traces.records.insert(name, record);
             }
         }
-        verdicts.add(saga, outcome.as_ref(), faults);
+        verdicts.add(saga, traces.outcome.as_ref(), judge(saga, &traces));
     }
     Ok(verdicts)
 }
 
+/// What is wrong with one saga, if anything.
+fn judge(saga: &Started, traces: &Traces) -> Findings {
+    let mut findings = Findings::default();
+    let effects = |name: &str| &traces.effects[name];
+    for name in SERVICES {
+        findings.count_twice(name, effects(name));
+        findings.match_journal(name, effects(name), traces.records.get(name));
+    }
+    findings.count_sent_twice(&traces.events);
+    if !has(effects("orders"), "placed") {
+        findings.lost("the start committed without the order's `placed`".to_owned());
+    }
+    match &traces.outcome {
+        None => findings.lost("it did not end on the topic".to_owned()),
+        Some(SagaOutcome::Compensated { failed, .. }) if !failed.is_empty() => {
+            findings.lost(format!("compensations failed: {failed:?}"))
+        }
+        Some(SagaOutcome::Completed) => {
+            if !saga.plan.can_complete() {
+                findings.unexpected = true;
+                findings.why.push("completed against its plan".to_owned());
+            }
+            findings.expect_done("orders", effects("orders"), &["placed", "confirmed"]);
+            findings.expect_done("payments", effects("payments"), &["reserved"]);
+            findings.expect_done("inventory", effects("inventory"), &["reserved"]);
+        }
+        Some(SagaOutcome::Compensated { .. }) => {
+            // Cancelling the order undoes its confirmation too.
+            let orders = effects("orders");
+            findings.expect_undone("orders", orders, &["placed", "confirmed"], "cancelled");
+            findings.expect_undone("payments", effects("payments"), &["reserved"], "released");
+            findings.expect_undone("inventory", effects("inventory"), &["reserved"], "released");
+            if has(orders, "confirmed") && !confirmation_allowed(traces) {
+                findings.orphan("orders confirmed an order whose saga had aborted".to_owned());
+            }
+        }
+    }
+    for name in SERVICES {
+        if let Some(record) = traces.records.get(name) {
+            findings.match_status(name, traces.outcome.as_ref(), record);
+        }
+    }
+    findings
+}
+
+/// Whether an aborted saga's order may have been confirmed: the confirmation was published
+/// before the abort won over it (docs/concepts.md rule 7), or it finished past the deadline
+/// and was withheld (rule 8).
+fn confirmation_allowed(traces: &Traces) -> bool {
+    let published = traces
+        .events
+        .iter()
+        .any(|event| event.event_type == services::OrderConfirmed::TYPE);
+    let withheld = traces.records.get("orders").is_some_and(|record| {
+        record
+            .steps
+            .iter()
+            .any(|step| step.withheld && step.output.event_type == services::OrderConfirmed::TYPE)
+    });
+    published || withheld
+}
+
 /// What is wrong with one saga.
 #[derive(Default)]
-struct Faults {
+struct Findings {
     lost: bool,
     double: bool,
     orphan: bool,
@@ -166,7 +200,7 @@ struct Faults {
     why: Vec<String>,
 }
 
-impl Faults {
+impl Findings {
     fn lost(&mut self, why: String) {
         self.lost = true;
         self.why.push(format!("lost: {why}"));
@@ -192,10 +226,16 @@ impl Faults {
         }
     }
 
-    /// Two step events of one type from one service, under different ids.
-    fn count_steps_sent_twice(&mut self, events: &[choreo::Envelope]) {
+    /// Two events of one type from one service, under different ids: a step run twice.
+    fn count_sent_twice(&mut self, events: &[choreo::Envelope]) {
         let mut ids: BTreeMap<(&str, &str), Vec<choreo::EventId>> = BTreeMap::new();
-        for event in events.iter().filter(|event| event.kind == SagaKind::Step) {
+        let outputs = events.iter().filter(|event| {
+            matches!(
+                event.kind,
+                SagaKind::Start | SagaKind::Step | SagaKind::Complete
+            )
+        });
+        for event in outputs {
             let ids = ids.entry((&event.source, &event.event_type)).or_default();
             if !ids.contains(&event.id) {
                 ids.push(event.id);
@@ -203,6 +243,55 @@ impl Faults {
         }
         for ((source, event_type), ids) in ids.into_iter().filter(|(_, ids)| ids.len() > 1) {
             self.double(format!("{source} sent {event_type} {} times", ids.len()));
+        }
+    }
+
+    /// Each step in `name`'s journal applied its effect, and each step it compensated its
+    /// undo; and a service with effects has a journal record of the saga. A handler's writes
+    /// and the journal commit together, so any mismatch is a commit half applied.
+    fn match_journal(&mut self, name: &str, effects: &Effects, record: Option<&SagaRecord>) {
+        let Some(record) = record else {
+            if !effects.is_empty() {
+                self.orphan(format!("{name} has effects but no journal record"));
+            }
+            return;
+        };
+        for step in record.steps.iter().filter(|step| !step.is_received()) {
+            let Some((effect, undo)) = effect_of(&step.output.event_type) else {
+                continue;
+            };
+            if !has(effects, effect) {
+                self.lost(format!(
+                    "{name}'s journal has a step without its `{effect}`"
+                ));
+            }
+            let undone = step.compensation == CompensationState::Compensated;
+            if let Some(undo) = undo.filter(|undo| undone && !has(effects, undo)) {
+                self.lost(format!(
+                    "{name}'s journal compensated a step without `{undo}`"
+                ));
+            }
+        }
+    }
+
+    /// `name`'s journal agrees with how the saga ended.
+    fn match_status(&mut self, name: &str, outcome: Option<&SagaOutcome>, record: &SagaRecord) {
+        match (outcome, &record.status) {
+            (Some(SagaOutcome::Completed), SagaStatus::Active | SagaStatus::Completed) => {}
+            (Some(SagaOutcome::Compensated { .. }), SagaStatus::Aborted { .. }) => {
+                let undone = record.steps.iter().all(|step| {
+                    step.is_received()
+                        || matches!(
+                            step.compensation,
+                            CompensationState::Compensated | CompensationState::NotRequired
+                        )
+                });
+                if !undone || !record.compensation_acknowledged {
+                    self.lost(format!("{name}'s journal has compensations left to do"));
+                }
+            }
+            (None, _) => {}
+            (_, status) => self.lost(format!("{name}'s journal says {status:?}")),
         }
     }
 
@@ -253,12 +342,12 @@ fn has(effects: &Effects, wanted: &str) -> bool {
 }
 
 impl Verdicts {
-    fn add(&mut self, saga: &Started, outcome: Option<&SagaOutcome>, faults: Faults) {
-        let faulty = faults.lost || faults.double || faults.orphan || faults.unexpected;
-        self.lost += usize::from(faults.lost);
-        self.double_effects += usize::from(faults.double);
-        self.orphans += usize::from(faults.orphan);
-        self.unexpected += usize::from(faults.unexpected);
+    fn add(&mut self, saga: &Started, outcome: Option<&SagaOutcome>, findings: Findings) {
+        let faulty = findings.lost || findings.double || findings.orphan || findings.unexpected;
+        self.lost += usize::from(findings.lost);
+        self.double_effects += usize::from(findings.double);
+        self.orphans += usize::from(findings.orphan);
+        self.unexpected += usize::from(findings.unexpected);
         if faulty {
             if self.examples.len() < 10 {
                 self.examples.push(format!(
@@ -266,7 +355,7 @@ impl Verdicts {
                     saga.order_id,
                     saga.saga,
                     saga.plan,
-                    faults.why.join("; ")
+                    findings.why.join("; ")
                 ));
             }
             return;

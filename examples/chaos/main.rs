@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = parse_args()?;
     let settings = &args.settings;
+    let keep = args.dir.is_some();
     let dir = match args.dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir)?;
@@ -151,7 +152,14 @@ async fn main() -> anyhow::Result<()> {
     let report = run::run(transport, &dir, settings, &[]).await?;
     println!("{report}");
     if !report.verdicts.is_clean() {
-        bail!("the run found faults (seed {})", settings.seed);
+        bail!(
+            "the run found faults (seed {}); the services' files are in {}",
+            settings.seed,
+            dir.display()
+        );
+    }
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
 }

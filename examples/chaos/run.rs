@@ -117,9 +117,19 @@ impl Fleet {
         let url = format!("sqlite://{}", services::database(&self.dir, name).display());
         let patience = Instant::now() + Duration::from_secs(60);
         loop {
-            let store = self.faults.store(choreo::open_store(&url).await?);
-            let service = services::service(name, &self.saga, store, Arc::clone(&self.faults));
-            match service.run(Arc::clone(&self.transport)).await {
+            let running = match choreo::open_store(&url).await {
+                Ok(store) => {
+                    let store = self.faults.store(store);
+                    let faults = Arc::clone(&self.faults);
+                    let service = services::service(name, &self.saga, store, faults);
+                    service
+                        .run(Arc::clone(&self.transport))
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+                Err(error) => Err(error.into()),
+            };
+            match running {
                 Ok(running) => {
                     self.running.lock().unwrap().insert(name, running);
                     return Ok(());
@@ -192,6 +202,7 @@ pub(crate) async fn run(
     ));
 
     let in_flight = Arc::new(Semaphore::new(settings.in_flight));
+    let mut last_start = Instant::now();
     let mut started = Vec::new();
     let mut endings = tokio::task::JoinSet::new();
     // One disruption after the other, each after its share of the sagas started.
@@ -208,6 +219,7 @@ pub(crate) async fn run(
         let permit = Arc::clone(&in_flight).acquire_owned().await?;
         let plan = plan_of(settings.seed, order_id);
         let saga_id = start_saga(&fleet, order_id, plan, settings.deadline).await;
+        last_start = Instant::now();
         started.push(Started {
             order_id,
             saga: saga_id,
@@ -228,13 +240,18 @@ pub(crate) async fn run(
 
     stop_killing.cancel();
     let (kills, outages) = killer.await??;
-    // Every service up again, to finish what its last instance left, then stopped cleanly
-    // so that what the checker reads no longer changes.
+    // Every service started once more, as after a crash, so that each recovers what its
+    // last instances left in its store (a start committed by an instance killed meanwhile
+    // sits in the outbox until the next one starts); then, past every saga's deadline and
+    // the others' grace, every deadline timer has fired, and the aborts they sent are
+    // awaited. Only then are the services stopped, cleanly, so that what the checker reads
+    // no longer changes.
     for name in SERVICES {
-        if !fleet.running.lock().unwrap().contains_key(name) {
-            fleet.start(name).await?;
-        }
+        fleet.kill(name);
+        fleet.start(name).await?;
     }
+    let grace = choreo::ServiceOptions::default().deadline_grace;
+    tokio::time::sleep_until((last_start + settings.deadline + grace * 2).into()).await;
     let settling = tokio::time::Instant::now() + Duration::from_secs(30);
     for started in &started {
         let left = settling.saturating_duration_since(tokio::time::Instant::now());

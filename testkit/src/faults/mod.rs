@@ -105,8 +105,8 @@ pub struct FaultCounts {
     pub lost_acks: u64,
     /// Publishes failed, outages included.
     pub failed_publishes: u64,
-    /// Store calls failed, outages included.
-    pub failed_commits: u64,
+    /// Store calls failed (commits, and every call during an outage).
+    pub failed_store_calls: u64,
     /// Commits and handlers slowed.
     pub slowed: u64,
 }
@@ -122,7 +122,7 @@ impl fmt::Display for FaultCounts {
             self.dropped,
             self.lost_acks,
             self.failed_publishes,
-            self.failed_commits,
+            self.failed_store_calls,
             self.slowed
         )
     }
@@ -145,7 +145,7 @@ struct Counters {
     dropped: AtomicU64,
     lost_acks: AtomicU64,
     failed_publishes: AtomicU64,
-    failed_commits: AtomicU64,
+    failed_store_calls: AtomicU64,
     slowed: AtomicU64,
 }
 
@@ -282,7 +282,7 @@ impl Faults {
             dropped: c.dropped.load(Ordering::Relaxed),
             lost_acks: c.lost_acks.load(Ordering::Relaxed),
             failed_publishes: c.failed_publishes.load(Ordering::Relaxed),
-            failed_commits: c.failed_commits.load(Ordering::Relaxed),
+            failed_store_calls: c.failed_store_calls.load(Ordering::Relaxed),
             slowed: c.slowed.load(Ordering::Relaxed),
         }
     }

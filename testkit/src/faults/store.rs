@@ -16,7 +16,8 @@ use super::Faults;
 /// `inner` with the store faults of a [`Faults`]; made by [`Faults::store`].
 ///
 /// A failed commit applies nothing, as a database that refused it; during an outage every
-/// call fails. Transactions are `inner`'s own, so handlers write through them as usual.
+/// call fails but [`Store::hold`] (a service that already holds its store keeps it).
+/// Transactions are `inner`'s own, so handlers write through them as usual.
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     faults: Arc<Faults>,
@@ -39,7 +40,7 @@ impl FaultyStore {
     fn failed(&self) -> StoreError {
         self.faults
             .counters
-            .failed_commits
+            .failed_store_calls
             .fetch_add(1, Ordering::Relaxed);
         StoreError::new("the store is unreachable (injected fault)")
     }
