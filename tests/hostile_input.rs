@@ -41,7 +41,8 @@ fn without(mut message: RawMessage, name: &str) -> RawMessage {
 /// the two large messages on their partition); one whose deadline was in 1970 (past the
 /// retention: ignored) and then an abort of that saga (a saga nobody knows: each service
 /// records that it ended and acknowledges). Behind them all, an order placed as usual
-/// completes.
+/// completes; then a start of another saga whose data names that order runs as a saga of its
+/// own.
 async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_on(
     backend: Backend,
 ) {
@@ -105,6 +106,32 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
     assert_eq!(h.flow(saga), completed_flow());
     assert_eq!(h.effects(order).await, every_forward_step_once(order));
+
+    // A start of another saga whose data names this order: sagas are told apart by their
+    // `sagaid` attribute alone, never by data, so it runs as a saga of its own (the business
+    // effects are applied again, for the application to reconcile) and leaves this one's
+    // records as they were.
+    h.settled(saga).await;
+    let mut records = Vec::new();
+    for service in SERVICES {
+        records.push(h.record(service, saga).await);
+    }
+    let posing = stranger_start(&h, order, h.deadline_in(backend.timeout()));
+    h.publish(posing.clone()).await;
+    assert_eq!(h.outcome(posing.saga_id).await, SagaOutcome::Completed);
+    h.settled(posing.saga_id).await;
+    assert_eq!(h.flow(posing.saga_id)[0], ev("stranger", OrderPlaced::TYPE));
+    assert_eq!(h.flow(posing.saga_id)[1..], completed_flow()[1..]);
+    let again = every_forward_step_once(order);
+    assert_eq!(
+        h.effects(order).await,
+        [again.clone(), again[1..].to_vec()].concat()
+    );
+    for (service, before) in SERVICES.into_iter().zip(records) {
+        assert_eq!(h.record(service, saga).await, before, "{service}");
+        let posed = h.record(service, posing.saga_id).await.unwrap();
+        assert_eq!(posed.status, SagaStatus::Completed, "{service}");
+    }
 
     // Each service dead-lettered each malformed message once, saying why.
     let dead_lettered = (malformed.len() + 1) * SERVICES.len();
