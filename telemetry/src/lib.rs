@@ -192,7 +192,7 @@ pub const CREDENTIAL_TARGETS: [(&str, &str); 1] = [("lapin::io_loop", "debug")];
 
 /// The filter [`Setup::init`] applies, to logs and to exported spans alike: `filter` (an
 /// `EnvFilter` such as `RUST_LOG`'s), with each of the [`CREDENTIAL_TARGETS`] kept at its
-/// level unless `filter` names that target itself. `RUST_LOG=trace` then logs everything but
+/// level at most unless `filter` names that target itself. `RUST_LOG=trace` then logs everything but
 /// passwords. A subscriber of your own can take it too.
 pub fn log_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
     let invalid = |source| TelemetryError::Filter {
@@ -200,6 +200,11 @@ pub fn log_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
         source,
     };
     let mut parsed = EnvFilter::try_new(filter).map_err(invalid)?;
+    // Only a filter that lets some `trace` through needs the cap: added to one that does not,
+    // it would raise those targets to their cap (and flood the logs with lapin's frames).
+    if parsed.max_level_hint() != Some(tracing_subscriber::filter::LevelFilter::TRACE) {
+        return Ok(parsed);
+    }
     for (target, level) in CREDENTIAL_TARGETS {
         if !filter.contains(target) {
             parsed = parsed.add_directive(format!("{target}={level}").parse().map_err(invalid)?);
@@ -268,7 +273,10 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             for target in targets {
                 match *target {
-                    "lapin::io_loop" => tracing::trace!(target: "lapin::io_loop", "frame"),
+                    "lapin::io_loop" => {
+                        tracing::trace!(target: "lapin::io_loop", "frame");
+                        tracing::debug!(target: "lapin::io_loop", "a debug line");
+                    }
                     "lapin::channel" => tracing::trace!(target: "lapin::channel", "frame"),
                     _ => tracing::trace!(target: "app", "frame"),
                 }
@@ -296,13 +304,19 @@ mod tests {
         let targets = ["lapin::io_loop", "lapin::channel", "app"];
         for filter in ["trace", "lapin=trace", "info,lapin=trace,app=trace"] {
             let text = logged(filter, &targets);
-            assert!(!text.contains("lapin::io_loop"), "{filter}: {text}");
+            assert!(!text.contains("lapin::io_loop: frame"), "{filter}: {text}");
             assert!(text.contains("lapin::channel"), "{filter}: {text}");
         }
         assert!(logged("trace", &targets).contains(" app: frame"));
         // Naming the target is asking for its frames.
         let text = logged("lapin::io_loop=trace", &targets);
         assert!(text.contains("lapin::io_loop: frame"), "{text}");
+        // The cap lowers, never raises: a filter short of `trace` is left as it is.
+        for filter in ["info", "warn,app=debug"] {
+            let text = logged(filter, &targets);
+            assert!(!text.contains("lapin::io_loop"), "{filter}: {text}");
+        }
+        assert!(logged("trace", &targets).contains("lapin::io_loop: a debug line"));
     }
 
     /// One test for every variable, as they are process-wide.
