@@ -41,7 +41,8 @@
 //! - `sqlite` (default): `sqlite://PATH` stores, `choreo::sqlite`: the embedded durable
 //!   store, one file per service.
 //! - `postgres`: `postgres://` stores, `choreo::postgres`, on sqlx.
-//! - `kafka`: `kafka://` URLs, `choreo::kafka`, on rdkafka with a bundled librdkafka.
+//! - `kafka`: `kafka://` URLs, `choreo::kafka`, on rdkafka with a bundled librdkafka and the
+//!   system's OpenSSL (TLS, SCRAM).
 //! - `rabbitmq`: `amqp://` URLs, `choreo::rabbitmq`, on lapin.
 //! - `otlp` (default): [`telemetry::init`], logs, traces and metrics set up from the standard
 //!   `OTEL_*` variables with OTLP/HTTP export. Without it, `choreo::telemetry` holds the span

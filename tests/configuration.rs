@@ -216,6 +216,38 @@ async fn amqps_speaks_tls_so_a_plain_port_fails_fast_with_a_typed_error() {
     assert!(message.contains("InvalidContentType"), "{message}");
 }
 
+/// TLS and SCRAM are compiled in (OpenSSL): `security.protocol=ssl` speaks TLS, so the test
+/// broker's plaintext listener fails the handshake; SCRAM logins reach the broker, which
+/// refuses them, rather than failing when the client is made.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_speaks_tls_and_scram_so_a_plain_port_refuses_them_with_typed_errors() {
+    let broker = choreo_testkit::KafkaBroker::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let address = broker.bootstrap_servers();
+    for options in [
+        "security.protocol=ssl",
+        "security.protocol=sasl_ssl&sasl.mechanism=SCRAM-SHA-512",
+        "security.protocol=sasl_plaintext&sasl.mechanism=SCRAM-SHA-256",
+    ] {
+        let url = format!("kafka://app:hunter2@{address}?{options}&connect.timeout.ms=3000");
+        let message = refused_in_time(&url, 15).await;
+        assert!(message.contains("no answer from"), "{options}: {message}");
+        assert!(!message.contains("hunter2"), "{options}: {message}");
+    }
+}
+
+/// A CA file that is not there fails when the client is made, naming the file.
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn a_missing_kafka_ca_file_is_a_typed_error_naming_it() {
+    let url = "kafka://localhost:9092?security.protocol=ssl&ssl.ca.location=/nonexistent/ca.pem";
+    let error = choreo::connect(url).await.err().unwrap();
+    assert!(matches!(error, ConnectError::Transport { .. }), "{error:?}");
+    assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
+}
+
 /// Connects to `url`, which must fail as a transport error within `seconds`; returns the
 /// error as displayed and debug-printed, for checks on what it says and hides.
 #[cfg(any(feature = "kafka", feature = "rabbitmq"))]
