@@ -18,7 +18,9 @@ use choreo::{
     RunningService, Saga, SagaData, SagaId, SagaKind, SagaLog, SagaOutcome, SagaRecord, SagaStart,
     SagaStatus, Service, Step, StepResult, Store,
 };
-use common::{compensated, ev, sorted, Backend, Harness, StoreKind, ABORTED, COMPENSATED};
+use common::{
+    compensated, ev, settled_in, sorted, Backend, Harness, StoreKind, ABORTED, COMPENSATED,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -363,20 +365,10 @@ impl Travel {
     /// Waits until every service's record of the saga is finished (completed, or aborted
     /// and acknowledged): the topic shows an outcome before the last handlings commit.
     async fn settled(&self, saga: SagaId) {
-        let started = tokio::time::Instant::now();
-        for service in SERVICES {
-            while !self
-                .record(service, saga)
-                .await
-                .is_some_and(|record| record.is_finished())
-            {
-                assert!(
-                    started.elapsed() < self.h.units(100),
-                    "{service} never finished the saga"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
+        settled_in(saga, &SERVICES, self.h.units(100), async |service, saga| {
+            self.record(service, saga).await
+        })
+        .await;
     }
 
     async fn record(&self, service: &str, saga: SagaId) -> Option<SagaRecord> {

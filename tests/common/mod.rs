@@ -926,20 +926,10 @@ impl Harness {
     /// Waits until every service's record of `saga` is finished (completed, or aborted and
     /// acknowledged): the topic shows an outcome before the last handlings commit.
     pub async fn settled(&self, saga: SagaId) {
-        let started = tokio::time::Instant::now();
-        for service in SERVICES {
-            while !self
-                .record(service, saga)
-                .await
-                .is_some_and(|record| record.is_finished())
-            {
-                assert!(
-                    started.elapsed() < self.units(100),
-                    "{service} never finished saga {saga}"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        settled_in(saga, &SERVICES, self.units(100), async |service, saga| {
+            self.record(service, saga).await
+        })
+        .await;
     }
 
     /// Lets every deadline, grace period and retry that can still fire run out.
@@ -1028,6 +1018,29 @@ async fn reserve_stock(
         order_id: credit.order_id,
         sku: credit.sku,
     })))
+}
+
+/// Waits, up to `within`, until `record` finds each of `services`' records of `saga` finished
+/// (completed, or aborted and acknowledged).
+pub async fn settled_in(
+    saga: SagaId,
+    services: &[&'static str],
+    within: Duration,
+    record: impl AsyncFn(&'static str, SagaId) -> Option<SagaRecord>,
+) {
+    let started = tokio::time::Instant::now();
+    for &service in services {
+        while !record(service, saga)
+            .await
+            .is_some_and(|record| record.is_finished())
+        {
+            assert!(
+                started.elapsed() < within,
+                "{service} never finished saga {saga}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// The outcome of a saga aborted for `reason` and compensated in full.
