@@ -22,7 +22,6 @@ mod services;
 use std::sync::Arc;
 use std::time::Duration;
 
-use choreo::memory::{Chaos, MemoryTransport};
 use run::{Disruption, Report, Settings};
 
 const SEED: u64 = 20_261_206;
@@ -80,18 +79,12 @@ fn broker_sagas() -> u64 {
         .unwrap_or(300)
 }
 
-fn reordering_memory(seed: u64) -> Arc<dyn choreo::Transport> {
-    Arc::new(MemoryTransport::with_chaos(
-        Chaos::seeded(seed).reorder(true),
-    ))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_memory_every_saga_ends_completed_or_compensated_once() {
     let mut settings = Settings::new(1_000, SEED);
     // The run takes seconds: kills come more often, for a dozen of them.
     settings.kill_every = Duration::from_millis(300);
-    let report = run_in_fresh_files(reordering_memory(SEED), &settings, &[]).await;
+    let report = run_in_fresh_files(run::memory_broker(&settings), &settings, &[]).await;
     assert_clean(&report, settings.sagas);
 }
 
@@ -99,7 +92,7 @@ async fn on_memory_every_saga_ends_completed_or_compensated_once() {
 async fn the_checker_reports_double_effects_when_the_inbox_forgets_what_it_handled() {
     let mut settings = Settings::new(300, SEED);
     settings.rates.forget_handled = true;
-    let report = run_in_fresh_files(reordering_memory(SEED), &settings, &[]).await;
+    let report = run_in_fresh_files(run::memory_broker(&settings), &settings, &[]).await;
     let verdicts = &report.verdicts;
     assert!(!verdicts.is_clean(), "{verdicts}");
     assert!(verdicts.double_effects > 0, "{verdicts}");

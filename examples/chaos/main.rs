@@ -24,12 +24,9 @@ mod checker;
 mod run;
 mod services;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use choreo::memory::{Chaos, MemoryTransport};
-use choreo::Transport;
 
 use crate::run::Settings;
 
@@ -134,11 +131,8 @@ async fn main() -> anyhow::Result<()> {
             dir
         }
     };
-    let transport: Arc<dyn Transport> = if args.url == "memory://" {
-        // In memory, the broker itself also ignores each saga's order: any pending event
-        // of a saga may come next, not only its oldest.
-        let chaos = Chaos::seeded(settings.seed).reorder(!settings.rates.is_empty());
-        Arc::new(MemoryTransport::with_chaos(chaos))
+    let transport = if args.url == "memory://" {
+        run::memory_broker(settings)
     } else {
         choreo::connect_within(&args.url, Duration::from_secs(60)).await?
     };

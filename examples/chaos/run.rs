@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use choreo::memory::{Chaos, MemoryTransport};
 use choreo::{RunningService, Saga, SagaLog, Transport};
 use choreo_testkit::faults::{FaultCounts, FaultRates, Faults};
 use tokio::sync::Semaphore;
@@ -164,6 +165,13 @@ impl Fleet {
             service.shutdown().await;
         }
     }
+}
+
+/// The in-memory broker of a run: with faults, it also ignores each saga's order (any pending
+/// event of a saga may come next, not only its oldest).
+pub(crate) fn memory_broker(settings: &Settings) -> Arc<dyn Transport> {
+    let chaos = Chaos::seeded(settings.seed).reorder(!settings.rates.is_empty());
+    Arc::new(MemoryTransport::with_chaos(chaos))
 }
 
 /// Runs `settings.sagas` sagas on `transport` with the services' SQLite files in `dir`
