@@ -1,0 +1,231 @@
+//! The console over HTTP: the JSON API under `/api`, and the pages (docs/console.md). Handlers
+//! only gather a view model and hand it to a page or to JSON.
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::actions::{Actions, Requested};
+use crate::error::MonitorError;
+use crate::model::{SagaFilter, Status};
+use crate::pages;
+
+/// The routes of the console, API and pages.
+pub(crate) fn router(actions: Actions) -> Router {
+    Router::new()
+        .route("/api/sagas", get(api_sagas))
+        .route("/api/sagas/{id}", get(api_saga))
+        .route("/api/sagas/{id}/retry", post(api_retry))
+        .route("/api/graph", get(api_graph))
+        .route("/api/dead-letters", get(api_dead_letters))
+        .route("/api/dead-letters/{id}/redrive", post(api_redrive))
+        .route("/", get(list_page))
+        .route("/sagas/{id}", get(saga_page))
+        .route("/sagas/{id}/timeline.svg", get(timeline_svg))
+        .route("/sagas/{id}/retry", post(retry_form))
+        .route("/graph", get(graph_page))
+        .route("/graph.svg", get(graph_svg))
+        .route("/dead-letters", get(dead_letters_page))
+        .route("/dead-letters/{id}/redrive", post(redrive_form))
+        .with_state(actions)
+}
+
+/// The saga list's query string, as a form sends it (empty fields mean no filter).
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    search: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+impl ListQuery {
+    fn filter(self) -> Result<SagaFilter, ApiError> {
+        let given = |value: Option<String>| value.filter(|value| !value.trim().is_empty());
+        let status = given(self.status)
+            .map(|status| status.parse::<Status>())
+            .transpose()
+            .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
+        Ok(SagaFilter {
+            status,
+            search: given(self.search),
+            from: given(self.from),
+            to: given(self.to),
+            limit: self.limit,
+        })
+    }
+}
+
+/// A failed request: its HTTP status and a message, as JSON `{"error": ...}`.
+struct ApiError(StatusCode, String);
+
+impl From<MonitorError> for ApiError {
+    fn from(error: MonitorError) -> Self {
+        let status = match &error {
+            MonitorError::NotFound(_) => StatusCode::NOT_FOUND,
+            MonitorError::Refused(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// A failed page: the same, as a page.
+struct PageError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for PageError {
+    fn from(error: E) -> Self {
+        PageError(error.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let ApiError(status, message) = self.0;
+        let title = status.canonical_reason().unwrap_or("Error");
+        (status, Html(pages::message_page(title, &message, "/"))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn api_sagas(
+    State(actions): State<Actions>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<crate::model::SagaList> {
+    Ok(Json(actions.views.sagas(&query.filter()?).await?))
+}
+
+async fn api_saga(
+    State(actions): State<Actions>,
+    Path(id): Path<String>,
+) -> ApiResult<crate::model::SagaDetail> {
+    let saga = actions.views.saga(&id).await?;
+    saga.map(Json)
+        .ok_or_else(|| MonitorError::NotFound(format!("saga {id}")).into())
+}
+
+/// The service whose compensations to retry.
+#[derive(Debug, Deserialize)]
+struct RetryForm {
+    service: String,
+}
+
+async fn api_retry(
+    State(actions): State<Actions>,
+    Path(id): Path<String>,
+    Json(form): Json<RetryForm>,
+) -> Result<(StatusCode, Json<Requested>), ApiError> {
+    let requested = actions.retry(&id, &form.service).await?;
+    Ok((StatusCode::ACCEPTED, Json(requested)))
+}
+
+async fn api_graph(State(actions): State<Actions>) -> ApiResult<crate::model::Graph> {
+    Ok(Json(actions.views.graph().await?))
+}
+
+async fn api_dead_letters(
+    State(actions): State<Actions>,
+) -> ApiResult<Vec<crate::model::DeadLetter>> {
+    Ok(Json(actions.views.dead_letters().await?))
+}
+
+async fn api_redrive(
+    State(actions): State<Actions>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Requested>), ApiError> {
+    let requested = actions.redrive(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(requested)))
+}
+
+async fn list_page(
+    State(actions): State<Actions>,
+    Query(query): Query<ListQuery>,
+) -> Result<Html<String>, PageError> {
+    let filter = query.filter()?;
+    let list = actions.views.sagas(&filter).await?;
+    Ok(Html(pages::saga_list(&list, &filter)))
+}
+
+async fn saga_page(
+    State(actions): State<Actions>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, PageError> {
+    let saga = actions.views.saga(&id).await?;
+    let saga = saga.ok_or_else(|| MonitorError::NotFound(format!("saga {id}")))?;
+    Ok(Html(pages::saga_page(&saga)))
+}
+
+async fn timeline_svg(
+    State(actions): State<Actions>,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let saga = actions.views.saga(&id).await?;
+    let saga = saga.ok_or_else(|| MonitorError::NotFound(format!("saga {id}")))?;
+    Ok(svg(pages::timeline_svg(&saga)))
+}
+
+async fn retry_form(
+    State(actions): State<Actions>,
+    Path(id): Path<String>,
+    Form(form): Form<RetryForm>,
+) -> Result<Html<String>, PageError> {
+    let back = format!("/sagas/{id}");
+    Ok(Html(match actions.retry(&id, &form.service).await {
+        Ok(_) => pages::message_page(
+            "Retry requested",
+            &format!("{} will run its failed compensations of saga {id} again.", form.service),
+            &back,
+        ),
+        Err(MonitorError::Refused(reason)) => pages::message_page("Refused", &reason, &back),
+        Err(error) => return Err(error.into()),
+    }))
+}
+
+async fn graph_page(State(actions): State<Actions>) -> Result<Html<String>, PageError> {
+    Ok(Html(pages::graph_page(&actions.views.graph().await?)))
+}
+
+async fn graph_svg(State(actions): State<Actions>) -> Result<Response, PageError> {
+    Ok(svg(pages::graph_svg(&actions.views.graph().await?)))
+}
+
+async fn dead_letters_page(State(actions): State<Actions>) -> Result<Html<String>, PageError> {
+    Ok(Html(pages::dead_letters_page(
+        &actions.views.dead_letters().await?,
+    )))
+}
+
+async fn redrive_form(
+    State(actions): State<Actions>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, PageError> {
+    Ok(Html(match actions.redrive(&id).await {
+        Ok(requested) => pages::message_page(
+            "Redriven",
+            &format!(
+                "The event goes to {} again.",
+                requested.services.join(", ")
+            ),
+            &format!("/sagas/{}", requested.saga_id),
+        ),
+        Err(MonitorError::Refused(reason)) => {
+            pages::message_page("Refused", &reason, "/dead-letters")
+        }
+        Err(error) => return Err(error.into()),
+    }))
+}
+
+fn svg(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], body).into_response()
+}
