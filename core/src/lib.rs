@@ -7,6 +7,7 @@
 mod clock;
 mod compensation;
 mod context;
+pub mod control;
 mod deadline;
 pub mod envelope;
 mod error;

@@ -103,6 +103,13 @@ impl Saga {
         self.inner.terminal.contains(event_type)
     }
 
+    /// The terminal event types, sorted.
+    pub(crate) fn terminal_types(&self) -> Vec<&'static str> {
+        let mut types: Vec<_> = self.inner.terminal.iter().copied().collect();
+        types.sort_unstable();
+        types
+    }
+
     /// Whether any terminal event is declared.
     pub(crate) fn has_terminal(&self) -> bool {
         !self.inner.terminal.is_empty()

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::control::ServiceDescribed;
 use crate::envelope::{Envelope, SagaKind};
 use crate::event::Event;
 use crate::ids::SagaId;
@@ -139,7 +140,11 @@ impl SagaLog {
                     }
                 };
                 // An observer has no business with malformed events: services dead-letter them.
-                if let Ok(envelope) = Envelope::decode(&delivery.message) {
+                // A service's description is no saga's event: it comes in a saga of its own.
+                if let Some(envelope) = Envelope::decode(&delivery.message)
+                    .ok()
+                    .filter(|envelope| envelope.event_type != ServiceDescribed::TYPE)
+                {
                     recorder
                         .lock()
                         .entry(envelope.saga_id)
@@ -391,7 +396,18 @@ fn outcome_of(events: &[Envelope], participants: &[&str]) -> Option<SagaOutcome>
         let reason = serde_json::from_str::<SagaAborted>(abort.data.get())
             .map(|aborted| aborted.reason)
             .ok()?;
-        let acknowledgements: Vec<SagaCompensated> = acknowledgements(events).collect();
+        // A participant that retried failed compensations acknowledged again: its latest
+        // acknowledgement says what still failed.
+        let mut acknowledgements: Vec<SagaCompensated> = Vec::new();
+        for ack in self::acknowledgements(events) {
+            match acknowledgements
+                .iter_mut()
+                .find(|seen| seen.service == ack.service)
+            {
+                Some(seen) => *seen = ack,
+                None => acknowledgements.push(ack),
+            }
+        }
         let all_acknowledged = participants.iter().all(|participant| {
             acknowledgements
                 .iter()

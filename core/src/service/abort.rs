@@ -160,7 +160,7 @@ impl Runtime {
 
     /// Runs the compensation registered for `output`, with retries. One that keeps failing
     /// is reported `Failed`, to be dead-lettered with its reason.
-    async fn compensate(
+    pub(super) async fn compensate(
         &self,
         output: &Envelope,
         abort: &Envelope,

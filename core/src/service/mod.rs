@@ -2,14 +2,18 @@
 //! rules (docs/concepts.md) to every event it receives, one module per rule.
 
 mod abort;
+mod compensation_retry;
 mod complete;
+mod dead_letter;
 mod deadline;
+mod describe;
 mod dispatch;
 mod handling;
 mod options;
 mod order;
 mod outbox;
 mod recovery;
+mod redrive;
 mod runtime;
 mod start;
 mod step;
@@ -33,6 +37,7 @@ pub use self::start::SagaStart;
 pub use self::transaction::SagaTransaction;
 use crate::clock::{Clock, SystemClock};
 use crate::compensation::{erase_compensation, Compensation, ErasedCompensation};
+use crate::control::{self, ServiceDescribed};
 use crate::deadline::Deadline;
 use crate::event::Event;
 use crate::handler::{erase_join, erase_step, ErasedStep, JoinHandler, Parts, StepHandler};
@@ -83,6 +88,7 @@ pub struct Service {
 /// Everything a service was built from.
 pub(crate) struct Definition {
     pub(crate) name: Arc<str>,
+    pub(crate) version: String,
     pub(crate) saga: Saga,
     pub(crate) steps: HashMap<&'static str, Arc<dyn ErasedStep>>,
     pub(crate) compensations: HashMap<&'static str, Arc<dyn ErasedCompensation>>,
@@ -116,6 +122,7 @@ impl Service {
         ServiceBuilder {
             definition: Definition {
                 name: Arc::from(name.into()),
+                version: "unknown".to_owned(),
                 saga: saga.clone(),
                 steps: HashMap::new(),
                 compensations: HashMap::new(),
@@ -133,6 +140,13 @@ impl Service {
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.definition.name
+    }
+
+    /// What the service says about itself when it starts (`choreo.ServiceDescribed.v1`):
+    /// its steps, compensations, starts and the saga's terminal events, sorted by type.
+    /// `instance` is left empty: each start of the service fills it with a fresh id.
+    pub fn description(&self) -> ServiceDescribed {
+        self.definition.describe(String::new())
     }
 
     /// Picks up what the service's store kept (see [`ServiceBuilder::store`]), joins the
@@ -158,7 +172,12 @@ impl Service {
             tracker.spawn(Arc::clone(&runtime).work());
         }
         runtime.recover(recovery);
+        let description = runtime
+            .definition()
+            .describe(uuid::Uuid::now_v7().to_string());
         let mut tasks = vec![
+            // In the background: a broker that cannot take it now does not hold up the start.
+            tokio::spawn(Arc::clone(&runtime).publish_description(description)),
             tokio::spawn(Arc::clone(&runtime).consume(subscription, permits)),
             tokio::spawn(Arc::clone(&runtime).fire_deadlines()),
             tokio::spawn(Arc::clone(&runtime).relay()),
@@ -199,8 +218,16 @@ async fn hold(definition: &Definition) -> Result<Box<dyn Any + Send + Sync>, Run
 }
 
 impl ServiceBuilder {
+    /// The version the service says it runs in its description (`ServiceDescribed`), for
+    /// telling apart two versions running at once; default `unknown`.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.definition.version = version.into();
+        self
+    }
+
     /// Registers `handler` as the step run when event `E` arrives.
     pub fn step<E: Event, H: StepHandler<E>>(mut self, handler: H) -> Self {
+        self.refuse_control(E::TYPE, "a step");
         let step = erase_step::<E, H>(handler);
         self.emitted.extend(step.output_types());
         if self.definition.steps.insert(E::TYPE, step).is_some() {
@@ -222,6 +249,7 @@ impl ServiceBuilder {
         let join = erase_join::<P, H>(handler);
         self.emitted.extend(join.output_types());
         for (index, input) in P::TYPES.iter().enumerate() {
+            self.refuse_control(input, "a join");
             if P::TYPES[..index].contains(input) {
                 self.problems.push(format!(
                     "a join waits for `{input}` twice; list each type once"
@@ -242,6 +270,7 @@ impl ServiceBuilder {
     /// Registers `compensation` as the undo of the step that emitted `E` (or of starting the
     /// saga with `E`).
     pub fn compensate<E: Event, C: Compensation<E>>(mut self, compensation: C) -> Self {
+        self.refuse_control(E::TYPE, "a compensation");
         let erased = erase_compensation::<E, C>(compensation);
         if self
             .definition
@@ -260,6 +289,7 @@ impl ServiceBuilder {
     /// Declares that this service starts sagas with event `E` (see
     /// [`RunningService::start_saga`]).
     pub fn initiates<E: Event>(mut self) -> Self {
+        self.refuse_control(E::TYPE, "a saga start");
         self.definition.initiates.insert(E::TYPE);
         self.emitted.insert(E::TYPE);
         self
@@ -291,6 +321,17 @@ impl ServiceBuilder {
     pub fn options(mut self, options: ServiceOptions) -> Self {
         self.definition.options = options;
         self
+    }
+
+    /// Notes a problem when `event_type` is one of the runtime's own events, which every
+    /// service ignores (docs/concepts.md, rule 6) and no handler may take.
+    fn refuse_control(&mut self, event_type: &str, what: &str) {
+        if control::is_control(event_type) {
+            self.problems.push(format!(
+                "{what} for `{event_type}`: types in the `{}` namespace are the runtime's own; pick another name",
+                control::CONTROL_PREFIX
+            ));
+        }
     }
 
     /// Checks the definition and builds the service.

@@ -34,6 +34,14 @@ pub struct ServiceOptions {
     /// instance looks twice per period. Taken-over work runs once more at worst, which the
     /// saga rules make harmless (docs/deployment.md).
     pub takeover_after: Duration,
+    /// Whether a step that fails for good (a permanent error, a panic, or transient errors
+    /// past its retries; not a rejection) holds its saga rather than aborting it. The event
+    /// is dead-lettered with its reason either way; held, it is not recorded as handled,
+    /// the saga stays active, and this service keeps a timer at the saga's deadline, so
+    /// that the saga times out (rule 8) unless an operator redrives the event
+    /// ([`control::RedriveRequested`](crate::control::RedriveRequested)) once its cause is
+    /// fixed. Default: `false`, the failure aborts the saga (rule 4).
+    pub hold_failed_steps: bool,
 }
 
 impl Default for ServiceOptions {
@@ -48,6 +56,7 @@ impl Default for ServiceOptions {
             retention: Duration::from_secs(7 * 24 * 3_600),
             purge_interval: Duration::from_secs(60),
             takeover_after: Duration::from_secs(10),
+            hold_failed_steps: false,
         }
     }
 }
@@ -104,6 +113,12 @@ impl ServiceOptions {
     /// Sets [`purge_interval`](Self::purge_interval) (at least a millisecond).
     pub fn purge_interval(mut self, interval: Duration) -> Self {
         self.purge_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets [`hold_failed_steps`](Self::hold_failed_steps).
+    pub fn hold_failed_steps(mut self, hold: bool) -> Self {
+        self.hold_failed_steps = hold;
         self
     }
 }

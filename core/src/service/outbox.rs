@@ -130,7 +130,8 @@ impl Runtime {
                     )
                 }),
             OutgoingKind::DeadLetter { reason } => {
-                let message = outgoing.envelope.to_binary();
+                let mut message = outgoing.envelope.to_binary();
+                self.mark_dead_letter(&mut message, Some(outgoing.envelope.saga_id));
                 match self.transport().dead_letter(topic, message, &reason).await {
                     Ok(()) => Ok(()),
                     Err(error) => Err((

@@ -18,9 +18,11 @@ use super::handling::Handling;
 use super::outbox::Outbox;
 use super::{Definition, ServiceOptions};
 use crate::context::Context;
+use crate::control::{self, Audience, CompensationRetryRequested, RedriveRequested};
 use crate::deadline::{Deadline, DeadlineTimers};
 use crate::envelope::{Envelope, SagaKind};
 use crate::error::{ErrorKind, HandlerError};
+use crate::event::Event;
 use crate::handler::BoxFuture;
 use crate::ids::{EventId, SagaId};
 use crate::journal::{AbortReason, SagaRecord};
@@ -212,13 +214,11 @@ impl Runtime {
     /// once, so it never blocks the events behind it.
     async fn accept(self: &Arc<Self>, delivery: Delivery, permit: OwnedSemaphorePermit) {
         match Envelope::decode(&delivery.message) {
-            Ok(envelope)
-                if !self.concerns(&envelope.event_type, envelope.kind == SagaKind::Abort) =>
-            {
+            Ok(envelope) if !self.concerns(&envelope) => {
                 // Not this service's business: acknowledged here, without a task or a span,
                 // so a trace shows only the services that acted on each event (under the
-                // reverse compensation order, every event is). Decoded all the same, so
-                // that every consumer group dead-letters a malformed event.
+                // reverse compensation order, every event of the saga is). Decoded all the
+                // same, so that every consumer group dead-letters a malformed event.
                 drop(permit);
                 if let Err(error) = delivery.ack().await {
                     warn!(service = %self.name(), event_id = %envelope.id, %error, "cannot settle delivery");
@@ -236,9 +236,11 @@ impl Runtime {
                 );
             }
             Err(error) => {
+                let mut delivery = delivery;
                 let reason = format!("malformed event: {error}");
                 warn!(service = %self.name(), topic = %delivery.topic, %reason, "dead-lettering");
                 self.metrics.dead_lettered(DeadLetterReason::Malformed);
+                self.mark_dead_delivery(&mut delivery, None);
                 if let Err(error) = delivery.dead_letter(&reason).await {
                     error!(service = %self.name(), %error, "cannot dead-letter a malformed event");
                 }
@@ -271,7 +273,11 @@ impl Runtime {
     async fn settle(&self, envelope: Envelope, delivery: Delivery) {
         let settled = match self.again_on_conflict(|| self.handle(&envelope)).await {
             Ok(Settle::Ack) => delivery.ack().await,
-            Ok(Settle::DeadLetter(reason)) => delivery.dead_letter(&reason).await,
+            Ok(Settle::DeadLetter(reason)) => {
+                let mut delivery = delivery;
+                self.mark_dead_delivery(&mut delivery, Some(envelope.saga_id));
+                delivery.dead_letter(&reason).await
+            }
             Err(error) => {
                 warn!(
                     service = %self.name(), saga_id = %envelope.saga_id,
@@ -287,19 +293,38 @@ impl Runtime {
         }
     }
 
-    /// Whether the saga rules apply here to an event of `event_type`: an abort, a terminal
-    /// event, or an event one of this service's steps handles; under the reverse
-    /// compensation order, every event of the saga.
-    fn concerns(&self, event_type: &str, is_abort: bool) -> bool {
-        is_abort
-            || self.in_reverse()
-            || self.saga().is_terminal(event_type)
-            || self.definition.steps.contains_key(event_type)
+    /// Whether this service acts on `envelope`: an operator's request that names it; of
+    /// the saga's events, an abort, a terminal event, or an event one of its steps handles,
+    /// and under the reverse compensation order, every one. Never a service's description.
+    pub(super) fn concerns(&self, envelope: &Envelope) -> bool {
+        match control::audience(envelope) {
+            Audience::Nobody => false,
+            Audience::Service(service) => service == self.name(),
+            Audience::Saga => {
+                envelope.kind == SagaKind::Abort
+                    || self.in_reverse()
+                    || self.saga().is_terminal(&envelope.event_type)
+                    || self
+                        .definition
+                        .steps
+                        .contains_key(envelope.event_type.as_str())
+            }
+        }
     }
 
-    /// Applies the saga rules to one event this service is concerned with, and commits
-    /// what they changed as one store transaction.
+    /// Handles one event this service is concerned with: an operator's request, or an
+    /// event of the saga.
     async fn handle(&self, envelope: &Envelope) -> Result<Settle, Infrastructure> {
+        match envelope.event_type.as_str() {
+            RedriveRequested::TYPE => self.on_redrive(envelope).await,
+            CompensationRetryRequested::TYPE => self.on_compensation_retry(envelope).await,
+            _ => self.handle_event(envelope).await,
+        }
+    }
+
+    /// Applies the saga rules to one event of the saga, and commits what they changed as
+    /// one store transaction.
+    pub(super) async fn handle_event(&self, envelope: &Envelope) -> Result<Settle, Infrastructure> {
         let loaded = self
             .store()
             .load(self.name(), envelope.saga_id, Some(envelope.id))

@@ -86,7 +86,11 @@ impl Runtime {
             result,
             self.now().duration_since(began).unwrap_or_default(),
         );
-        handling.mark_handled(envelope);
+        // A held failure is not handled: a redrive of the event runs the step again.
+        let held = self.options().hold_failed_steps && matches!(outcome, Err(Failure::GaveUp(_)));
+        if !held {
+            handling.mark_handled(envelope);
+        }
         // A step that did its work, or refused it, commits what it wrote with the handling.
         if outcome.is_ok() {
             handling.join(transaction.take()?);
@@ -140,6 +144,19 @@ impl Runtime {
                 info!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "step rejected; aborting the saga");
                 self.record_abort(handling, Some(envelope), AbortReason::Rejected, reason)?;
             }
+            Err(failure @ Failure::GaveUp(_)) if held => {
+                let reason = format!("step for `{}` failed: {}", step.label(), failure.describe());
+                error!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "dead-lettering the event; the saga waits for it to be redriven, or for its deadline");
+                self.metrics.dead_lettered(DeadLetterReason::StepFailed);
+                self.hold(envelope, step, handling);
+                handling.send(
+                    Outgoing {
+                        envelope: envelope.clone(),
+                        kind: OutgoingKind::DeadLetter { reason },
+                    },
+                    Span::none(),
+                );
+            }
             Err(failure @ Failure::GaveUp(_)) => {
                 let reason = format!("step for `{}` failed: {}", step.label(), failure.describe());
                 error!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "dead-lettering the event and aborting the saga");
@@ -167,6 +184,26 @@ impl Runtime {
             }
         }
         Ok(Settle::Ack)
+    }
+
+    /// Holds the saga after the step for `envelope` failed for good
+    /// ([`hold_failed_steps`](crate::ServiceOptions::hold_failed_steps)): it stays active,
+    /// and this service's timer at its deadline aborts it unless a redrive completes the
+    /// step first (rule 8). A join forgets the event it failed with, so that the redriven
+    /// one completes it.
+    fn hold(&self, envelope: &Envelope, step: &Arc<dyn ErasedStep>, handling: &mut Handling) {
+        let Some(record) = handling.record_mut() else {
+            return;
+        };
+        if step.input_types().len() > 1 {
+            record
+                .steps
+                .retain(|kept| !(kept.is_received() && kept.output.id == envelope.id));
+        }
+        keep_for_the_abort(record, envelope);
+        if record.status == SagaStatus::Active {
+            self.arm_timer(record);
+        }
     }
 
     /// Rule 10: keeps `envelope`, a part of a join of `types`, in the saga's record, and

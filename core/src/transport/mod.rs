@@ -116,6 +116,14 @@ impl Delivery {
         self.acknowledger.nack().await
     }
 
+    /// Adds header `name` to the message, as it goes on from here (to the dead-letter
+    /// destination, say). The message as the transport keeps it is left alone.
+    pub fn add_header(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) {
+        Arc::make_mut(&mut self.message)
+            .headers
+            .push((name.into(), value.into()));
+    }
+
     /// Moves the message to the dead-letter destination with `reason`, and acks it.
     pub async fn dead_letter(self, reason: &str) -> Result<(), TransportError> {
         self.acknowledger
