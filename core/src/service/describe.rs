@@ -80,6 +80,7 @@ impl Runtime {
             SagaKind::Step,
             data,
         );
+        envelope.time = now;
         for attempt in 1..=DESCRIBE_ATTEMPTS {
             let published = tokio::select! {
                 biased;
