@@ -82,8 +82,9 @@ impl Monitor {
         self
     }
 
-    /// Its consumer group (default [`DEFAULT_GROUP`]): durable, so that what is published
-    /// while the monitor is down waits for it. Two monitors of one topic need two groups.
+    /// Its consumer group (default [`DEFAULT_GROUP`]; the dead letters are read as
+    /// `<group>.dead-letters`): durable, so that what is published while the monitor is
+    /// down waits for it. Two monitors of one topic need two groups.
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.group = group.into();
         self
@@ -127,7 +128,10 @@ impl Monitor {
             .await?;
         let letters = self
             .transport
-            .subscribe(&self.group, std::slice::from_ref(&self.dead_letters))
+            .subscribe(
+                &format!("{}.dead-letters", self.group),
+                std::slice::from_ref(&self.dead_letters),
+            )
             .await?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -135,16 +139,22 @@ impl Monitor {
                 address: listen.to_owned(),
                 source,
             })?;
-        let address = listener.local_addr().map_err(|source| MonitorError::Listen {
-            address: listen.to_owned(),
-            source,
-        })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| MonitorError::Listen {
+                address: listen.to_owned(),
+                source,
+            })?;
         let recorded = Arc::new(recorder::Recorded::default());
         let (deliveries, to_record) = mpsc::channel(4096);
         let mut tasks = JoinSet::new();
         tasks.spawn(recorder::read(events, false, deliveries.clone()));
         tasks.spawn(recorder::read(letters, true, deliveries));
-        tasks.spawn(recorder::record(store.clone(), to_record, Arc::clone(&recorded)));
+        tasks.spawn(recorder::record(
+            store.clone(),
+            to_record,
+            Arc::clone(&recorded),
+        ));
         let views = Views {
             store: store.clone(),
             stuck_after: self.stuck_after,
