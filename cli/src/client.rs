@@ -55,10 +55,13 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let response = request.send().await.map_err(|error| ClientError::Unreachable {
-            base: self.base.clone(),
-            reason: root_cause(&error),
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|error| ClientError::Unreachable {
+                base: self.base.clone(),
+                reason: root_cause(&error),
+            })?;
         let status = response.status();
         let body = response
             .bytes()

@@ -32,12 +32,21 @@ pub(crate) async fn run(client: &Client, args: Args) -> Result<(), ClientError> 
     }
     for node in &graph.services {
         let described = &node.description;
-        println!("{} {} (on {})", described.service, node.versions.join(", "), described.topic);
+        println!(
+            "{} {} (on {})",
+            described.service,
+            node.versions.join(", "),
+            described.topic
+        );
         for event_type in &described.initiates {
             println!("  initiates {event_type}");
         }
         for step in &described.steps {
-            println!("  {} -> {}", step.inputs.join(" + "), step.outputs.join(" | "));
+            println!(
+                "  {} -> {}",
+                step.inputs.join(" + "),
+                step.outputs.join(" | ")
+            );
         }
         if !described.compensates.is_empty() {
             println!("  compensates {}", described.compensates.join(", "));

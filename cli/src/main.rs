@@ -23,7 +23,12 @@ use crate::client::{Client, ClientError};
 #[command(name = "choreo", version, about, long_about = None)]
 struct Cli {
     /// The running monitor to ask (every command but `monitor`).
-    #[arg(long, global = true, env = "CHOREO_MONITOR", default_value = "http://127.0.0.1:7878")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHOREO_MONITOR",
+        default_value = "http://127.0.0.1:7878"
+    )]
     monitor: String,
     #[command(subcommand)]
     command: Command,
@@ -50,7 +55,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start: {error}");

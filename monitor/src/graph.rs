@@ -130,9 +130,9 @@ pub(crate) fn graph(services: Vec<ServiceNode>, seen_types: &[(String, usize)]) 
     }
     for (from, event_type) in &emitted {
         let consumed = !consumers(event_type).is_empty();
-        let undone = described
-            .iter()
-            .any(|service| service.service == *from && service.compensates.iter().any(|t| t == event_type));
+        let undone = described.iter().any(|service| {
+            service.service == *from && service.compensates.iter().any(|t| t == event_type)
+        });
         // A later step can still fail once another step consumes the event.
         if consumed && !terminal.contains(event_type) && !undone {
             problems.push(Problem::Uncompensated {
@@ -192,7 +192,10 @@ fn reachable(described: &[&ServiceDescribed]) -> BTreeSet<String> {
 /// While a saga runs: the steps of the described services that may still come, given the
 /// types it has seen, as `service: inputs -> outputs`.
 pub(crate) fn expected(services: &[ServiceNode], events: &[StoredEvent]) -> Vec<String> {
-    let seen: BTreeSet<&str> = events.iter().map(|event| event.event_type.as_str()).collect();
+    let seen: BTreeSet<&str> = events
+        .iter()
+        .map(|event| event.event_type.as_str())
+        .collect();
     let ran = |service: &str, input: &str| {
         events.iter().any(|event| {
             event.source == service

@@ -53,18 +53,20 @@ pub(crate) async fn record(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while deliveries.recv_many(&mut batch, BATCH).await > 0 {
-        let records: Arc<Vec<Record>> = Arc::new(batch
-            .iter()
-            .filter_map(|(delivery, dead_letter)| {
-                if *dead_letter {
-                    Some(Record::DeadLetter((*delivery.message).clone()))
-                } else {
-                    // A malformed event is the services' to dead-letter; its dead letter is
-                    // what the monitor records.
-                    Envelope::decode(&delivery.message).ok().map(Record::Event)
-                }
-            })
-            .collect());
+        let records: Arc<Vec<Record>> = Arc::new(
+            batch
+                .iter()
+                .filter_map(|(delivery, dead_letter)| {
+                    if *dead_letter {
+                        Some(Record::DeadLetter((*delivery.message).clone()))
+                    } else {
+                        // A malformed event is the services' to dead-letter; its dead letter is
+                        // what the monitor records.
+                        Envelope::decode(&delivery.message).ok().map(Record::Event)
+                    }
+                })
+                .collect(),
+        );
         let received = batch.len() as u64;
         loop {
             match store.record(Arc::clone(&records)).await {

@@ -184,7 +184,10 @@ async fn retry_form(
     Ok(Html(match actions.retry(&id, &form.service).await {
         Ok(_) => pages::message_page(
             "Retry requested",
-            &format!("{} will run its failed compensations of saga {id} again.", form.service),
+            &format!(
+                "{} will run its failed compensations of saga {id} again.",
+                form.service
+            ),
             &back,
         ),
         Err(MonitorError::Refused(reason)) => pages::message_page("Refused", &reason, &back),
@@ -213,10 +216,7 @@ async fn redrive_form(
     Ok(Html(match actions.redrive(&id).await {
         Ok(requested) => pages::message_page(
             "Redriven",
-            &format!(
-                "The event goes to {} again.",
-                requested.services.join(", ")
-            ),
+            &format!("The event goes to {} again.", requested.services.join(", ")),
             &format!("/sagas/{}", requested.saga_id),
         ),
         Err(MonitorError::Refused(reason)) => {

@@ -37,7 +37,8 @@ pub(crate) struct Derived {
 
 /// Whether `event` is an operator's request rather than a participant's event.
 pub(crate) fn is_request(event: &StoredEvent) -> bool {
-    event.event_type == RedriveRequested::TYPE || event.event_type == CompensationRetryRequested::TYPE
+    event.event_type == RedriveRequested::TYPE
+        || event.event_type == CompensationRetryRequested::TYPE
 }
 
 /// Whether the dead letter was redriven: a redrive request caused by its event was recorded.
@@ -62,14 +63,20 @@ pub(crate) fn derive(
 ) -> Derived {
     let first = events.first();
     let start_us = first.map_or(now_us, |event| event.time_us);
-    let deadline_us = events.iter().map(|event| event.deadline_us).max().unwrap_or(now_us);
+    let deadline_us = events
+        .iter()
+        .map(|event| event.deadline_us)
+        .max()
+        .unwrap_or(now_us);
     let started = events.iter().find(|event| event.kind == "start");
 
     let mut participants: Vec<Participant> = Vec::new();
     for event in events {
         if event.kind != "compensated"
             && !is_request(event)
-            && !participants.iter().any(|known| known.service == event.source)
+            && !participants
+                .iter()
+                .any(|known| known.service == event.source)
         {
             participants.push(Participant {
                 service: event.source.clone(),
@@ -85,7 +92,10 @@ pub(crate) fn derive(
             continue;
         };
         last_ack_us = Some(event.time_us);
-        let participant = match participants.iter_mut().find(|known| known.service == ack.service) {
+        let participant = match participants
+            .iter_mut()
+            .find(|known| known.service == ack.service)
+        {
             Some(participant) => participant,
             None => {
                 participants.push(Participant {
@@ -116,9 +126,13 @@ pub(crate) fn derive(
 
     let mut stuck = Vec::new();
     let (status, ended_us) = if let Some(abort) = abort {
-        let all_acknowledged = participants.iter().all(|participant| participant.acknowledged);
+        let all_acknowledged = participants
+            .iter()
+            .all(|participant| participant.acknowledged);
         if all_acknowledged {
-            let failed = participants.iter().any(|participant| !participant.failed.is_empty());
+            let failed = participants
+                .iter()
+                .any(|participant| !participant.failed.is_empty());
             let status = if failed {
                 Status::CompensationFailed
             } else {
@@ -145,7 +159,11 @@ pub(crate) fn derive(
         }
         (Status::Running, None)
     };
-    let status = if stuck.is_empty() { status } else { Status::Stuck };
+    let status = if stuck.is_empty() {
+        status
+    } else {
+        Status::Stuck
+    };
 
     let summary = SagaSummary {
         saga_id: saga_id.to_owned(),

@@ -102,7 +102,9 @@ impl MonitorStore {
                 return Err(MonitorError::StoreUrl(url.to_owned()));
             }
             let path = PathBuf::from(path);
-            if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty())
+            if let Some(parent) = path
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
             {
                 std::fs::create_dir_all(parent).map_err(|error| {
                     MonitorError::Store(format!("cannot create {}: {error}", parent.display()))
@@ -272,8 +274,9 @@ impl MonitorStore {
             let mut letters = Vec::new();
             match saga {
                 None => {
-                    let mut statement = connection
-                        .prepare_cached(&format!("SELECT {columns} FROM dead_letters ORDER BY seq"))?;
+                    let mut statement = connection.prepare_cached(&format!(
+                        "SELECT {columns} FROM dead_letters ORDER BY seq"
+                    ))?;
                     for row in statement.query_map([], stored_dead_letter)? {
                         letters.push(row?);
                     }
@@ -332,9 +335,8 @@ impl MonitorStore {
                 "SELECT event_type, COUNT(*) FROM events WHERE event_type NOT LIKE 'choreo.%'
                  GROUP BY event_type ORDER BY event_type",
             )?;
-            let rows = statement.query_map([], |row| {
-                Ok((row.get(0)?, row.get::<_, i64>(1)? as usize))
-            })?;
+            let rows =
+                statement.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as usize)))?;
             rows.collect()
         })
         .await
@@ -343,7 +345,8 @@ impl MonitorStore {
     /// How many events and dead-letter copies are recorded.
     pub async fn counts(&self) -> Result<(usize, usize), MonitorError> {
         self.with(|connection| {
-            let events: i64 = connection.query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))?;
+            let events: i64 =
+                connection.query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))?;
             let letters: i64 =
                 connection.query_row("SELECT COUNT(*) FROM dead_letters", [], |row| row.get(0))?;
             Ok((events as usize, letters as usize))
@@ -385,7 +388,9 @@ impl DeadLetterOf {
                 .as_ref()
                 .map(|envelope| envelope.saga_id.to_string())
                 .or_else(|| text(DEAD_LETTER_SAGA_HEADER)),
-            event_type: envelope.as_ref().map(|envelope| envelope.event_type.clone()),
+            event_type: envelope
+                .as_ref()
+                .map(|envelope| envelope.event_type.clone()),
             source: envelope.as_ref().map(|envelope| envelope.source.clone()),
             topic: text(DEAD_LETTER_TOPIC_HEADER).unwrap_or_default(),
         }

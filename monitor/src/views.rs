@@ -34,9 +34,13 @@ impl Views {
     pub async fn sagas(&self, filter: &SagaFilter) -> Result<SagaList, MonitorError> {
         let now = micros(self.clock.now());
         let only: Option<HashSet<String>> = match filter.search.as_deref().map(str::trim) {
-            Some(text) if !text.is_empty() => {
-                Some(self.store.search(text.to_owned()).await?.into_iter().collect())
-            }
+            Some(text) if !text.is_empty() => Some(
+                self.store
+                    .search(text.to_owned())
+                    .await?
+                    .into_iter()
+                    .collect(),
+            ),
             _ => None,
         };
         let events = self.store.saga_events(None).await?;
@@ -48,7 +52,8 @@ impl Views {
         }
         let from = filter.from.as_deref().and_then(parse_rfc3339);
         let to = filter.to.as_deref().and_then(parse_rfc3339);
-        let mut counts: BTreeMap<Status, usize> = Status::ALL.iter().map(|status| (*status, 0)).collect();
+        let mut counts: BTreeMap<Status, usize> =
+            Status::ALL.iter().map(|status| (*status, 0)).collect();
         let mut sagas = Vec::new();
         for saga_events in by_saga(&events) {
             let saga_id = saga_events[0].saga_id.as_str();
@@ -62,7 +67,10 @@ impl Views {
             let saga_letters = letters.get(saga_id).map(Vec::as_slice).unwrap_or_default();
             let derived = derive(saga_id, saga_events, saga_letters, now, self.stuck_after);
             *counts.entry(derived.summary.status).or_default() += 1;
-            if filter.status.is_none_or(|status| status == derived.summary.status) {
+            if filter
+                .status
+                .is_none_or(|status| status == derived.summary.status)
+            {
                 sagas.push((started, derived.summary));
             }
         }
@@ -84,23 +92,30 @@ impl Views {
     /// One saga's page, if any event or dead letter of it was recorded.
     pub async fn saga(&self, saga_id: &str) -> Result<Option<SagaDetail>, MonitorError> {
         let now = micros(self.clock.now());
-        let events = self.store.saga_events(Some(vec![saga_id.to_owned()])).await?;
+        let events = self
+            .store
+            .saga_events(Some(vec![saga_id.to_owned()]))
+            .await?;
         let letters = self.store.dead_letters(Some(saga_id.to_owned())).await?;
         if events.is_empty() && letters.is_empty() {
             return Ok(None);
         }
         let derived = derive(saga_id, &events, &letters, now, self.stuck_after);
-        let expected = if derived.summary.status.is_ended() || derived.summary.abort_reason.is_some() {
-            Vec::new()
-        } else {
-            let descriptions = self.store.descriptions().await?;
-            graph::expected(&graph::services(&descriptions), &events)
-        };
+        let expected =
+            if derived.summary.status.is_ended() || derived.summary.abort_reason.is_some() {
+                Vec::new()
+            } else {
+                let descriptions = self.store.descriptions().await?;
+                graph::expected(&graph::services(&descriptions), &events)
+            };
         let start = events.first().map_or(now, |event| event.time_us);
         Ok(Some(SagaDetail {
             summary: derived.summary,
             participants: derived.participants,
-            events: events.iter().map(|event| event_record(event, start)).collect(),
+            events: events
+                .iter()
+                .map(|event| event_record(event, start))
+                .collect(),
             dead_letters: grouped(&letters, &events),
             expected,
         }))
@@ -135,7 +150,9 @@ fn by_saga(events: &[StoredEvent]) -> impl Iterator<Item = &[StoredEvent]> {
 }
 
 fn event_record(event: &StoredEvent, start_us: i64) -> EventRecord {
-    let json = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.to_owned()));
+    let json = |text: &str| {
+        serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.to_owned()))
+    };
     EventRecord {
         id: event.id.clone(),
         saga_id: event.saga_id.clone(),
@@ -161,7 +178,10 @@ fn grouped(letters: &[StoredDeadLetter], events: &[StoredEvent]) -> Vec<DeadLett
             reason: letter.reason.clone(),
             recorded_at: rfc3339(letter.recorded_us),
         };
-        if let Some(known) = grouped.iter_mut().find(|known| known.id == letter.message_id) {
+        if let Some(known) = grouped
+            .iter_mut()
+            .find(|known| known.id == letter.message_id)
+        {
             known.copies.push(copy);
             continue;
         }
