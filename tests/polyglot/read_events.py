@@ -4,7 +4,9 @@ another language would, and checks each one against choreo's protocol (docs/wire
 - it parses with the SDK's binding for the broker (the first one that does not fails the run);
 - its attributes match docs/schemas/choreo-event.json, and the data of the runtime's own
   events its JSON Schema in docs/schemas/;
-- every event of a saga carries the trace id of the saga's start.
+- every event of a saga carries the trace id of the saga's start;
+- a service's description (`choreo.ServiceDescribed.v1`, in a saga of its own, with no cause)
+  is checked like any event but not counted among the sagas' events.
 
     CHOREO_URL=amqp://... python3 tests/polyglot/read_events.py --expect 16
 
@@ -37,14 +39,19 @@ def schema(name):
 ATTRIBUTES = jsonschema.Draft202012Validator(schema("choreo-event"))
 DATA = {
     name: jsonschema.Draft202012Validator(schema(name))
-    for name in ("choreo.SagaAborted.v1", "choreo.SagaCompensated.v1")
+    for name in ("choreo.SagaAborted.v1", "choreo.SagaCompensated.v1",
+                 "choreo.ServiceDescribed.v1", "choreo.RedriveRequested.v1",
+                 "choreo.CompensationRetryRequested.v1")
 }
+# A service's description, in a saga of its own, is no saga's event: checked, not counted.
+DESCRIBED = "choreo.ServiceDescribed.v1"
 
 
 class Checker:
     def __init__(self, dump):
         self.sagas = {}  # saga id -> [(type, source, sagakind, trace id)]
         self.count = 0
+        self.described = 0
         self.dump = dump
 
     def received(self, headers, content_type, body):
@@ -60,6 +67,11 @@ class Checker:
         ATTRIBUTES.validate(attributes)
         if event.get_type() in DATA:
             DATA[event.get_type()].validate(event.get_data())
+        if event.get_type() == DESCRIBED:
+            if "causationid" in attributes:
+                raise ValueError(f"{DESCRIBED} from {attributes['source']} has a cause")
+            self.described += 1
+            return
         kind = attributes["sagakind"]
         # Only a start, and an abort its deadline caused rather than an event, have no cause.
         timed_out = kind == "abort" and event.get_data()["reason"] == "timed_out"

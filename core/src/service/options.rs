@@ -11,7 +11,7 @@ pub struct ServiceOptions {
     /// Deliveries held at once, across sagas. Events of one saga are handled one at a time.
     pub concurrency: usize,
     /// Retries of a step after transient errors; then the event is dead-lettered and the saga
-    /// aborted.
+    /// aborted (or held, with [`hold_failed_steps`](Self::hold_failed_steps)).
     pub step_retry: RetryPolicy,
     /// Retries of a compensation; then it is dead-lettered and reported.
     pub compensation_retry: RetryPolicy,
