@@ -43,8 +43,8 @@ pub(crate) async fn run(client: &Client, args: Args) -> Result<(), ClientError> 
         return Ok(());
     }
     println!(
-        "{:<36}  {:<19}  {:<24}  {:>10}  {}",
-        "SAGA", "STATUS", "STARTED", "TIME", "STARTED WITH"
+        "{:<36}  {:<19}  {:<24}  {:>10}  STARTED WITH",
+        "SAGA", "STATUS", "STARTED", "TIME"
     );
     for saga in &list.sagas {
         let time = match (saga.duration_ms, saga.time_left_ms) {
