@@ -109,7 +109,7 @@ async fn the_checker_reports_double_effects_when_the_inbox_forgets_what_it_handl
 #[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_rabbitmq_restarted_twice_every_saga_ends_completed_or_compensated_once() {
-    let broker = Arc::new(choreo::testkit::RabbitMqBroker::start().await.unwrap());
+    let broker = Arc::new(choreo_testkit::RabbitMqBroker::start().await.unwrap());
     let transport = choreo::connect(broker.url()).await.unwrap();
     let restart: Disruption = Arc::new(move |n| {
         let broker = Arc::clone(&broker);
@@ -131,7 +131,7 @@ const PAUSE: Duration = Duration::from_secs(3);
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kafka_paused_twice_every_saga_ends_completed_or_compensated_once() {
-    let broker = Arc::new(choreo::testkit::KafkaBroker::start().await.unwrap());
+    let broker = Arc::new(choreo_testkit::KafkaBroker::start().await.unwrap());
     let transport = choreo::connect(broker.url()).await.unwrap();
     let pause: Disruption = Arc::new(move |n| {
         let broker = Arc::clone(&broker);

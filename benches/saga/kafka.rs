@@ -24,7 +24,7 @@ use crate::report::Run;
 const IN_FLIGHT: usize = 256;
 
 pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
-    let broker = choreo::testkit::KafkaBroker::start()
+    let broker = choreo_testkit::KafkaBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
     let url = format!(

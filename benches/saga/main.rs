@@ -353,7 +353,7 @@ const SCALED_OUT: usize = 3;
 /// database (docs/deployment.md), run by run in pairs as the SQLite store is.
 #[cfg(feature = "postgres")]
 async fn postgres(flags: &Flags, report: &mut Report, baseline: f64) {
-    let server = choreo::testkit::PostgresServer::start()
+    let server = choreo_testkit::PostgresServer::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
     let mut pairs = Vec::new();

@@ -20,7 +20,7 @@ use crate::raw::{react, RawEvent};
 use crate::report::Run;
 
 pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
-    let broker = choreo::testkit::RabbitMqBroker::start()
+    let broker = choreo_testkit::RabbitMqBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
     let url = TransportUrl::parse(broker.url()).expect("an AMQP URL");
