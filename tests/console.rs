@@ -12,6 +12,7 @@ scenarios! {
         a_held_dead_letter_redriven_after_the_fix_lets_the_saga_complete,
         a_failed_compensation_retried_after_the_fix_runs_once_and_the_saga_is_compensated,
         the_choreography_graph_of_the_order_saga_has_no_problem,
+        a_malformed_message_shows_as_one_dead_letter_with_a_copy_per_service,
     ];
     memory_sqlite: [
         the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgements,
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use choreo::journal::CompensationState;
-use choreo::{AbortReason, Envelope, Event, SagaId, SagaStatus};
+use choreo::{AbortReason, Clock, Envelope, Event, SagaId, SagaStatus};
 use choreo_monitor::model::{SagaDetail, SagaFilter, Status, StuckReason};
 use choreo_monitor::{Monitor, MonitorStore, RunningMonitor, StuckAfter};
 use common::*;
@@ -552,6 +553,214 @@ async fn the_choreography_graph_of_the_order_saga_has_no_problem(backend: Backen
             edge("orders", OrderPlaced::TYPE, Some("payments")),
             edge("payments", CreditReserved::TYPE, Some("inventory")),
             edge("payments", PaymentCaptured::TYPE, Some("orders")),
+        ]
+    );
+}
+
+async fn a_malformed_message_shows_as_one_dead_letter_with_a_copy_per_service(backend: Backend) {
+    let mut h = Harness::prepare(backend).await;
+    let monitor = monitor(&h, store_for(&h, "malformed")).await;
+    h.start_all().await;
+    // A start without its `sagakind`: every service dead-letters it.
+    let start = Envelope {
+        id: choreo::EventId::new(),
+        source: "orders".into(),
+        event_type: OrderPlaced::TYPE.into(),
+        time: h.clock.now(),
+        saga_id: SagaId::new(),
+        causation_id: None,
+        joined_causes: Vec::new(),
+        deadline: choreo::Deadline::after(h.clock.now(), h.units(10)),
+        kind: choreo::SagaKind::Start,
+        trace: choreo::TraceContext::new_root(),
+        data: serde_json::value::RawValue::from_string(r#"{"order_id":1}"#.into()).unwrap(),
+        saga_data: choreo::SagaData::new(),
+    };
+    let mut message = start.to_binary();
+    message.headers.retain(|(name, _)| name != "ce_sagakind");
+    h.publish_raw(TOPIC, None, message.clone()).await;
+    let deadline = tokio::time::Instant::now() + h.units(100);
+    let letter = loop {
+        let letters = monitor.views().dead_letters().await.unwrap();
+        if letters
+            .first()
+            .is_some_and(|letter| letter.copies.len() == 3)
+        {
+            assert_eq!(letters.len(), 1, "{letters:#?}");
+            break letters.into_iter().next().unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{letters:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut services: Vec<Option<String>> = letter
+        .copies
+        .iter()
+        .map(|copy| copy.service.clone())
+        .collect();
+    services.sort();
+    assert_eq!(
+        services,
+        [
+            Some("inventory".into()),
+            Some("orders".into()),
+            Some("payments".into())
+        ]
+    );
+    assert!(letter
+        .copies
+        .iter()
+        .all(|copy| copy.reason == "malformed event: missing required attribute `sagakind`"));
+    // It names its saga, though it is not a valid event: there is nothing to redrive.
+    assert!(letter.saga_id.is_some());
+    let refused = monitor.actions().redrive(&letter.id).await.unwrap_err();
+    assert!(refused.to_string().contains("refused"), "{refused}");
+}
+
+/// Shipped, in the saga with mistakes: terminal, but nothing leads to it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, choreo::Event)]
+#[event(name = "orders.OrderShipped.v1")]
+struct OrderShipped {
+    order_id: u64,
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_choreography_with_mistakes_is_flagged_with_each_one() {
+    use choreo::{Context, HandlerError, Saga, Service, Step};
+    use choreo_monitor::model::Problem;
+
+    let memory = choreo::memory::MemoryTransport::new();
+    let transport: Arc<dyn choreo::Transport> = Arc::new(memory);
+    let clock = choreo::TokioClock::new();
+    let monitor = Monitor::new(Arc::clone(&transport), TOPIC)
+        .clock(Arc::new(clock.clone()))
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let saga = Saga::new(TOPIC)
+        .completes_on::<OrderConfirmed>()
+        .completes_on::<OrderShipped>();
+    let credit = |order: OrderPlaced| CreditReserved {
+        order_id: order.order_id,
+        amount_cents: order.amount_cents,
+        sku: order.sku,
+    };
+    // Orders waits for a payment nobody captures; payments keeps no undo of its credit,
+    // though inventory's step after it can fail; nobody consumes inventory's stock.
+    let orders = Service::builder("orders", &saga)
+        .version("1.4.0")
+        .initiates::<OrderPlaced>()
+        .compensate(|_: OrderPlaced, _: Context| async { Ok::<_, HandlerError>(()) })
+        .step(|paid: PaymentCaptured, _: Context| async move {
+            Ok(Step::done(OrderConfirmed {
+                order_id: paid.order_id,
+            }))
+        })
+        .build()
+        .unwrap();
+    let payments = Service::builder("payments", &saga)
+        .step(move |order: OrderPlaced, _: Context| async move { Ok(Step::done(credit(order))) })
+        .build()
+        .unwrap();
+    let stock = |sku: &str| -> Service {
+        Service::builder("inventory", &saga)
+            .version(sku)
+            .step(|credit: CreditReserved, _: Context| async move {
+                Ok(Step::done(StockReserved {
+                    order_id: credit.order_id,
+                    sku: credit.sku,
+                }))
+            })
+            .compensate(|_: StockReserved, _: Context| async { Ok::<_, HandlerError>(()) })
+            .build()
+            .unwrap()
+    };
+    let _orders = orders.run(Arc::clone(&transport)).await.unwrap();
+    let _payments = payments.run(Arc::clone(&transport)).await.unwrap();
+    // Two versions of inventory run at once.
+    let _inventory = stock("2.0.0").run(Arc::clone(&transport)).await.unwrap();
+    let _inventory_next = stock("2.1.0").run(Arc::clone(&transport)).await.unwrap();
+    // And someone publishes a misspelt type.
+    let misspelt = Envelope {
+        id: choreo::EventId::new(),
+        source: "legacy".into(),
+        event_type: "orders.OrderPlacd.v1".into(),
+        time: clock.now(),
+        saga_id: SagaId::new(),
+        causation_id: None,
+        joined_causes: Vec::new(),
+        deadline: choreo::Deadline::after(clock.now(), Duration::from_secs(30)),
+        kind: choreo::SagaKind::Start,
+        trace: choreo::TraceContext::new_root(),
+        data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        saga_data: choreo::SagaData::new(),
+    };
+    transport.publish(TOPIC, misspelt).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(100);
+    let graph = loop {
+        let graph = monitor.views().graph().await.unwrap();
+        let unhandled = graph
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::UnhandledType { .. }));
+        if graph.services.len() == 3 && graph.services[0].versions.len() == 2 && unhandled {
+            break graph;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{graph:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let problem = |p: Problem| format!("{p:?}");
+    let mut found: Vec<String> = graph.problems.iter().cloned().map(problem).collect();
+    found.sort();
+    let mut expected: Vec<String> = [
+        Problem::Unconsumed {
+            event_type: StockReserved::TYPE.into(),
+            emitted_by: "inventory".into(),
+        },
+        Problem::NeverEmitted {
+            event_type: PaymentCaptured::TYPE.into(),
+            awaited_by: "orders".into(),
+        },
+        Problem::UnreachableTerminal {
+            event_type: OrderConfirmed::TYPE.into(),
+        },
+        Problem::UnreachableTerminal {
+            event_type: OrderShipped::TYPE.into(),
+        },
+        Problem::Uncompensated {
+            event_type: CreditReserved::TYPE.into(),
+            emitted_by: "payments".into(),
+        },
+        Problem::TwoVersions {
+            service: "inventory".into(),
+            versions: vec!["2.0.0".into(), "2.1.0".into()],
+        },
+        Problem::UnhandledType {
+            event_type: "orders.OrderPlacd.v1".into(),
+            seen: 1,
+        },
+    ]
+    .into_iter()
+    .map(problem)
+    .collect();
+    expected.sort();
+    assert_eq!(found, expected);
+    let versions: Vec<(String, String)> = graph
+        .services
+        .iter()
+        .map(|node| {
+            (
+                node.description.service.clone(),
+                node.description.version.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("inventory".to_owned(), "2.1.0".to_owned()),
+            ("orders".to_owned(), "1.4.0".to_owned()),
+            ("payments".to_owned(), "unknown".to_owned()),
         ]
     );
 }
