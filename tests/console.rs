@@ -19,9 +19,15 @@ scenarios! {
     ];
     kafka: [
         the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgements,
+        a_saga_whose_participants_are_stopped_is_stuck_then_compensated_once_they_are_back,
+        a_held_dead_letter_redriven_after_the_fix_lets_the_saga_complete,
+        a_failed_compensation_retried_after_the_fix_runs_once_and_the_saga_is_compensated,
     ];
     rabbitmq: [
         the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgements,
+        a_saga_whose_participants_are_stopped_is_stuck_then_compensated_once_they_are_back,
+        a_held_dead_letter_redriven_after_the_fix_lets_the_saga_complete,
+        a_failed_compensation_retried_after_the_fix_runs_once_and_the_saga_is_compensated,
     ];
 }
 
@@ -399,7 +405,8 @@ async fn a_held_dead_letter_redriven_after_the_fix_lets_the_saga_complete(backen
     let monitor = monitor(&h, store_for(&h, "redrive")).await;
     h.start_all().await;
     h.world.set(|b| b.inventory_permanent_failure = true);
-    let (order, saga) = h.place_order(2_500, "book").await;
+    // A long deadline: the saga waits for the redrive, not for its timeout.
+    let (order, saga) = h.place_order_within(2_500, "book", h.units(100)).await;
 
     // Inventory dead-letters the event and holds the saga: stuck on its dead letter.
     let deadline = tokio::time::Instant::now() + h.units(100);
