@@ -17,6 +17,9 @@ scenarios! {
     memory_sqlite: [
         the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgements,
     ];
+    memory_postgres: [
+        the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgements,
+    ];
     kafka: [
         the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgements,
         a_saga_whose_participants_are_stopped_is_stuck_then_compensated_once_they_are_back,
@@ -77,13 +80,12 @@ async fn shown(h: &Harness, monitor: &RunningMonitor, saga: SagaId, status: Stat
     }
 }
 
-/// The ids of the saga's events as the saga log saw them, in order.
+/// The ids of the saga's events in the order they were emitted, as the monitor shows them
+/// (events emitted at the same instant in the order they arrived).
 fn ids(h: &Harness, saga: SagaId) -> Vec<String> {
-    h.log
-        .events(saga)
-        .iter()
-        .map(|event| event.id.to_string())
-        .collect()
+    let mut events = h.log.events(saga);
+    events.sort_by_key(|event| event.time);
+    events.iter().map(|event| event.id.to_string()).collect()
 }
 
 fn millis_between(from: &Envelope, to: &Envelope) -> i64 {
@@ -109,9 +111,9 @@ async fn the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgeme
     backend: Backend,
 ) {
     let mut h = Harness::prepare(backend).await;
-    let path = std::env::temp_dir().join(format!("choreo-monitor-{}.db", uuid::Uuid::now_v7()));
-    let url = format!("sqlite://{}", path.display());
-    let first = monitor(&h, MonitorStore::open(&url).unwrap()).await;
+    // The monitor's history in a file, or beside the services' on PostgreSQL.
+    let (url, path) = durable_store_url(&h).await;
+    let first = monitor(&h, MonitorStore::connect(&url).await.unwrap()).await;
     h.start_all().await;
     h.world.set(|b| {
         b.out_of_stock.insert("unobtainium".into());
@@ -131,7 +133,7 @@ async fn the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgeme
         .await;
     h.outcome_among(timed_out, &["orders", "payments"]).await;
     h.settle().await;
-    let second = monitor(&h, MonitorStore::open(&url).unwrap()).await;
+    let second = monitor(&h, MonitorStore::connect(&url).await.unwrap()).await;
 
     // Completed: every participant's event, none acknowledging, its duration from start to
     // the terminal event.
@@ -329,7 +331,28 @@ async fn the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgeme
         "{wrong}"
     );
     second.shutdown().await;
-    let _ = std::fs::remove_file(&path);
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// A store URL for a monitor that restarts: a database of its own on the PostgreSQL backend,
+/// else a SQLite file (with its path, to remove).
+async fn durable_store_url(h: &Harness) -> (String, Option<std::path::PathBuf>) {
+    #[cfg(feature = "postgres")]
+    if h.backend.store == StoreKind::Postgres {
+        let server = choreo_testkit::PostgresServer::shared()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let url = server
+            .database()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        return (url, None);
+    }
+    let _ = h;
+    let path = std::env::temp_dir().join(format!("choreo-monitor-{}.db", uuid::Uuid::now_v7()));
+    (format!("sqlite://{}", path.display()), Some(path))
 }
 
 /// A GET on the monitor's console, the whole answer as text.

@@ -14,7 +14,7 @@ pub(crate) struct Args {
     /// The saga topic to record (its dead letters, TOPIC.dlq, too).
     #[arg(long)]
     saga: String,
-    /// Where to keep the history.
+    /// Where to keep the history: sqlite://PATH, or postgres://user:pass@host/db.
     #[arg(long, default_value = "sqlite://choreo-monitor.db")]
     store: String,
     /// Where the console listens; reachable from this machine only unless told otherwise.
@@ -33,7 +33,7 @@ pub(crate) async fn run(args: Args) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let store = match MonitorStore::open(&args.store) {
+    let store = match MonitorStore::connect(&args.store).await {
         Ok(store) => store,
         Err(error) => return fail(&error),
     };

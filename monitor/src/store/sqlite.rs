@@ -1,16 +1,16 @@
-//! Where the monitor keeps what it saw: every event of the topic and every dead letter, in a
-//! SQLite file. Recording is idempotent (an event by its id, a dead letter by its message,
-//! service and reason), so a redelivery after the monitor's restart counts nothing twice.
+//! The monitor's store in a SQLite file: the default, for one monitor beside its services.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use choreo_core::control::{DEAD_LETTER_SAGA_HEADER, DEAD_LETTER_SERVICE_HEADER};
-use choreo_core::transport::{DEAD_LETTER_REASON_HEADER, DEAD_LETTER_TOPIC_HEADER};
-use choreo_core::{Envelope, RawMessage};
+use choreo_core::RawMessage;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::{
+    decode_headers, encode_headers, event_columns, micros, unsupported, DeadLetterOf, Record,
+    StoredDeadLetter, StoredEvent, DESCRIBED,
+};
 use crate::error::MonitorError;
 
 const SCHEMA: &str = "
@@ -48,58 +48,20 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_by_saga ON dead_letters (saga_id);
 ";
 
-/// One event as recorded.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct StoredEvent {
-    pub(crate) id: String,
-    pub(crate) saga_id: String,
-    pub(crate) event_type: String,
-    pub(crate) source: String,
-    pub(crate) kind: String,
-    pub(crate) time_us: i64,
-    pub(crate) causation_id: Option<String>,
-    pub(crate) deadline_us: i64,
-    pub(crate) traceparent: String,
-    pub(crate) data: String,
-    pub(crate) saga_data: String,
-}
-
-/// One copy of a dead letter as recorded, with the message it holds.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct StoredDeadLetter {
-    pub(crate) message_id: String,
-    pub(crate) service: String,
-    pub(crate) reason: String,
-    pub(crate) saga_id: Option<String>,
-    pub(crate) event_type: Option<String>,
-    pub(crate) source: Option<String>,
-    pub(crate) topic: String,
-    pub(crate) message: RawMessage,
-    pub(crate) recorded_us: i64,
-}
-
-/// What the recorder hands the store.
-#[derive(Debug)]
-pub(crate) enum Record {
-    Event(Envelope),
-    DeadLetter(RawMessage),
-}
-
 /// The monitor's SQLite file.
 #[derive(Clone)]
-pub struct MonitorStore {
+pub(super) struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
 }
 
-impl MonitorStore {
-    /// Opens (creating if need be) the store at `url`: `sqlite://PATH`, or `sqlite::memory:`
-    /// for one that lives as long as the process.
-    pub fn open(url: &str) -> Result<Self, MonitorError> {
+impl SqliteStore {
+    /// Opens (creating if need be) the store at `url`: `sqlite://PATH`, or `sqlite::memory:`.
+    pub(super) fn open(url: &str) -> Result<Self, MonitorError> {
         let connection = if url == "sqlite::memory:" {
             Connection::open_in_memory()
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err(MonitorError::StoreUrl(url.to_owned()));
+                return Err(unsupported(url));
             }
             let path = PathBuf::from(path);
             if let Some(parent) = path
@@ -112,7 +74,7 @@ impl MonitorStore {
             }
             Connection::open(path)
         } else {
-            return Err(MonitorError::StoreUrl(url.to_owned()));
+            return Err(unsupported(url));
         }
         .map_err(store_error)?;
         let _: String = connection
@@ -140,7 +102,7 @@ impl MonitorStore {
     }
 
     /// Records `records` in one transaction; returns how many were new.
-    pub(crate) async fn record(&self, records: Arc<Vec<Record>>) -> Result<usize, MonitorError> {
+    pub(super) async fn record(&self, records: Arc<Vec<Record>>) -> Result<usize, MonitorError> {
         let now = micros(SystemTime::now());
         self.with(move |connection| {
             let transaction = connection.transaction()?;
@@ -158,24 +120,23 @@ impl MonitorStore {
                 )?;
                 for record in records.iter() {
                     added += match record {
-                        Record::Event(envelope) => event.execute(params![
-                            envelope.id.to_string(),
-                            envelope.saga_id.to_string(),
-                            &envelope.event_type,
-                            &envelope.source,
-                            envelope.kind.as_str(),
-                            micros(envelope.time),
-                            envelope.causation_id.map(|id| id.to_string()),
-                            micros(envelope.deadline.instant()),
-                            envelope.trace.traceparent().unwrap_or_default(),
-                            envelope.data.get(),
-                            if envelope.saga_data.is_empty() {
-                                "{}"
-                            } else {
-                                envelope.saga_data.as_json()
-                            },
-                            now,
-                        ])?,
+                        Record::Event(envelope) => {
+                            let columns = event_columns(envelope);
+                            event.execute(params![
+                                columns.id,
+                                columns.saga_id,
+                                columns.event_type,
+                                columns.source,
+                                columns.kind,
+                                columns.time_us,
+                                columns.causation_id,
+                                columns.deadline_us,
+                                columns.traceparent,
+                                columns.data,
+                                columns.saga_data,
+                                now,
+                            ])?
+                        }
                         Record::DeadLetter(message) => {
                             let letter_of = DeadLetterOf::read(message);
                             letter.execute(params![
@@ -202,7 +163,7 @@ impl MonitorStore {
 
     /// Every event but the services' descriptions, by saga, each saga's in the order they
     /// were emitted; only `sagas` when given.
-    pub(crate) async fn saga_events(
+    pub(super) async fn saga_events(
         &self,
         sagas: Option<Vec<String>>,
     ) -> Result<Vec<StoredEvent>, MonitorError> {
@@ -241,14 +202,8 @@ impl MonitorStore {
 
     /// The sagas whose id, or any of whose events' type, source, data or saga data, holds
     /// `text`.
-    pub(crate) async fn search(&self, text: String) -> Result<Vec<String>, MonitorError> {
+    pub(super) async fn search(&self, pattern: String) -> Result<Vec<String>, MonitorError> {
         self.with(move |connection| {
-            let pattern = format!(
-                "%{}%",
-                text.replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            );
             let mut statement = connection.prepare_cached(
                 "SELECT DISTINCT saga_id FROM events WHERE event_type != ?2 AND (
                     saga_id LIKE ?1 ESCAPE '\\' OR event_type LIKE ?1 ESCAPE '\\'
@@ -264,7 +219,7 @@ impl MonitorStore {
     }
 
     /// Every dead-letter copy (of `saga` only, when given), oldest first.
-    pub(crate) async fn dead_letters(
+    pub(super) async fn dead_letters(
         &self,
         saga: Option<String>,
     ) -> Result<Vec<StoredDeadLetter>, MonitorError> {
@@ -296,7 +251,7 @@ impl MonitorStore {
     }
 
     /// The first copy of dead letter `message_id`, if recorded.
-    pub(crate) async fn dead_letter(
+    pub(super) async fn dead_letter(
         &self,
         message_id: String,
     ) -> Result<Option<StoredDeadLetter>, MonitorError> {
@@ -315,7 +270,7 @@ impl MonitorStore {
     }
 
     /// Every service description recorded, oldest first.
-    pub(crate) async fn descriptions(&self) -> Result<Vec<StoredEvent>, MonitorError> {
+    pub(super) async fn descriptions(&self) -> Result<Vec<StoredEvent>, MonitorError> {
         self.with(|connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT id, saga_id, event_type, source, kind, time_us, causation_id,
@@ -329,7 +284,7 @@ impl MonitorStore {
     }
 
     /// How many events of each type were recorded, control events aside.
-    pub(crate) async fn type_counts(&self) -> Result<Vec<(String, usize)>, MonitorError> {
+    pub(super) async fn type_counts(&self) -> Result<Vec<(String, usize)>, MonitorError> {
         self.with(|connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT event_type, COUNT(*) FROM events WHERE event_type NOT LIKE 'choreo.%'
@@ -343,7 +298,7 @@ impl MonitorStore {
     }
 
     /// How many events and dead-letter copies are recorded.
-    pub async fn counts(&self) -> Result<(usize, usize), MonitorError> {
+    pub(super) async fn counts(&self) -> Result<(usize, usize), MonitorError> {
         self.with(|connection| {
             let events: i64 =
                 connection.query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))?;
@@ -353,95 +308,6 @@ impl MonitorStore {
         })
         .await
     }
-}
-
-const DESCRIBED: &str = "choreo.ServiceDescribed.v1";
-
-/// What a dead-letter message says about itself.
-struct DeadLetterOf {
-    message_id: String,
-    service: String,
-    reason: String,
-    saga_id: Option<String>,
-    event_type: Option<String>,
-    source: Option<String>,
-    topic: String,
-}
-
-impl DeadLetterOf {
-    fn read(message: &RawMessage) -> Self {
-        let text = |name: &str| {
-            message
-                .header(name)
-                .map(|value| String::from_utf8_lossy(value).into_owned())
-        };
-        let original = original_message(message);
-        let envelope = Envelope::decode(&original).ok();
-        Self {
-            message_id: envelope
-                .as_ref()
-                .map(|envelope| envelope.id.to_string())
-                .unwrap_or_else(|| digest(&message.body)),
-            service: text(DEAD_LETTER_SERVICE_HEADER).unwrap_or_default(),
-            reason: text(DEAD_LETTER_REASON_HEADER).unwrap_or_default(),
-            saga_id: envelope
-                .as_ref()
-                .map(|envelope| envelope.saga_id.to_string())
-                .or_else(|| text(DEAD_LETTER_SAGA_HEADER)),
-            event_type: envelope
-                .as_ref()
-                .map(|envelope| envelope.event_type.clone()),
-            source: envelope.as_ref().map(|envelope| envelope.source.clone()),
-            topic: text(DEAD_LETTER_TOPIC_HEADER).unwrap_or_default(),
-        }
-    }
-}
-
-/// The dead-lettered message as it was before the dead-letter headers were added.
-pub(crate) fn original_message(message: &RawMessage) -> RawMessage {
-    RawMessage {
-        headers: message
-            .headers
-            .iter()
-            .filter(|(name, _)| !name.to_ascii_lowercase().starts_with("choreo-dead-letter-"))
-            .cloned()
-            .collect(),
-        body: message.body.clone(),
-    }
-}
-
-/// A stable digest of a message body that has no event id: 64-bit FNV-1a, in hex.
-fn digest(body: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in body {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("message-{hash:016x}")
-}
-
-fn encode_headers(headers: &[(String, Vec<u8>)]) -> String {
-    let pairs: Vec<(&str, String)> = headers
-        .iter()
-        .map(|(name, value)| {
-            let hex: String = value.iter().map(|byte| format!("{byte:02x}")).collect();
-            (name.as_str(), hex)
-        })
-        .collect();
-    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_owned())
-}
-
-fn decode_headers(json: &str) -> Vec<(String, Vec<u8>)> {
-    let pairs: Vec<(String, String)> = serde_json::from_str(json).unwrap_or_default();
-    pairs
-        .into_iter()
-        .map(|(name, hex)| {
-            let bytes = (0..hex.len() / 2)
-                .filter_map(|at| u8::from_str_radix(hex.get(at * 2..at * 2 + 2)?, 16).ok())
-                .collect();
-            (name, bytes)
-        })
-        .collect()
 }
 
 fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
@@ -480,12 +346,4 @@ fn stored_dead_letter(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredDeadLet
 
 fn store_error(error: rusqlite::Error) -> MonitorError {
     MonitorError::Store(error.to_string())
-}
-
-/// Microseconds since the Unix epoch (negative before it).
-pub(crate) fn micros(instant: SystemTime) -> i64 {
-    match instant.duration_since(UNIX_EPOCH) {
-        Ok(after) => after.as_micros() as i64,
-        Err(before) => -(before.duration().as_micros() as i64),
-    }
 }
