@@ -330,6 +330,39 @@ async fn the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgeme
         wrong.starts_with("HTTP/1.1 400") && wrong.contains("unknown status `finished`"),
         "{wrong}"
     );
+    // A query, a body or a form the console cannot read is a bad request, answered as JSON;
+    // an instant that does not parse filters nothing, so it is one too.
+    for bad in [
+        http_get(&second, "/api/sagas?from=yesterday").await,
+        http_get(&second, "/api/sagas?to=2026-13-01").await,
+        http_get(&second, "/api/sagas?limit=many").await,
+        http_post(&second, &format!("/api/sagas/{rejected}/retry"), None).await,
+        http_post(
+            &second,
+            &format!("/api/sagas/{rejected}/retry"),
+            Some(("application/json", "{\"services\": []}")),
+        )
+        .await,
+    ] {
+        assert!(
+            bad.starts_with("HTTP/1.1 400") && bad.contains("{\"error\":"),
+            "{bad}"
+        );
+    }
+    assert!(http_get(&second, "/?from=yesterday")
+        .await
+        .starts_with("HTTP/1.1 400"));
+    // A request the console refuses is refused from a page's form as from the API.
+    let refused = http_post(
+        &second,
+        &format!("/sagas/{rejected}/retry"),
+        Some(("application/x-www-form-urlencoded", "service=payments")),
+    )
+    .await;
+    assert!(
+        refused.starts_with("HTTP/1.1 409") && refused.contains("no compensation of payments"),
+        "{refused}"
+    );
     second.shutdown().await;
     if let Some(path) = path {
         let _ = std::fs::remove_file(path);
@@ -357,11 +390,33 @@ async fn durable_store_url(h: &Harness) -> (String, Option<std::path::PathBuf>) 
 
 /// A GET on the monitor's console, the whole answer as text.
 async fn http_get(monitor: &RunningMonitor, path: &str) -> String {
+    http(monitor, "GET", path, None).await
+}
+
+/// A POST of `body` (`(content type, body)`), as a page's form or the API sends it.
+async fn http_post(monitor: &RunningMonitor, path: &str, body: Option<(&str, &str)>) -> String {
+    http(monitor, "POST", path, body).await
+}
+
+async fn http(
+    monitor: &RunningMonitor,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(monitor.address())
         .await
         .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: console\r\nConnection: close\r\n\r\n");
+    let content = match body {
+        Some((content_type, body)) => format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        None => "Content-Length: 0\r\n\r\n".to_owned(),
+    };
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: console\r\nConnection: close\r\n{content}");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
@@ -643,7 +698,15 @@ async fn a_malformed_message_shows_as_one_dead_letter_with_a_copy_per_service(ba
     // It names its saga, though it is not a valid event: there is nothing to redrive.
     assert!(letter.saga_id.is_some());
     let refused = monitor.actions().redrive(&letter.id).await.unwrap_err();
-    assert!(refused.to_string().contains("refused"), "{refused}");
+    assert!(
+        refused.to_string().contains("not a choreo event"),
+        "{refused}"
+    );
+    let refused = http_post(&monitor, &format!("/dead-letters/{}/redrive", letter.id), None).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 409") && refused.contains("not a choreo event"),
+        "{refused}"
+    );
 }
 
 /// Shipped, in the saga with mistakes: terminal, but nothing leads to it.

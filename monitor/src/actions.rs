@@ -46,9 +46,14 @@ impl Actions {
             .iter()
             .find(|letter| letter.id == message_id)
             .ok_or_else(|| MonitorError::NotFound(format!("dead letter {message_id}")))?;
-        let saga_id = letter.saga_id.clone().ok_or_else(|| {
-            MonitorError::Refused("the message is not a choreo event: fix its producer".to_owned())
-        })?;
+        // A message that did not decode as an event may still name its saga (a header
+        // says so); it is refused all the same, as no service would act on it again.
+        let not_an_event =
+            || MonitorError::Refused("the message is not a choreo event: fix its producer".into());
+        if letter.event_type.is_none() {
+            return Err(not_an_event());
+        }
+        let saga_id = letter.saga_id.clone().ok_or_else(not_an_event)?;
         if let Some(saga) = self.views.saga(&saga_id).await? {
             if saga.summary.status.is_ended() {
                 return Err(MonitorError::Refused(format!(

@@ -1,6 +1,7 @@
 //! The console over HTTP: the JSON API under `/api`, and the pages (docs/console.md). Handlers
 //! only gather a view model and hand it to a page or to JSON.
 
+use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -12,6 +13,7 @@ use crate::actions::{Actions, Requested};
 use crate::error::MonitorError;
 use crate::model::{SagaFilter, Status};
 use crate::pages;
+use crate::time::parse_rfc3339;
 
 /// The routes of the console, API and pages.
 pub(crate) fn router(actions: Actions) -> Router {
@@ -49,12 +51,19 @@ impl ListQuery {
         let status = given(self.status)
             .map(|status| status.parse::<Status>())
             .transpose()
-            .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
+            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        // An instant that does not parse would filter nothing, silently.
+        let instant = |name: &str, value: Option<String>| match value {
+            Some(text) if parse_rfc3339(&text).is_none() => Err(ApiError::bad_request(format!(
+                "`{name}` is not an RFC 3339 instant (such as 2026-12-06T14:00:00Z): `{text}`"
+            ))),
+            value => Ok(value),
+        };
         Ok(SagaFilter {
             status,
             search: given(self.search),
-            from: given(self.from),
-            to: given(self.to),
+            from: instant("from", given(self.from))?,
+            to: instant("to", given(self.to))?,
             limit: self.limit,
         })
     }
@@ -62,6 +71,25 @@ impl ListQuery {
 
 /// A failed request: its HTTP status and a message, as JSON `{"error": ...}`.
 struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(message: String) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+/// A query string, a JSON body or a form the handler cannot read is a bad request, answered
+/// as every other error is rather than as axum's plain text.
+macro_rules! bad_request_from {
+    ($($rejection:ty),*) => {$(
+        impl From<$rejection> for ApiError {
+            fn from(rejection: $rejection) -> Self {
+                ApiError::bad_request(rejection.body_text())
+            }
+        }
+    )*};
+}
+bad_request_from!(QueryRejection, JsonRejection, FormRejection);
 
 impl From<MonitorError> for ApiError {
     fn from(error: MonitorError) -> Self {
@@ -101,8 +129,9 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 async fn api_sagas(
     State(actions): State<Actions>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<crate::model::SagaList> {
+    let Query(query) = query?;
     Ok(Json(actions.views.sagas(&query.filter()?).await?))
 }
 
@@ -124,8 +153,9 @@ struct RetryForm {
 async fn api_retry(
     State(actions): State<Actions>,
     Path(id): Path<String>,
-    Json(form): Json<RetryForm>,
+    form: Result<Json<RetryForm>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Requested>), ApiError> {
+    let Json(form) = form?;
     let requested = actions.retry(&id, &form.service).await?;
     Ok((StatusCode::ACCEPTED, Json(requested)))
 }
@@ -150,8 +180,9 @@ async fn api_redrive(
 
 async fn list_page(
     State(actions): State<Actions>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Html<String>, PageError> {
+    let Query(query) = query?;
     let filter = query.filter()?;
     let list = actions.views.sagas(&filter).await?;
     Ok(Html(pages::saga_list(&list, &filter)))
@@ -178,21 +209,25 @@ async fn timeline_svg(
 async fn retry_form(
     State(actions): State<Actions>,
     Path(id): Path<String>,
-    Form(form): Form<RetryForm>,
-) -> Result<Html<String>, PageError> {
+    form: Result<Form<RetryForm>, FormRejection>,
+) -> Result<(StatusCode, Html<String>), PageError> {
+    let Form(form) = form?;
     let back = format!("/sagas/{id}");
-    Ok(Html(match actions.retry(&id, &form.service).await {
-        Ok(_) => pages::message_page(
-            "Retry requested",
-            &format!(
-                "{} will run its failed compensations of saga {id} again.",
-                form.service
-            ),
-            &back,
-        ),
-        Err(MonitorError::Refused(reason)) => pages::message_page("Refused", &reason, &back),
-        Err(error) => return Err(error.into()),
-    }))
+    match actions.retry(&id, &form.service).await {
+        Ok(_) => Ok((
+            StatusCode::OK,
+            Html(pages::message_page(
+                "Retry requested",
+                &format!(
+                    "{} will run its failed compensations of saga {id} again.",
+                    form.service
+                ),
+                &back,
+            )),
+        )),
+        Err(MonitorError::Refused(reason)) => Ok(refused_page(&reason, &back)),
+        Err(error) => Err(error.into()),
+    }
 }
 
 async fn graph_page(State(actions): State<Actions>) -> Result<Html<String>, PageError> {
@@ -212,18 +247,27 @@ async fn dead_letters_page(State(actions): State<Actions>) -> Result<Html<String
 async fn redrive_form(
     State(actions): State<Actions>,
     Path(id): Path<String>,
-) -> Result<Html<String>, PageError> {
-    Ok(Html(match actions.redrive(&id).await {
-        Ok(requested) => pages::message_page(
-            "Redriven",
-            &format!("The event goes to {} again.", requested.services.join(", ")),
-            &format!("/sagas/{}", requested.saga_id),
-        ),
-        Err(MonitorError::Refused(reason)) => {
-            pages::message_page("Refused", &reason, "/dead-letters")
-        }
-        Err(error) => return Err(error.into()),
-    }))
+) -> Result<(StatusCode, Html<String>), PageError> {
+    match actions.redrive(&id).await {
+        Ok(requested) => Ok((
+            StatusCode::OK,
+            Html(pages::message_page(
+                "Redriven",
+                &format!("The event goes to {} again.", requested.services.join(", ")),
+                &format!("/sagas/{}", requested.saga_id),
+            )),
+        )),
+        Err(MonitorError::Refused(reason)) => Ok(refused_page(&reason, "/dead-letters")),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A refused request from a page's form: the reason, with the status the API answers.
+fn refused_page(reason: &str, back: &str) -> (StatusCode, Html<String>) {
+    (
+        StatusCode::CONFLICT,
+        Html(pages::message_page("Refused", reason, back)),
+    )
 }
 
 fn svg(body: String) -> Response {
