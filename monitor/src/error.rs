@@ -7,7 +7,7 @@ use choreo_core::TransportError;
 #[non_exhaustive]
 pub enum MonitorError {
     /// The store URL is not one the monitor opens.
-    #[error("unsupported monitor store `{0}`: expected sqlite://PATH or sqlite::memory:")]
+    #[error("unsupported monitor store `{0}`: expected {supported}", supported = crate::store::SUPPORTED)]
     StoreUrl(String),
     /// The store failed.
     #[error("monitor store failed: {0}")]

@@ -163,6 +163,13 @@ fn like_pattern(text: &str) -> String {
     )
 }
 
+/// The store URLs this build opens, as an error names them.
+#[cfg(feature = "postgres")]
+pub(crate) const SUPPORTED: &str = "sqlite://PATH, sqlite::memory: or postgres://user:pass@host/db";
+#[cfg(not(feature = "postgres"))]
+pub(crate) const SUPPORTED: &str =
+    "sqlite://PATH or sqlite::memory: (postgres:// needs the `postgres` feature)";
+
 /// A store URL the monitor does not open; its password, if any, left out.
 fn unsupported(url: &str) -> MonitorError {
     let shown = match choreo_core::StoreUrl::parse(url) {
@@ -304,5 +311,21 @@ pub(crate) fn micros(instant: SystemTime) -> i64 {
     match instant.duration_since(UNIX_EPOCH) {
         Ok(after) => after.as_micros() as i64,
         Err(before) => -(before.duration().as_micros() as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_store_url_names_the_stores_expected_and_not_its_password() {
+        let said = MonitorStore::open("redis://admin:s3cret@cache:6379/0")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!said.contains("s3cret"), "{said}");
+        assert!(said.contains("redis://") && said.contains("sqlite://PATH"), "{said}");
+        assert!(said.contains("postgres://"), "{said}");
     }
 }
