@@ -31,6 +31,17 @@ impl Client {
         }
     }
 
+    /// The monitor's URL as an error shows it: a password in it left out.
+    fn shown(&self) -> String {
+        match reqwest::Url::parse(&self.base) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.as_str().trim_end_matches('/').to_owned()
+            }
+            _ => self.base.clone(),
+        }
+    }
+
     /// GETs `path` (with `query`) and decodes the JSON answer.
     pub(crate) async fn get<T: DeserializeOwned>(
         &self,
@@ -59,7 +70,7 @@ impl Client {
             .send()
             .await
             .map_err(|error| ClientError::Unreachable {
-                base: self.base.clone(),
+                base: self.shown(),
                 reason: root_cause(&error),
             })?;
         let status = response.status();

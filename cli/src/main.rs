@@ -27,6 +27,7 @@ struct Cli {
         long,
         global = true,
         env = "CHOREO_MONITOR",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:7878"
     )]
     monitor: String,

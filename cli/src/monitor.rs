@@ -9,7 +9,8 @@ use choreo_monitor::{Monitor, MonitorStore, DEFAULT_GROUP};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The broker: memory://, kafka://host:port, amqp://user:pass@host:port/vhost.
-    #[arg(long, env = "CHOREO_URL")]
+    // Its value, password and all, is not shown in the help.
+    #[arg(long, env = "CHOREO_URL", hide_env_values = true)]
     url: String,
     /// The saga topic to record (its dead letters, TOPIC.dlq, too).
     #[arg(long)]

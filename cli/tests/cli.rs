@@ -249,3 +249,31 @@ async fn the_monitor_command_names_what_it_expected_of_a_bad_url() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_of_the_broker_or_the_monitor_is_printed() {
+    // The broker's URL from the environment is not shown in the help.
+    let help = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_choreo"))
+            .args(["monitor", "--help"])
+            .env("CHOREO_URL", "amqp://app:s3cret@rabbit:5672/%2f")
+            .env("CHOREO_MONITOR", "http://admin:s3cret@console:7878")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(help.status.success());
+    let said = text(&help.stdout);
+    assert!(said.contains("CHOREO_URL") && !said.contains("s3cret"), "{said}");
+
+    // Nor is the monitor's, when it cannot be reached.
+    let gone = choreo("http://admin:s3cret@127.0.0.1:1", &["sagas"]).await;
+    assert_eq!(gone.status.code(), Some(3));
+    let said = text(&gone.stderr);
+    assert!(
+        said.contains("cannot reach the monitor at http://admin:***@127.0.0.1:1")
+            && !said.contains("s3cret"),
+        "{said}"
+    );
+}
