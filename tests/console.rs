@@ -88,6 +88,11 @@ fn ids(h: &Harness, saga: SagaId) -> Vec<String> {
     events.iter().map(|event| event.id.to_string()).collect()
 }
 
+/// The ids of the events the monitor shows, in its order.
+fn event_ids(detail: &SagaDetail) -> Vec<String> {
+    detail.events.iter().map(|event| event.id.clone()).collect()
+}
+
 fn millis_between(from: &Envelope, to: &Envelope) -> i64 {
     let micros =
         |event: &Envelope| event.time.duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
@@ -139,14 +144,7 @@ async fn the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgeme
     // the terminal event.
     let detail = shown(&h, &second, completed, Status::Completed).await;
     let events = h.log.events(completed);
-    assert_eq!(
-        detail
-            .events
-            .iter()
-            .map(|e| e.id.clone())
-            .collect::<Vec<_>>(),
-        ids(&h, completed)
-    );
+    assert_eq!(event_ids(&detail), ids(&h, completed));
     assert_eq!(
         detail.summary.duration_ms,
         Some(millis_between(&events[0], events.last().unwrap()))
@@ -178,14 +176,7 @@ async fn the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgeme
 
     // Rejected by inventory: every participant acknowledged, each with what it undid.
     let detail = shown(&h, &second, rejected, Status::Compensated).await;
-    assert_eq!(
-        detail
-            .events
-            .iter()
-            .map(|e| e.id.clone())
-            .collect::<Vec<_>>(),
-        ids(&h, rejected)
-    );
+    assert_eq!(event_ids(&detail), ids(&h, rejected));
     assert_eq!(detail.summary.abort_reason.as_deref(), Some("rejected"));
     assert_eq!(
         detail.summary.abort_detail.as_deref(),
@@ -230,14 +221,7 @@ async fn the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgeme
 
     // Timed out: inventory's step was withheld, so it acknowledged with nothing to undo.
     let detail = shown(&h, &second, timed_out, Status::Compensated).await;
-    assert_eq!(
-        detail
-            .events
-            .iter()
-            .map(|e| e.id.clone())
-            .collect::<Vec<_>>(),
-        ids(&h, timed_out)
-    );
+    assert_eq!(event_ids(&detail), ids(&h, timed_out));
     assert_eq!(detail.summary.abort_reason.as_deref(), Some("timed_out"));
     assert_eq!(
         sorted(services(&detail)),
@@ -465,16 +449,13 @@ async fn a_saga_whose_participants_are_stopped_is_stuck_then_compensated_once_th
             effect("orders", "cancel_order", order),
         ])
     );
-    for service in SERVICES {
-        let record = h.record(service, saga).await.unwrap();
-        assert_eq!(
-            record.status,
-            SagaStatus::Aborted {
-                reason: AbortReason::TimedOut
-            },
-            "{service}"
-        );
-    }
+    h.assert_every_status(
+        saga,
+        SagaStatus::Aborted {
+            reason: AbortReason::TimedOut,
+        },
+    )
+    .await;
 }
 
 async fn a_held_dead_letter_redriven_after_the_fix_lets_the_saga_complete(backend: Backend) {
@@ -524,12 +505,7 @@ async fn a_held_dead_letter_redriven_after_the_fix_lets_the_saga_complete(backen
         ]
     );
     assert_eq!(h.effects(order).await, every_forward_step_once(order));
-    for service in SERVICES {
-        assert_eq!(
-            h.record(service, saga).await.unwrap().status,
-            SagaStatus::Completed
-        );
-    }
+    h.assert_every_status(saga, SagaStatus::Completed).await;
     // A second redrive of an ended saga is refused.
     let refused = monitor.actions().redrive(&letter.id).await.unwrap_err();
     assert!(refused.to_string().contains("has ended"), "{refused}");
@@ -702,7 +678,12 @@ async fn a_malformed_message_shows_as_one_dead_letter_with_a_copy_per_service(ba
         refused.to_string().contains("not a choreo event"),
         "{refused}"
     );
-    let refused = http_post(&monitor, &format!("/dead-letters/{}/redrive", letter.id), None).await;
+    let refused = http_post(
+        &monitor,
+        &format!("/dead-letters/{}/redrive", letter.id),
+        None,
+    )
+    .await;
     assert!(
         refused.starts_with("HTTP/1.1 409") && refused.contains("not a choreo event"),
         "{refused}"

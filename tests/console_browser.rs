@@ -214,13 +214,7 @@ async fn a_person_follows_the_sagas_in_the_console_and_redrives_a_dead_letter() 
         h.effects(held_order).await,
         every_forward_step_once(held_order)
     );
-    for service in SERVICES {
-        assert_eq!(
-            h.record(service, held).await.unwrap().status,
-            SagaStatus::Completed,
-            "{service}"
-        );
-    }
+    h.assert_every_status(held, SagaStatus::Completed).await;
     screenshot(&browser, "redriven").await;
 
     // What the other two sagas did, as the services recorded it.

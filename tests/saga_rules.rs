@@ -435,12 +435,7 @@ async fn a_duplicate_delivery_has_one_effect(backend: Backend) {
     assert_eq!(h.effects(order).await, every_forward_step_once(order));
     // The observer saw the duplicates; no service emitted anything new.
     assert_eq!(h.flow(saga).len(), 10);
-    for service in SERVICES {
-        assert_eq!(
-            h.record(service, saga).await.unwrap().status,
-            SagaStatus::Completed
-        );
-    }
+    h.assert_every_status(saga, SagaStatus::Completed).await;
 }
 
 async fn an_abort_that_overtakes_its_step_leaves_a_tombstone_and_the_step_is_skipped(
@@ -798,14 +793,13 @@ async fn duplicate_aborts_are_harmless(backend: Backend) {
     assert_eq!(undo_count("cancel_order"), 1);
     assert_eq!(acknowledgements(&h, saga).len(), 3);
     // The first abort decided the reason everywhere.
-    for service in SERVICES {
-        assert_eq!(
-            h.record(service, saga).await.unwrap().status,
-            SagaStatus::Aborted {
-                reason: AbortReason::Rejected
-            }
-        );
-    }
+    h.assert_every_status(
+        saga,
+        SagaStatus::Aborted {
+            reason: AbortReason::Rejected,
+        },
+    )
+    .await;
 }
 
 async fn an_abort_after_completion_still_compensates_so_participants_agree_in_any_order(
@@ -1158,16 +1152,13 @@ async fn saga_data_reaches_the_compensations_of_a_timed_out_saga(backend: Backen
         every_reservation_undone(order)
     );
     every_handler_read(&h, order, &data).await;
-    for service in SERVICES {
-        let record = h.record(service, saga).await.unwrap();
-        assert_eq!(
-            record.status,
-            SagaStatus::Aborted {
-                reason: AbortReason::TimedOut
-            },
-            "{service}"
-        );
-    }
+    h.assert_every_status(
+        saga,
+        SagaStatus::Aborted {
+            reason: AbortReason::TimedOut,
+        },
+    )
+    .await;
 }
 
 /// A step with two outcomes (inventory reserves the stock, or backorders it): the second
@@ -1252,14 +1243,11 @@ async fn a_second_outcome_is_undone_by_its_own_compensation(backend: Backend) {
         inventory.steps[0].compensation,
         CompensationState::Compensated
     );
-    for service in SERVICES {
-        let record = h.record(service, saga).await.unwrap();
-        assert_eq!(
-            record.status,
-            SagaStatus::Aborted {
-                reason: AbortReason::Rejected
-            },
-            "{service}"
-        );
-    }
+    h.assert_every_status(
+        saga,
+        SagaStatus::Aborted {
+            reason: AbortReason::Rejected,
+        },
+    )
+    .await;
 }

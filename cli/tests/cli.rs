@@ -265,7 +265,10 @@ async fn no_password_of_the_broker_or_the_monitor_is_printed() {
     .unwrap();
     assert!(help.status.success());
     let said = text(&help.stdout);
-    assert!(said.contains("CHOREO_URL") && !said.contains("s3cret"), "{said}");
+    assert!(
+        said.contains("CHOREO_URL") && !said.contains("s3cret"),
+        "{said}"
+    );
 
     // Nor is the monitor's, when it cannot be reached.
     let gone = choreo("http://admin:s3cret@127.0.0.1:1", &["sagas"]).await;

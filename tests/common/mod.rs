@@ -1146,6 +1146,14 @@ impl Harness {
         )
     }
 
+    /// Asserts that every service's record of `saga` says `status`.
+    pub async fn assert_every_status(&self, saga: SagaId, status: choreo::SagaStatus) {
+        for service in SERVICES {
+            let record = self.record(service, saga).await.unwrap();
+            assert_eq!(record.status, status, "{service}");
+        }
+    }
+
     pub async fn publish(&self, envelope: Envelope) {
         self.transport.publish(TOPIC, envelope).await.unwrap();
     }

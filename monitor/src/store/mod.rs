@@ -325,7 +325,10 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(!said.contains("s3cret"), "{said}");
-        assert!(said.contains("redis://") && said.contains("sqlite://PATH"), "{said}");
+        assert!(
+            said.contains("redis://") && said.contains("sqlite://PATH"),
+            "{said}"
+        );
         assert!(said.contains("postgres://"), "{said}");
     }
 }
