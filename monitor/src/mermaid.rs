@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 
 use crate::model::{EventRecord, Graph, Problem, SagaDetail};
 use crate::pages::{
-    cut, failed_compensations, graph_layout, graph_target, is_sink, is_unconsumed, short_type, END,
+    cut, failed_compensations, graph_layout, graph_target, is_sink, is_unconsumed, is_unknown,
+    short_type, END,
 };
 
 /// Text made safe inside a Mermaid label or message: the characters Mermaid reads as syntax
@@ -160,13 +161,22 @@ pub fn graph(graph: &Graph) -> String {
                 } else {
                     service.versions.clone()
                 };
-                let _ = writeln!(
-                    diagram,
-                    "    {}[\"{}<br/>v{}\"]",
-                    id(node),
-                    label(node),
-                    label(&versions.join(", v"))
-                );
+                let known: Vec<String> = versions
+                    .iter()
+                    .filter(|version| !is_unknown(version))
+                    .map(|version| format!("v{version}"))
+                    .collect();
+                if known.is_empty() {
+                    let _ = writeln!(diagram, "    {}[\"{}\"]", id(node), label(node));
+                } else {
+                    let _ = writeln!(
+                        diagram,
+                        "    {}[\"{}<br/>{}\"]",
+                        id(node),
+                        label(node),
+                        label(&known.join(", "))
+                    );
+                }
                 let two = graph.problems.iter().any(
                     |problem| matches!(problem, Problem::TwoVersions { service, .. } if service == node),
                 );

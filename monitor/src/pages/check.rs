@@ -3,7 +3,7 @@
 //! entity, so that a stray unescaped character fails the test.
 
 /// HTML elements that have no end tag.
-const VOID: [&str; 6] = ["meta", "input", "br", "hr", "link", "img"];
+const VOID: [&str; 7] = ["meta", "input", "br", "hr", "link", "img", "wbr"];
 
 /// Panics with the reason when `markup` is not well formed; returns the element names in
 /// document order.

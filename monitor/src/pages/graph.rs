@@ -13,7 +13,12 @@ use crate::model::{Edge, Graph, Problem};
 const BOX_WIDTH: f64 = 180.0;
 const BOX_HEIGHT: f64 = 58.0;
 const COLUMN_PITCH: f64 = 360.0;
-const ROW_PITCH: f64 = 120.0;
+/// The space between two rows of boxes with no lanes between them.
+const ROW_GAP: f64 = 62.0;
+/// How far below its row the first lane runs, and how far apart lanes are.
+const LANE_FIRST: f64 = 26.0;
+const LANE_PITCH: f64 = 22.0;
+const LABEL_HEIGHT: f64 = 15.0;
 const MARGIN: f64 = 30.0;
 const TOP: f64 = 60.0;
 const RED: &str = "#c62828";
@@ -66,16 +71,33 @@ pub fn graph_page(graph: &Graph) -> String {
     }
     html.push_str("</section>\n<section id=\"graph\">\n<h2>Who emits what to whom</h2>\n");
     html.push_str(&graph_svg(graph));
-    html.push_str(
-        "</section>\n<section id=\"services\">\n<h2>Services</h2>\n<table>\n<thead><tr><th>Service</th><th>Versions</th>\
-         <th>Described at</th><th>Topic</th><th>Initiates</th><th>Steps</th><th>Compensates</th><th>Order</th></tr></thead>\n<tbody>\n",
+    html.push_str("</section>\n<section id=\"services\">\n<h2>Services</h2>\n");
+    // One topic for all is said once; the column is there only when they differ.
+    let topics: Vec<&str> = graph
+        .services
+        .iter()
+        .map(|node| node.description.topic.as_str())
+        .collect();
+    let one_topic = topics.windows(2).all(|pair| pair[0] == pair[1]);
+    if let (true, Some(topic)) = (one_topic, topics.first()) {
+        let _ = writeln!(
+            html,
+            "<p id=\"topic\">All on topic <code>{}</code>.</p>",
+            escape(topic)
+        );
+    }
+    let _ = writeln!(
+        html,
+        "<table class=\"services\">\n<thead><tr><th>Service</th><th>Versions</th><th>Described at</th>{}<th>Initiates</th>\
+         <th>Steps (consumes → emits)</th><th>Compensates</th><th>Order</th></tr></thead>\n<tbody>",
+        if one_topic { "" } else { "<th>Topic</th>" }
     );
     for node in &graph.services {
         let described = &node.description;
         let list = |types: &[String]| {
             types
                 .iter()
-                .map(|t| format!("<code>{}</code>", escape(t)))
+                .map(|t| format!("<code>{}</code>", breakable(t)))
                 .collect::<Vec<_>>()
                 .join("<br>")
         };
@@ -90,7 +112,7 @@ pub fn graph_page(graph: &Graph) -> String {
                 };
                 format!(
                     "<code>{}</code>",
-                    escape(&format!("{} → {outputs}", step.inputs.join(" + ")))
+                    breakable(&format!("{} → {outputs}", step.inputs.join(" + ")))
                 )
             })
             .collect::<Vec<_>>()
@@ -102,12 +124,16 @@ pub fn graph_page(graph: &Graph) -> String {
         };
         let _ = writeln!(
             html,
-            "<tr class=\"service\" data-service=\"{service}\"><td>{service}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td>\
+            "<tr class=\"service\" data-service=\"{service}\"><td>{service}</td><td class=\"{}\">{}</td><td class=\"time\">{}</td>{}\
              <td>{}</td><td>{steps}</td><td>{}</td><td>{}</td></tr>",
             if versions.len() > 1 { "problem" } else { "versions" },
             escape(&versions.join(", ")),
             escape(&node.described_at),
-            escape(&described.topic),
+            if one_topic {
+                String::new()
+            } else {
+                format!("<td>{}</td>", escape(&described.topic))
+            },
             list(&described.initiates),
             list(&described.compensates),
             escape(&described.compensation_order),
@@ -121,6 +147,12 @@ pub fn graph_page(graph: &Graph) -> String {
         escape(&mermaid::graph(graph))
     );
     document("Graph", Section::Graph, false, &html)
+}
+
+/// Type names escaped, with a place to break the line after each dot, so that long names
+/// wrap in the table rather than widen it.
+fn breakable(text: &str) -> String {
+    escape(text).replace('.', ".<wbr>")
 }
 
 /// Where each box goes: its column (distance from an initiating service) and row.
@@ -137,6 +169,11 @@ pub(crate) fn is_unconsumed(graph: &Graph, edge: &Edge) -> bool {
             matches!(problem, Problem::Unconsumed { event_type, emitted_by }
                 if *event_type == edge.event_type && *emitted_by == edge.from)
         })
+}
+
+/// Whether `version` says only that the service does not know its version.
+pub(crate) fn is_unknown(version: &str) -> bool {
+    version.is_empty() || version == "unknown"
 }
 
 /// Whether `node` is one of the two sinks rather than a service.
@@ -221,14 +258,147 @@ pub(crate) fn layout(graph: &Graph) -> Layout {
     Layout { nodes, places }
 }
 
-fn corner((col, row): (usize, usize)) -> (f64, f64) {
-    (
-        MARGIN + COLUMN_PITCH * col as f64,
-        TOP + ROW_PITCH * row as f64,
-    )
+/// How an arrow is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// To a later column: from the right side of its emitter to the left side of its consumer.
+    Forward,
+    /// To an earlier column, or within one: down from the emitter's bottom to a lane of its
+    /// own below the boxes, along it, and up into the consumer's bottom.
+    Lane { row: usize, depth: usize },
+    /// From a service to itself: a loop above its box.
+    Loop,
+    /// Between two boxes of one column: around their right side.
+    Side,
+}
+
+/// Where the boxes and the lanes go, in pixels.
+struct Geometry {
+    /// The top of each row of boxes; below each, its lanes.
+    row_tops: Vec<f64>,
+    height: f64,
+}
+
+impl Geometry {
+    fn new(rows: usize, lanes_per_row: &[usize]) -> Self {
+        let mut row_tops = Vec::with_capacity(rows);
+        let mut top = TOP;
+        for row in 0..rows {
+            row_tops.push(top);
+            top += BOX_HEIGHT + gap_below(lanes_per_row.get(row).copied().unwrap_or(0));
+        }
+        Self {
+            row_tops,
+            height: top + 10.0,
+        }
+    }
+
+    fn corner(&self, (col, row): (usize, usize)) -> (f64, f64) {
+        (
+            MARGIN + COLUMN_PITCH * col as f64,
+            self.row_tops.get(row).copied().unwrap_or(TOP),
+        )
+    }
+
+    /// The height of lane `depth` below row `row`.
+    fn lane_y(&self, row: usize, depth: usize) -> f64 {
+        self.row_tops.get(row).copied().unwrap_or(TOP)
+            + BOX_HEIGHT
+            + LANE_FIRST
+            + LANE_PITCH * depth as f64
+    }
+}
+
+/// The space below a row of boxes that holds `lanes` lanes.
+fn gap_below(lanes: usize) -> f64 {
+    if lanes == 0 {
+        ROW_GAP
+    } else {
+        (LANE_FIRST + LANE_PITCH * (lanes - 1) as f64 + 24.0).max(ROW_GAP)
+    }
+}
+
+/// `count` points spread evenly over `length`, away from its ends.
+fn ports(count: usize, length: f64) -> Vec<f64> {
+    let pitch = (length / (count + 1) as f64).min(40.0);
+    let first = (length - pitch * (count.max(1) - 1) as f64) / 2.0;
+    (0..count).map(|i| first + pitch * i as f64).collect()
+}
+
+/// A label's box, to keep labels off each other and off the service boxes.
+#[derive(Clone, Copy)]
+struct Area {
+    left: f64,
+    top: f64,
+    right: f64,
+    bottom: f64,
+}
+
+impl Area {
+    fn around(x: f64, y: f64, width: f64, height: f64) -> Self {
+        Self {
+            left: x - width / 2.0,
+            top: y - height / 2.0,
+            right: x + width / 2.0,
+            bottom: y + height / 2.0,
+        }
+    }
+
+    fn overlaps(&self, other: &Area) -> bool {
+        self.left < other.right + 2.0
+            && other.left < self.right + 2.0
+            && self.top < other.bottom + 1.0
+            && other.top < self.bottom + 1.0
+    }
+}
+
+/// A path through `points` with straight runs and rounded corners.
+fn rounded(points: &[(f64, f64)]) -> String {
+    let mut d = format!("M{:.1},{:.1}", points[0].0, points[0].1);
+    for window in points.windows(3) {
+        let [(ax, ay), (bx, by), (cx, cy)] = [window[0], window[1], window[2]];
+        let (in_len, out_len) = (
+            ((bx - ax).powi(2) + (by - ay).powi(2)).sqrt(),
+            ((cx - bx).powi(2) + (cy - by).powi(2)).sqrt(),
+        );
+        let radius = 10f64.min(in_len / 2.0).min(out_len / 2.0);
+        let before = (
+            bx - (bx - ax) / in_len.max(1e-9) * radius,
+            by - (by - ay) / in_len.max(1e-9) * radius,
+        );
+        let after = (
+            bx + (cx - bx) / out_len.max(1e-9) * radius,
+            by + (cy - by) / out_len.max(1e-9) * radius,
+        );
+        let _ = write!(
+            d,
+            " L{:.1},{:.1} Q{bx:.1},{by:.1} {:.1},{:.1}",
+            before.0, before.1, after.0, after.1
+        );
+    }
+    let last = points[points.len() - 1];
+    let _ = write!(d, " L{:.1},{:.1}", last.0, last.1);
+    d
+}
+
+/// What ends on one side of each box, by the box's place.
+type Sides<T> = Vec<((usize, usize), Vec<T>)>;
+
+/// The arrows between the same two boxes, drawn as one with their labels stacked.
+struct Bundle {
+    edges: Vec<usize>,
+    to: String,
+    from_place: (usize, usize),
+    to_place: (usize, usize),
+    route: Route,
 }
 
 /// The graph as SVG (`id="choreography"`), standalone or embedded.
+///
+/// Every arrow has ends of its own on its boxes; the types one service sends to one other
+/// share an arrow, their labels stacked. Arrows back to an earlier column each run in a lane
+/// of their own below the boxes, their label on that lane, so that no two arrows or labels
+/// lie on each other. The layout depends on the graph alone.
 pub fn graph_svg(graph: &Graph) -> String {
     let layout = layout(graph);
     let columns = layout
@@ -243,8 +413,133 @@ pub fn graph_svg(graph: &Graph) -> String {
         .map(|(_, row)| row + 1)
         .max()
         .unwrap_or(1);
+
+    let mut bundles: Vec<Bundle> = Vec::new();
+    for (i, edge) in graph.edges.iter().enumerate() {
+        let to = target(graph, edge);
+        let (Some(&from_place), Some(&to_place)) =
+            (layout.places.get(&edge.from), layout.places.get(&to))
+        else {
+            continue;
+        };
+        let unconsumed = is_unconsumed(graph, edge);
+        if let Some(bundle) = bundles.iter_mut().find(|bundle| {
+            graph.edges[bundle.edges[0]].from == edge.from
+                && bundle.to == to
+                && is_unconsumed(graph, &graph.edges[bundle.edges[0]]) == unconsumed
+        }) {
+            bundle.edges.push(i);
+            continue;
+        }
+        let route = if to == edge.from {
+            Route::Loop
+        } else if to_place.0 > from_place.0 {
+            Route::Forward
+        } else if to_place.0 == from_place.0 {
+            Route::Side
+        } else {
+            Route::Lane {
+                row: from_place.1.max(to_place.1),
+                depth: 0,
+            }
+        };
+        bundles.push(Bundle {
+            edges: vec![i],
+            to,
+            from_place,
+            to_place,
+            route,
+        });
+    }
+    // The lanes of a row go to the shortest arrows first, so that longer ones pass around
+    // them.
+    let mut lanes_per_row = vec![0usize; rows];
+    let mut by_span: Vec<usize> = (0..bundles.len())
+        .filter(|&b| matches!(bundles[b].route, Route::Lane { .. }))
+        .collect();
+    by_span.sort_by_key(|&b| (bundles[b].from_place.0.abs_diff(bundles[b].to_place.0), b));
+    for b in by_span {
+        if let Route::Lane { row, depth } = &mut bundles[b].route {
+            *depth = lanes_per_row[*row];
+            lanes_per_row[*row] += 1;
+        }
+    }
+    let geometry = Geometry::new(rows, &lanes_per_row);
+
+    // The ends of the arrows on each side of each box, spread apart. Keys are places, so that
+    // iterating in their order keeps the layout deterministic.
+    let mut right: Sides<usize> = Vec::new();
+    let mut left: Sides<usize> = Vec::new();
+    let mut bottom: Sides<(usize, bool)> = Vec::new();
+    fn side<T>(sides: &mut Sides<T>, place: (usize, usize), item: T) {
+        match sides.iter_mut().find(|(known, _)| *known == place) {
+            Some((_, items)) => items.push(item),
+            None => sides.push((place, vec![item])),
+        }
+    }
+    for (b, bundle) in bundles.iter().enumerate() {
+        match bundle.route {
+            Route::Forward => {
+                side(&mut right, bundle.from_place, b);
+                side(&mut left, bundle.to_place, b);
+            }
+            Route::Lane { .. } => {
+                side(&mut bottom, bundle.from_place, (b, true));
+                side(&mut bottom, bundle.to_place, (b, false));
+            }
+            Route::Loop | Route::Side => {}
+        }
+    }
+    let mut starts: HashMap<usize, (f64, f64)> = HashMap::new();
+    let mut ends: HashMap<usize, (f64, f64)> = HashMap::new();
+    for (place, mut ends_here) in right {
+        // Arrows to higher boxes leave higher.
+        ends_here.sort_by_key(|&b| (bundles[b].to_place.1, b));
+        let (x, y) = geometry.corner(place);
+        for (b, port) in ends_here.iter().zip(ports(ends_here.len(), BOX_HEIGHT)) {
+            starts.insert(*b, (x + BOX_WIDTH, y + port));
+        }
+    }
+    for (place, mut ends_here) in left {
+        ends_here.sort_by_key(|&b| (bundles[b].from_place.1, b));
+        let (x, y) = geometry.corner(place);
+        for (b, port) in ends_here.iter().zip(ports(ends_here.len(), BOX_HEIGHT)) {
+            ends.insert(*b, (x, y + port));
+        }
+    }
+    for (place, mut ends_here) in bottom {
+        // Arrows whose lane runs to the left sit on the left, the shallowest outermost, and
+        // those running to the right on the right: their lines do not cross under the box.
+        ends_here.sort_by_key(|&(b, emitter)| {
+            let bundle = &bundles[b];
+            let other = if emitter {
+                bundle.to_place.0
+            } else {
+                bundle.from_place.0
+            };
+            let depth = match bundle.route {
+                Route::Lane { depth, .. } => depth as i64,
+                _ => 0,
+            };
+            if other < place.0 {
+                (0, depth, b)
+            } else {
+                (1, -depth, b)
+            }
+        });
+        let (x, y) = geometry.corner(place);
+        for ((b, emitter), port) in ends_here.iter().zip(ports(ends_here.len(), BOX_WIDTH)) {
+            let point = (x + port, y + BOX_HEIGHT);
+            if *emitter {
+                starts.insert(*b, point);
+            } else {
+                ends.insert(*b, point);
+            }
+        }
+    }
+
     let width = MARGIN * 2.0 + COLUMN_PITCH * (columns - 1) as f64 + BOX_WIDTH;
-    let height = TOP + ROW_PITCH * (rows - 1) as f64 + BOX_HEIGHT + 70.0;
+    let height = geometry.height;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"choreography\" class=\"graph\" width=\"{width}\" height=\"{height}\" \
          viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\" role=\"img\">\n<title>Choreography graph</title>\n\
@@ -254,76 +549,189 @@ pub fn graph_svg(graph: &Graph) -> String {
     if layout.nodes.is_empty() {
         let _ = writeln!(svg, "<text x=\"{MARGIN}\" y=\"{TOP}\" fill=\"#777\">No service has described itself yet.</text>");
     }
-    // Arrows between the same two nodes are spread apart.
-    let mut parallel: HashMap<(String, String), usize> = HashMap::new();
-    let mut labels = String::new();
-    for edge in &graph.edges {
-        let to = target(graph, edge);
-        let index = parallel.entry((edge.from.clone(), to.clone())).or_insert(0);
-        let spread = 16.0 * *index as f64;
-        *index += 1;
-        let (Some(&from_place), Some(&to_place)) =
-            (layout.places.get(&edge.from), layout.places.get(&to))
-        else {
+
+    // Each bundle's path, and where its label may go, best first.
+    let mut loops: HashMap<(usize, usize), usize> = HashMap::new();
+    let shapes: Vec<(String, Vec<(f64, f64)>)> = bundles
+        .iter()
+        .enumerate()
+        .map(|(b, bundle)| match bundle.route {
+            Route::Loop | Route::Side => {
+                let index = loops.entry(bundle.from_place).or_insert(0);
+                let spread = 18.0 * *index as f64;
+                *index += 1;
+                let (fx, fy) = geometry.corner(bundle.from_place);
+                if bundle.route == Route::Loop {
+                    let rise = 30.0 + spread;
+                    let (l, r) = (fx + BOX_WIDTH * 0.3, fx + BOX_WIDTH * 0.7);
+                    (
+                        rounded(&[(l, fy), (l, fy - rise), (r, fy - rise), (r, fy)]),
+                        vec![((l + r) / 2.0, fy - rise)],
+                    )
+                } else {
+                    let (_, ty) = geometry.corner(bundle.to_place);
+                    let out = fx + BOX_WIDTH + 40.0 + spread;
+                    let (y1, y2) = (fy + BOX_HEIGHT - 12.0, ty + BOX_HEIGHT - 12.0);
+                    let x = fx + BOX_WIDTH;
+                    (
+                        rounded(&[(x, y1), (out, y1), (out, y2), (x, y2)]),
+                        vec![(out, (y1 + y2) / 2.0)],
+                    )
+                }
+            }
+            Route::Forward => {
+                let ((x1, y1), (x2, y2)) = (starts[&b], ends[&b]);
+                let bend = ((x2 - x1) / 3.0).min(90.0);
+                let (c1, c2) = ((x1 + bend, y1), (x2 - bend, y2));
+                let at = |t: f64| {
+                    let u = 1.0 - t;
+                    let mix = |a: f64, b: f64, c: f64, d: f64| {
+                        u * u * u * a + 3.0 * u * u * t * b + 3.0 * u * t * t * c + t * t * t * d
+                    };
+                    (mix(x1, c1.0, c2.0, x2), mix(y1, c1.1, c2.1, y2))
+                };
+                (
+                    format!(
+                        "M{x1:.1},{y1:.1} C{:.1},{:.1} {:.1},{:.1} {x2:.1},{y2:.1}",
+                        c1.0, c1.1, c2.0, c2.1
+                    ),
+                    [0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8, 0.15, 0.85]
+                        .into_iter()
+                        .map(at)
+                        .collect(),
+                )
+            }
+            Route::Lane { row, depth } => {
+                let ((x1, y1), (x2, y2)) = (starts[&b], ends[&b]);
+                let lane = geometry.lane_y(row, depth);
+                let middle = (x1 + x2) / 2.0;
+                let mut candidates = vec![(middle, lane)];
+                let mut shift = 25.0;
+                while shift <= (x1 - x2).abs() / 2.0 - 40.0 {
+                    candidates.push((middle - shift, lane));
+                    candidates.push((middle + shift, lane));
+                    shift += 25.0;
+                }
+                (
+                    rounded(&[(x1, y1), (x1, lane), (x2, lane), (x2, y2)]),
+                    candidates,
+                )
+            }
+        })
+        .collect();
+
+    // Labels keep off the boxes, off the lanes of other arrows and off each other; those of
+    // the forward arrows, which have the least room, are placed first.
+    let mut taken: Vec<(Option<usize>, Area)> = layout
+        .nodes
+        .iter()
+        .map(|node| {
+            let (x, y) = geometry.corner(layout.places[node]);
+            (
+                None,
+                Area {
+                    left: x,
+                    top: y,
+                    right: x + BOX_WIDTH,
+                    bottom: y + BOX_HEIGHT,
+                },
+            )
+        })
+        .collect();
+    for (b, bundle) in bundles.iter().enumerate() {
+        if let Route::Lane { row, depth } = bundle.route {
+            let ((x1, _), (x2, _)) = (starts[&b], ends[&b]);
+            let lane = geometry.lane_y(row, depth);
+            taken.push((
+                Some(b),
+                Area {
+                    left: x1.min(x2),
+                    top: lane - 1.0,
+                    right: x1.max(x2),
+                    bottom: lane + 1.0,
+                },
+            ));
+        }
+    }
+    let mut order: Vec<usize> = (0..bundles.len()).collect();
+    order.sort_by_key(|&b| (!matches!(bundles[b].route, Route::Forward), b));
+    let mut labels: Vec<String> = vec![String::new(); bundles.len()];
+    for b in order {
+        let bundle = &bundles[b];
+        let texts: Vec<String> = bundle
+            .edges
+            .iter()
+            .map(|&i| cut(short_type(&graph.edges[i].event_type), 28))
+            .collect();
+        let label_width = texts
+            .iter()
+            .map(|text| 6.5 * text.chars().count() as f64 + 8.0)
+            .fold(0.0, f64::max);
+        let label_height = LABEL_HEIGHT * texts.len() as f64;
+        let candidates = &shapes[b].1;
+        let areas: Vec<Area> = candidates
+            .iter()
+            .map(|&(x, y)| Area::around(x, y, label_width, label_height))
+            .collect();
+        let chosen = areas
+            .iter()
+            .position(|area| {
+                !taken
+                    .iter()
+                    .any(|(owner, other)| *owner != Some(b) && area.overlaps(other))
+            })
+            .unwrap_or(0);
+        let Some(&(x, y)) = candidates.get(chosen) else {
             continue;
         };
-        let ((fx, fy), (tx, ty)) = (corner(from_place), corner(to_place));
-        let points = if edge.to.as_deref() == Some(edge.from.as_str()) {
-            let (left, right) = (fx + BOX_WIDTH * 0.3, fx + BOX_WIDTH * 0.7);
-            [
-                (left, fy),
-                (left - 10.0, fy - 45.0 - spread),
-                (right + 10.0, fy - 45.0 - spread),
-                (right, fy),
-            ]
-        } else if to_place.0 > from_place.0 {
-            let (x1, y1) = (fx + BOX_WIDTH, fy + 16.0 + spread);
-            let (x2, y2) = (tx, ty + 16.0 + spread);
-            [(x1, y1), (x1 + 80.0, y1), (x2 - 80.0, y2), (x2, y2)]
-        } else if to_place.0 == from_place.0 {
-            let (x, y1, y2) = (fx + BOX_WIDTH, fy + BOX_HEIGHT / 2.0, ty + BOX_HEIGHT / 2.0);
-            [
-                (x, y1),
-                (x + 70.0 + spread, y1),
-                (x + 70.0 + spread, y2),
-                (x, y2),
-            ]
+        taken.push((Some(b), areas[chosen]));
+        let colour = if is_unconsumed(graph, &graph.edges[bundle.edges[0]]) {
+            RED
         } else {
-            let (x1, y1) = (fx + BOX_WIDTH / 2.0 + spread, fy + BOX_HEIGHT);
-            let (x2, y2) = (tx + BOX_WIDTH / 2.0 + spread, ty + BOX_HEIGHT);
-            let below = y1.max(y2) + 50.0 + spread;
-            [(x1, y1), (x1, below), (x2, below), (x2, y2)]
+            "#555"
         };
-        let unconsumed = is_unconsumed(graph, edge);
-        let (class, colour, dash) = if unconsumed {
-            ("edge unconsumed", RED, " stroke-dasharray=\"5 3\"")
-        } else {
-            ("edge", "#555", "")
-        };
-        let [p0, p1, p2, p3] = points;
-        let _ = writeln!(
-            svg,
-            "<path class=\"{class}\" data-type=\"{}\" d=\"M{:.1},{:.1} C{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}\" fill=\"none\" stroke=\"{colour}\" \
-             stroke-width=\"1.5\"{dash} marker-end=\"url(#graph-arrow)\"><title>{}</title></path>",
-            escape(&edge.event_type),
-            p0.0, p0.1, p1.0, p1.1, p2.0, p2.1, p3.0, p3.1,
-            escape(&format!("{}: {} → {to}", edge.event_type, edge.from)),
+        let top = y - label_height / 2.0;
+        let _ = write!(
+            labels[b],
+            "<g class=\"edge-label\"><rect x=\"{:.1}\" y=\"{top:.1}\" width=\"{label_width:.1}\" height=\"{label_height}\" rx=\"3\" \
+             fill=\"#fff\" fill-opacity=\"0.92\"/>",
+            x - label_width / 2.0,
         );
-        let mid_x = (p0.0 + 3.0 * p1.0 + 3.0 * p2.0 + p3.0) / 8.0;
-        let mid_y = (p0.1 + 3.0 * p1.1 + 3.0 * p2.1 + p3.1) / 8.0;
-        let _ = writeln!(
-            labels,
-            "<text class=\"edge-label\" x=\"{mid_x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"11\" fill=\"{colour}\" \
-             stroke=\"#fff\" stroke-width=\"3\" paint-order=\"stroke\"><title>{}</title>{}</text>",
-            mid_y - 3.0,
-            escape(&edge.event_type),
-            escape(&cut(short_type(&edge.event_type), 28)),
-        );
+        for (line, (&i, text)) in bundle.edges.iter().zip(&texts).enumerate() {
+            let _ = write!(
+                labels[b],
+                "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"11\" fill=\"{colour}\"><title>{}</title>{}</text>",
+                top + LABEL_HEIGHT * line as f64 + 11.5,
+                escape(&graph.edges[i].event_type),
+                escape(text),
+            );
+        }
+        labels[b].push_str("</g>\n");
+    }
+
+    for (bundle, (d, _)) in bundles.iter().zip(&shapes) {
+        for &i in &bundle.edges {
+            let edge = &graph.edges[i];
+            let (class, colour, dash) = if is_unconsumed(graph, edge) {
+                ("edge unconsumed", RED, " stroke-dasharray=\"5 3\"")
+            } else {
+                ("edge", "#555", "")
+            };
+            let _ = writeln!(
+                svg,
+                "<path class=\"{class}\" data-type=\"{}\" d=\"{d}\" fill=\"none\" stroke=\"{colour}\" \
+                 stroke-width=\"1.5\"{dash} marker-end=\"url(#graph-arrow)\"><title>{}</title></path>",
+                escape(&edge.event_type),
+                escape(&format!("{}: {} → {}", edge.event_type, edge.from, bundle.to)),
+            );
+        }
     }
     for node in &layout.nodes {
-        node_box(&mut svg, graph, node, corner(layout.places[node]));
+        node_box(&mut svg, graph, node, geometry.corner(layout.places[node]));
     }
-    svg.push_str(&labels);
+    for label in labels {
+        svg.push_str(&label);
+    }
     svg.push_str("</svg>\n");
     svg
 }
@@ -365,21 +773,41 @@ fn node_box(svg: &mut String, graph: &Graph, name: &str, (x, y): (f64, f64)) {
             format!("{steps} step{}", if steps == 1 { "" } else { "s" })
         }
     };
+    // A service that does not know its version says nothing about it here; the table says
+    // `unknown`.
     let versions = versions
-        .map(|versions| format!("v{}", versions.join(", v")))
+        .map(|versions| {
+            versions
+                .iter()
+                .filter(|version| !is_unknown(version))
+                .map(|version| format!("v{version}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default();
+    let version = if versions.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<text class=\"version\" x=\"{cx}\" y=\"{}\" text-anchor=\"middle\" fill=\"{}\">{}</text>",
+            name_y + 16.0,
+            if two_versions { RED } else { "#444" },
+            escape(&cut(&versions, 28)),
+        )
+    };
+    // Without a version line, the other two lines move to the middle of the box.
+    let (name_y, third_y) = if versions.is_empty() {
+        (name_y + 4.0, name_y + 22.0)
+    } else {
+        (name_y, name_y + 31.0)
+    };
     let _ = writeln!(
         svg,
         "<g class=\"service\" data-service=\"{service}\"><title>{service}</title><rect x=\"{x}\" y=\"{y}\" width=\"{BOX_WIDTH}\" \
          height=\"{BOX_HEIGHT}\" rx=\"6\" fill=\"#eef2fb\" stroke=\"{stroke}\" stroke-width=\"1.5\"/>\
-         <text x=\"{cx}\" y=\"{name_y}\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\
-         <text class=\"version\" x=\"{cx}\" y=\"{}\" text-anchor=\"middle\" fill=\"{}\">{}</text>\
-         <text x=\"{cx}\" y=\"{}\" text-anchor=\"middle\" fill=\"#777\" font-size=\"11\">{}</text></g>",
+         <text x=\"{cx}\" y=\"{name_y}\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>{version}\
+         <text x=\"{cx}\" y=\"{third_y}\" text-anchor=\"middle\" fill=\"#777\" font-size=\"11\">{}</text></g>",
         escape(&cut(name, 24)),
-        name_y + 16.0,
-        if two_versions { RED } else { "#444" },
-        escape(&cut(&versions, 28)),
-        name_y + 31.0,
         escape(&third),
         service = escape(name),
     );
@@ -433,6 +861,9 @@ mod tests {
             1
         );
         assert!(svg.contains(">v1.0, v1.1</text>"));
+        let mut unknown = graph.clone();
+        unknown.services[0].versions = vec!["unknown".to_owned()];
+        assert!(!graph_svg(&unknown).contains("vunknown"));
         assert!(svg.contains(">CreditReserved</text>"));
         assert!(svg.contains("<g class=\"sink end\">"));
 
@@ -441,7 +872,7 @@ mod tests {
         assert!(html.contains("<li class=\"problem\">payments.Typo.v1 is emitted by payments but no service handles it</li>"));
         assert_eq!(html.matches("<tr class=\"service\"").count(), 3);
         assert!(html.contains(
-            "<code>orders.OrderPlaced.v1 → payments.CreditReserved.v1, payments.Typo.v1</code>"
+            "<code>orders.<wbr>OrderPlaced.<wbr>v1 → payments.<wbr>CreditReserved.<wbr>v1, payments.<wbr>Typo.<wbr>v1</code>"
         ));
         assert!(html.contains("id=\"choreography\""));
     }
@@ -459,7 +890,24 @@ mod tests {
             event_type: "a.<C>.v1".to_owned(),
             to: Some("payments".to_owned()),
         });
-        assert_well_formed(&graph_svg(&graph));
+        graph.edges.push(Edge {
+            from: "shipping".to_owned(),
+            event_type: "a.D.v1".to_owned(),
+            to: Some("payments".to_owned()),
+        });
+        let svg = graph_svg(&graph);
+        assert_well_formed(&svg);
+        // Each arrow back runs in a lane of its own, its label on it.
+        let lanes: Vec<&str> = ["a.B.v1", "a.D.v1"]
+            .iter()
+            .map(|t| {
+                let path = &svg[svg.find(&format!("data-type=\"{t}\" d=\"")).unwrap()..];
+                let d = &path[path.find(" d=\"").unwrap() + 4..];
+                d[..d.find('"').unwrap()].split(' ').nth(1).unwrap()
+            })
+            .collect();
+        assert_ne!(lanes[0].split(',').nth(1), lanes[1].split(',').nth(1));
+        assert_eq!(svg.matches("<g class=\"edge-label\">").count(), 7);
         let empty = Graph {
             services: Vec::new(),
             edges: Vec::new(),

@@ -19,6 +19,7 @@ th,td{text-align:left;padding:.25em .5em;border-bottom:1px solid #ddd;vertical-a
 th{background:#f3f3f6}
 td.num{text-align:right}
 code,pre{font-family:ui-monospace,monospace;font-size:.9em}
+td.time{white-space:nowrap}
 pre{white-space:pre-wrap;word-break:break-all;background:#f6f6f8;padding:.5em;margin:.25em 0}
 details summary{cursor:pointer;color:#446}
 dl{display:grid;grid-template-columns:max-content auto;gap:.25em 1em}

@@ -29,6 +29,6 @@ pub use timeline::timeline_svg;
 
 pub(crate) use escape::cut;
 pub(crate) use graph::{
-    is_sink, is_unconsumed, layout as graph_layout, target as graph_target, END,
+    is_sink, is_unconsumed, is_unknown, layout as graph_layout, target as graph_target, END,
 };
 pub(crate) use timeline::failed_compensations;

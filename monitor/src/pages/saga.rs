@@ -8,7 +8,7 @@ use super::escape::{escape, saga_href, short_id, short_type, url_part};
 use super::layout::{
     document, offset, status_badge, stuck_reasons, time_left_or_duration, Section,
 };
-use super::timeline::timeline_svg;
+use super::timeline::{is_request, timeline_svg};
 use crate::mermaid;
 use crate::model::{DeadLetter, EventRecord, Participant, SagaDetail, Status};
 
@@ -178,9 +178,14 @@ fn events(html: &mut String, events: &[EventRecord]) {
         }
         let _ = writeln!(
             html,
-            "<tr class=\"event\" id=\"event-{row}\" data-kind=\"{kind}\"><td class=\"num\">{offset}</td><td>{source}</td><td>{kind}</td>\
+            "<tr class=\"event\" id=\"event-{row}\" data-kind=\"{kind}\"><td class=\"num\">{offset}</td><td>{source}</td><td>{shown_kind}</td>\
              <td><code>{event_type}</code></td><td><code title=\"{id}\">{short}</code></td><td>{cause}</td><td>{data}</td></tr>",
             kind = escape(&event.kind),
+            shown_kind = if is_request(event) {
+                "operator request".to_owned()
+            } else {
+                escape(&event.kind)
+            },
             offset = offset(event.offset_ms),
             source = escape(&event.source),
             event_type = escape(&event.event_type),

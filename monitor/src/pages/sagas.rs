@@ -119,7 +119,7 @@ fn table(html: &mut String, sagas: &[SagaSummary]) {
         let _ = writeln!(
             html,
             "<tr class=\"saga status-{status}\" data-saga=\"{id}\"><td><a href=\"{href}\"><code>{id}</code></a></td>\
-             <td>{badge}{reasons}</td><td><code>{with}</code></td><td>{by}</td><td>{at}</td><td>{time}</td>\
+             <td>{badge}{reasons}</td><td><code>{with}</code></td><td>{by}</td><td class=\"time\">{at}</td><td class=\"time\">{time}</td>\
              <td>{abort}</td><td class=\"num\">{events}</td><td class=\"num\">{dead}</td></tr>",
             status = saga.status,
             href = escape(&saga_href(&saga.saga_id)),

@@ -10,6 +10,8 @@ use time::OffsetDateTime;
 use super::escape::{cut, escape};
 use super::layout::offset;
 use crate::model::{EventRecord, SagaDetail};
+use choreo_core::control::{CompensationRetryRequested, RedriveRequested};
+use choreo_core::Event as _;
 
 const LABEL_WIDTH: f64 = 150.0;
 const PLOT_WIDTH: f64 = 740.0;
@@ -19,7 +21,7 @@ const LANE_HEIGHT: f64 = 44.0;
 /// Where the axis breaks, as a share of the plot, when the deadline is far after the events.
 const BREAK_AT: f64 = 0.8;
 /// Vertical shifts of marks that would cover each other in one lane.
-const STACK: [f64; 5] = [0.0, -10.0, 10.0, -18.0, 18.0];
+const STACK: [f64; 5] = [0.0, -12.0, 12.0, -18.0, 18.0];
 
 const RED: &str = "#c62828";
 
@@ -52,14 +54,30 @@ pub fn timeline_svg(detail: &SagaDetail) -> String {
 
     for (index, service) in lanes.iter().enumerate() {
         let y = TOP + LANE_HEIGHT * index as f64;
-        let fill = if index % 2 == 0 { "#f4f5f9" } else { "#ffffff" };
+        let operator = is_operator(events, service);
+        // An operator's lane is no participant's: it says so, muted, on a plain background.
+        let (class, fill, colour, label, title) = if operator {
+            (
+                "lane operator",
+                "#fffdf5",
+                "#8a6d3b",
+                format!("{} (operator)", cut(service, 12)),
+                format!("{service}: an operator's requests, not a participant"),
+            )
+        } else {
+            let fill = if index % 2 == 0 { "#f4f5f9" } else { "#ffffff" };
+            ("lane", fill, "#222", cut(service, 20), service.clone())
+        };
         let _ = writeln!(
             svg,
-            "<g class=\"lane\" data-service=\"{service}\"><rect x=\"0\" y=\"{y}\" width=\"{WIDTH}\" height=\"{LANE_HEIGHT}\" fill=\"{fill}\"/>\
-             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#222\"><title>{service}</title>{}</text></g>",
+            "<g class=\"{class}\" data-service=\"{service}\"><rect x=\"0\" y=\"{y}\" width=\"{WIDTH}\" height=\"{LANE_HEIGHT}\" fill=\"{fill}\"{}/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"{colour}\"{}><title>{}</title>{}</text></g>",
+            if operator { " stroke=\"#e0d6b8\" stroke-dasharray=\"4 3\"" } else { "" },
             LABEL_WIDTH - 10.0,
             y + LANE_HEIGHT / 2.0 + 4.0,
-            escape(&cut(service, 20)),
+            if operator { " font-style=\"italic\"" } else { "" },
+            escape(&title),
+            escape(&label),
             service = escape(service),
         );
     }
@@ -108,11 +126,16 @@ pub fn timeline_svg(detail: &SagaDetail) -> String {
 
     for (index, (event, &(x, y))) in events.iter().zip(&positions).enumerate() {
         let kind = kind_class(event);
+        let request = is_request(event);
         let failed = failed_compensations(event);
         let mut title = format!(
             "{} ({}) at {}, {}",
             event.event_type,
-            event.kind,
+            if request {
+                "an operator's request"
+            } else {
+                event.kind.as_str()
+            },
             offset(event.offset_ms),
             event.time
         );
@@ -121,11 +144,12 @@ pub fn timeline_svg(detail: &SagaDetail) -> String {
         }
         let _ = writeln!(
             svg,
-            "<g class=\"mark kind-{kind}{}\" id=\"timeline-event-{index}\" data-event=\"{}\"><title>{}</title>{}</g>",
+            "<g class=\"mark kind-{kind}{}{}\" id=\"timeline-event-{index}\" data-event=\"{}\"><title>{}</title>{}</g>",
             if failed.is_empty() { "" } else { " failed" },
+            if request { " request" } else { "" },
             escape(&event.id),
             escape(&title),
-            shape(kind, !failed.is_empty(), x, y),
+            shape(if request { "request" } else { kind }, !failed.is_empty(), x, y),
         );
     }
     legend(&mut svg, lane_bottom + 44.0);
@@ -133,7 +157,8 @@ pub fn timeline_svg(detail: &SagaDetail) -> String {
     svg
 }
 
-/// The services, in order of their first event.
+/// The services, in order of their first event, and below them those that only asked for
+/// something (an operator, through the console or the command).
 fn lanes(events: &[EventRecord]) -> Vec<String> {
     let mut lanes: Vec<String> = Vec::new();
     for event in events {
@@ -141,7 +166,23 @@ fn lanes(events: &[EventRecord]) -> Vec<String> {
             lanes.push(event.source.clone());
         }
     }
+    lanes.sort_by_key(|service| is_operator(events, service));
     lanes
+}
+
+/// Whether `event` is an operator's request (a redrive, a retried compensation) rather than
+/// a participant's event; its source is who asked.
+pub(crate) fn is_request(event: &EventRecord) -> bool {
+    event.event_type == RedriveRequested::TYPE
+        || event.event_type == CompensationRetryRequested::TYPE
+}
+
+/// Whether every event of `source` is a request: an operator, not a participant.
+fn is_operator(events: &[EventRecord], source: &str) -> bool {
+    events
+        .iter()
+        .filter(|event| event.source == source)
+        .all(is_request)
 }
 
 /// The deadline in milliseconds from the saga's first event, when both times parse.
@@ -328,6 +369,11 @@ fn shape(kind: &str, failed: bool, x: f64, y: f64) -> String {
                 y - 6.0
             )
         }
+        "request" => format!(
+            "<path d=\"M{:.1},{:.1} l12,0 l-6,11 z\" fill=\"#fff\" stroke=\"#b26a00\" stroke-width=\"2\"/>",
+            x - 6.0,
+            y - 5.5
+        ),
         _ => format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"#888\"/>"),
     }
 }
@@ -341,6 +387,7 @@ fn legend(svg: &mut String, y: f64) {
         ("abort", false, "abort"),
         ("compensated", false, "compensated"),
         ("compensated", true, "compensation failed"),
+        ("request", false, "operator request"),
     ];
     let mut x = LABEL_WIDTH + 10.0;
     for (kind, failed, label) in entries {
@@ -417,6 +464,24 @@ mod tests {
         let svg = timeline_svg(&detail);
         assert_well_formed(&svg);
         assert!(svg.contains("No events recorded."));
+    }
+
+    #[test]
+    fn an_operators_request_has_a_lane_marked_as_no_participant() {
+        let mut detail = rejected();
+        let mut request = detail.events[1].clone();
+        request.id = "r1".to_owned();
+        request.source = "console".to_owned();
+        request.kind = "step".to_owned();
+        request.event_type = RedriveRequested::TYPE.to_owned();
+        detail.events.insert(1, request);
+        let svg = timeline_svg(&detail);
+        assert_well_formed(&svg);
+        assert_eq!(lanes(&detail.events), ["orders", "payments", "console"]);
+        assert!(svg.contains("<g class=\"lane operator\" data-service=\"console\">"));
+        assert!(svg.contains(">console (operator)</text>"));
+        assert_eq!(svg.matches("class=\"mark kind-step request\"").count(), 1);
+        assert!(svg.contains(">operator request</text>"));
     }
 
     #[test]
