@@ -347,6 +347,19 @@ async fn the_monitor_reports_the_three_sagas_with_their_states_and_acknowledgeme
         refused.starts_with("HTTP/1.1 409") && refused.contains("no compensation of payments"),
         "{refused}"
     );
+    // A form posted by a page of another site is refused before anything is done.
+    let forged = http(
+        &second,
+        "POST",
+        &format!("/sagas/{rejected}/retry"),
+        "Origin: http://elsewhere.example\r\n",
+        Some(("application/x-www-form-urlencoded", "service=payments")),
+    )
+    .await;
+    assert!(
+        forged.starts_with("HTTP/1.1 403") && forged.contains("elsewhere.example"),
+        "{forged}"
+    );
     second.shutdown().await;
     if let Some(path) = path {
         let _ = std::fs::remove_file(path);
@@ -374,18 +387,20 @@ async fn durable_store_url(h: &Harness) -> (String, Option<std::path::PathBuf>) 
 
 /// A GET on the monitor's console, the whole answer as text.
 async fn http_get(monitor: &RunningMonitor, path: &str) -> String {
-    http(monitor, "GET", path, None).await
+    http(monitor, "GET", path, "", None).await
 }
 
 /// A POST of `body` (`(content type, body)`), as a page's form or the API sends it.
 async fn http_post(monitor: &RunningMonitor, path: &str, body: Option<(&str, &str)>) -> String {
-    http(monitor, "POST", path, body).await
+    http(monitor, "POST", path, "", body).await
 }
 
+/// A request with `headers` (each ending in CRLF) besides the host, and `body`.
 async fn http(
     monitor: &RunningMonitor,
     method: &str,
     path: &str,
+    headers: &str,
     body: Option<(&str, &str)>,
 ) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -399,8 +414,9 @@ async fn http(
         ),
         None => "Content-Length: 0\r\n\r\n".to_owned(),
     };
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: console\r\nConnection: close\r\n{content}");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: console\r\nConnection: close\r\n{headers}{content}"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();

@@ -39,7 +39,7 @@ pub struct Actions {
 impl Actions {
     /// Asks every service that dead-lettered `message_id` to handle it again. Refused when
     /// the message is not an event (nothing to redrive: the producer must be fixed), when
-    /// no copy names its service, or when its saga has ended.
+    /// no copy names its service, or when its saga has ended or was aborted.
     pub async fn redrive(&self, message_id: &str) -> Result<Requested, MonitorError> {
         let letters = self.views.dead_letters().await?;
         let letter = letters
@@ -59,6 +59,12 @@ impl Actions {
                 return Err(MonitorError::Refused(format!(
                     "saga {saga_id} has ended ({})",
                     saga.summary.status
+                )));
+            }
+            // Its services compensate; none would run a step of it again.
+            if let Some(reason) = &saga.summary.abort_reason {
+                return Err(MonitorError::Refused(format!(
+                    "saga {saga_id} was aborted ({reason}) and is compensating"
                 )));
             }
         }

@@ -32,7 +32,36 @@ pub(crate) fn router(actions: Actions) -> Router {
         .route("/graph.svg", get(graph_svg))
         .route("/dead-letters", get(dead_letters_page))
         .route("/dead-letters/{id}/redrive", post(redrive_form))
+        .layer(axum::middleware::from_fn(same_site_posts))
         .with_state(actions)
+}
+
+/// Refuses a POST that a page of another site sent (its `Origin` is not this console), so
+/// that a page open in the same browser cannot redrive or retry through the console. A
+/// client that sends no `Origin` (the `choreo` command, curl) is not a browser page.
+async fn same_site_posts(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.method() == axum::http::Method::POST {
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+        };
+        if let Some(origin) = header(header::ORIGIN) {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, host)| host);
+            if Some(origin_host) != header(header::HOST) {
+                return ApiError(
+                    StatusCode::FORBIDDEN,
+                    format!("refused: a request sent by a page of {origin}, not of this console"),
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// The saga list's query string, as a form sends it (empty fields mean no filter).
