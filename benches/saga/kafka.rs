@@ -17,13 +17,20 @@ use rdkafka::Message;
 use tokio::sync::Semaphore;
 
 use crate::events::{Probe, EVENTS_PER_SAGA};
+use crate::monitor::Ingest;
 use crate::raw::{react, RawEvent};
 use crate::report::Run;
 
 /// Deliveries a raw consumer works on at once, like choreo's default concurrency.
 const IN_FLIGHT: usize = 256;
 
-pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
+/// choreo, then (with `monitored`) choreo with the saga console's monitor beside it, then
+/// the hand-written baseline, on one broker.
+pub(crate) async fn compare(
+    sagas: usize,
+    window: usize,
+    monitored: bool,
+) -> (Run, Run, Option<(Run, Ingest)>) {
     let broker = choreo_testkit::KafkaBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
@@ -37,7 +44,7 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
             .expect("Kafka is up"),
     );
     let choreo = crate::runtime::play(
-        transport,
+        Arc::clone(&transport),
         "bench.kafka.choreo",
         crate::runtime::Setup {
             store: "memory://bench.kafka.{service}",
@@ -49,10 +56,27 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
         false,
     )
     .await;
+    let monitored = if monitored {
+        let played = crate::runtime::play_monitored(
+            transport,
+            "bench.kafka.monitored",
+            crate::runtime::Setup {
+                store: "memory://bench.kafka.monitored.{service}",
+                instances: 1,
+                starters: 1,
+            },
+            sagas,
+            window,
+        )
+        .await;
+        Some(played)
+    } else {
+        None
+    };
     let config = KafkaConfig::from_url(&TransportUrl::parse(&url).expect("a Kafka URL"))
         .expect("valid options");
     let raw = raw(&config, "bench.kafka.raw", sagas, window).await;
-    (choreo, raw)
+    (choreo, raw, monitored)
 }
 
 async fn raw(config: &KafkaConfig, topic: &str, sagas: usize, window: usize) -> Run {

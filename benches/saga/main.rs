@@ -1,6 +1,7 @@
 //! choreo against hand-written client code, side by side in one run: the same three-step
 //! saga through the full runtime and through a raw baseline, on memory, Kafka and RabbitMQ,
-//! plus the hop latency, the memory an open saga holds and what tracing costs.
+//! plus the hop latency, the memory an open saga holds and what tracing costs; and the saga
+//! console's monitor recording the topic beside the services, and alone.
 //!
 //! ```text
 //! cargo bench --all-features --bench saga                 # everything, about 2 minutes
@@ -13,6 +14,7 @@
 mod events;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod monitor;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod raw;
@@ -42,7 +44,7 @@ struct Flags {
 
 const USAGE: &str = "usage: saga [--smoke] [--sagas N] [--latency-sagas N] [--open-sagas N] \
 [--broker-sagas N] [--store-sagas N] [--window N] [--runs N] \
-[--only memory,stores,kafka,rabbitmq,tracing] [--json FILE]";
+[--only memory,monitor,stores,kafka,rabbitmq,tracing] [--json FILE]";
 
 impl Flags {
     fn parse() -> Self {
@@ -54,9 +56,11 @@ impl Flags {
             store_sagas: 10_000,
             window: 256,
             runs: 3,
-            only: ["memory", "stores", "kafka", "rabbitmq", "tracing"]
-                .map(String::from)
-                .to_vec(),
+            only: [
+                "memory", "monitor", "stores", "kafka", "rabbitmq", "tracing",
+            ]
+            .map(String::from)
+            .to_vec(),
             json: None,
         };
         let mut args = std::env::args().skip(1);
@@ -139,6 +143,9 @@ fn main() {
         if flags.wants("memory") || flags.wants("tracing") {
             memory(&flags, &mut report).await;
         }
+        if flags.wants("monitor") {
+            monitor_ceiling(&flags, &mut report).await;
+        }
         if flags.wants("stores") {
             stores(&flags, &mut report).await;
         }
@@ -185,9 +192,13 @@ fn machine(cores: usize) -> serde_json::Value {
 /// The memory transport: throughput against the channel baseline, hop latency, memory.
 async fn memory(flags: &Flags, report: &mut Report) {
     let mut choreo_runs = Vec::new();
+    let mut monitored_runs = Vec::new();
     let mut raw_runs = Vec::new();
     for run in 0..flags.runs {
         choreo_runs.push(memory_run(flags.sagas, flags.window, false, run).await);
+        if flags.wants("monitor") {
+            monitored_runs.push(memory_monitored_run(flags.sagas, flags.window, 700 + run).await);
+        }
         raw_runs.push(raw::play(flags.sagas, flags.window, false).await);
     }
     let (choreo, raw) = (median(choreo_runs), median(raw_runs));
@@ -203,6 +214,14 @@ async fn memory(flags: &Flags, report: &mut Report) {
             throughput >= 400_000.0 && throughput >= 0.5 * raw.events_per_second(),
         )),
     });
+    if !monitored_runs.is_empty() {
+        monitor::report(
+            report,
+            &monitor::keys!("memory"),
+            throughput,
+            monitored_runs,
+        );
+    }
 
     let choreo = memory_run(flags.latency_sagas, 1, true, 0).await;
     let raw = raw::play(flags.latency_sagas, 1, true).await;
@@ -238,6 +257,52 @@ async fn memory(flags: &Flags, report: &mut Report) {
 async fn memory_run(sagas: usize, window: usize, record_latency: bool, run: usize) -> Run {
     let store = format!("memory://bench.memory.{run}.{{service}}");
     store_run(&store, 1, 1, sagas, window, record_latency, run).await
+}
+
+/// [`memory_run`] with the saga console's monitor beside the services.
+async fn memory_monitored_run(sagas: usize, window: usize, run: usize) -> (Run, monitor::Ingest) {
+    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
+    let store = format!("memory://bench.memory.{run}.{{service}}");
+    let setup = runtime::Setup {
+        store: &store,
+        instances: 1,
+        starters: 1,
+    };
+    runtime::play_monitored(
+        transport,
+        &format!("bench.memory.{run}"),
+        setup,
+        sagas,
+        window,
+    )
+    .await
+}
+
+/// The monitor alone, recording the events of `--sagas` sagas published before it starts:
+/// its own ceiling, against the saga event rate of the memory section when it ran.
+async fn monitor_ceiling(flags: &Flags, report: &mut Report) {
+    let mut runs = Vec::new();
+    for _ in 0..flags.runs {
+        runs.push(monitor::ceiling(flags.sagas, flags.window).await);
+    }
+    runs.sort_by(|a, b| a.events_per_second().total_cmp(&b.events_per_second()));
+    report.notes.push(format!(
+        "monitor alone, events recorded/s run by run: {}",
+        runs.iter()
+            .map(|run| format!("{:.0}", run.events_per_second()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let middle = runs.len() / 2;
+    let ceiling = runs.swap_remove(middle);
+    report.add(Row {
+        key: "monitor_ingest_ceiling_events_per_second",
+        what: "monitor alone: events recorded/s, published before it started (vs memory saga events/s)",
+        unit: "events/s",
+        choreo: ceiling.events_per_second(),
+        raw: report.figure("memory_events_per_second"),
+        target: None,
+    });
 }
 
 /// Callers starting sagas at once in the store section, as the requests an initiating
@@ -421,7 +486,8 @@ async fn postgres(_flags: &Flags, report: &mut Report, _baseline: f64) {
 
 #[cfg(feature = "kafka")]
 async fn kafka(flags: &Flags, report: &mut Report) {
-    let (choreo, raw) = kafka::compare(flags.broker_sagas, flags.window).await;
+    let (choreo, raw, monitored) =
+        kafka::compare(flags.broker_sagas, flags.window, flags.wants("monitor")).await;
     let ratio = choreo.events_per_second() / raw.events_per_second();
     report.add(Row {
         key: "kafka_events_per_second",
@@ -431,6 +497,14 @@ async fn kafka(flags: &Flags, report: &mut Report) {
         raw: Some(raw.events_per_second()),
         target: Some((">= 0.9 of raw".to_owned(), ratio >= 0.9)),
     });
+    if let Some(monitored) = monitored {
+        monitor::report(
+            report,
+            &monitor::keys!("kafka"),
+            choreo.events_per_second(),
+            vec![monitored],
+        );
+    }
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -442,7 +516,8 @@ async fn kafka(_flags: &Flags, report: &mut Report) {
 
 #[cfg(feature = "rabbitmq")]
 async fn rabbitmq(flags: &Flags, report: &mut Report) {
-    let (choreo, raw) = rabbitmq::compare(flags.broker_sagas, flags.window).await;
+    let (choreo, raw, monitored) =
+        rabbitmq::compare(flags.broker_sagas, flags.window, flags.wants("monitor")).await;
     let ratio = choreo.events_per_second() / raw.events_per_second();
     report.add(Row {
         key: "rabbitmq_events_per_second",
@@ -452,6 +527,14 @@ async fn rabbitmq(flags: &Flags, report: &mut Report) {
         raw: Some(raw.events_per_second()),
         target: Some((">= 0.9 of raw".to_owned(), ratio >= 0.9)),
     });
+    if let Some(monitored) = monitored {
+        monitor::report(
+            report,
+            &monitor::keys!("rabbitmq"),
+            choreo.events_per_second(),
+            vec![monitored],
+        );
+    }
 }
 
 #[cfg(not(feature = "rabbitmq"))]

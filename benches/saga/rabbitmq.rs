@@ -16,10 +16,17 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::events::{Probe, EVENTS_PER_SAGA};
+use crate::monitor::Ingest;
 use crate::raw::{react, RawEvent};
 use crate::report::Run;
 
-pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
+/// choreo, then (with `monitored`) choreo with the saga console's monitor beside it, then
+/// the hand-written baseline, on one broker.
+pub(crate) async fn compare(
+    sagas: usize,
+    window: usize,
+    monitored: bool,
+) -> (Run, Run, Option<(Run, Ingest)>) {
     let broker = choreo_testkit::RabbitMqBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
@@ -30,7 +37,7 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
             .expect("RabbitMQ is up"),
     );
     let choreo = crate::runtime::play(
-        transport,
+        Arc::clone(&transport),
         "bench.rabbitmq.choreo",
         crate::runtime::Setup {
             store: "memory://bench.rabbitmq.{service}",
@@ -42,9 +49,26 @@ pub(crate) async fn compare(sagas: usize, window: usize) -> (Run, Run) {
         false,
     )
     .await;
+    let monitored = if monitored {
+        let played = crate::runtime::play_monitored(
+            transport,
+            "bench.rabbitmq.monitored",
+            crate::runtime::Setup {
+                store: "memory://bench.rabbitmq.monitored.{service}",
+                instances: 1,
+                starters: 1,
+            },
+            sagas,
+            window,
+        )
+        .await;
+        Some(played)
+    } else {
+        None
+    };
     let config = RabbitMqConfig::from_url(&url).expect("valid options");
     let raw = raw(&config, "bench.rabbitmq.raw", sagas, window).await;
-    (choreo, raw)
+    (choreo, raw, monitored)
 }
 
 async fn channel(config: &RabbitMqConfig) -> (Connection, Channel) {

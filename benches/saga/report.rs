@@ -65,6 +65,14 @@ impl Report {
         self.rows.push(row);
     }
 
+    /// choreo's figure of row `key`, if it was measured.
+    pub(crate) fn figure(&self, key: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|row| row.key == key)
+            .map(|row| row.choreo)
+    }
+
     pub(crate) fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(

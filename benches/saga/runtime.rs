@@ -11,6 +11,7 @@ use choreo::{MemoryStore, RunningService, Store, Transport};
 use tokio::sync::Notify;
 
 use crate::events::{saga, services, Placed, Probe, EVENTS_PER_SAGA};
+use crate::monitor::{Ingest, Watch};
 use crate::report::Run;
 
 /// The three services running on `transport`, the initiator first, each with the store
@@ -76,11 +77,51 @@ pub(crate) async fn play(
     window: usize,
     record_latency: bool,
 ) -> Run {
+    let (run, _) = run(
+        transport,
+        topic,
+        setup,
+        sagas,
+        window,
+        record_latency,
+        false,
+    )
+    .await;
+    run
+}
+
+/// [`play`] with the saga console's monitor recording the topic beside the services, in the
+/// same process, from before they start until it has recorded every event of the run.
+pub(crate) async fn play_monitored(
+    transport: Arc<dyn Transport>,
+    topic: &str,
+    setup: Setup<'_>,
+    sagas: usize,
+    window: usize,
+) -> (Run, Ingest) {
+    let (run, ingest) = run(transport, topic, setup, sagas, window, false, true).await;
+    (run, ingest.unwrap_or_else(|| unreachable!("monitored")))
+}
+
+async fn run(
+    transport: Arc<dyn Transport>,
+    topic: &str,
+    setup: Setup<'_>,
+    sagas: usize,
+    window: usize,
+    record_latency: bool,
+    monitored: bool,
+) -> (Run, Option<Ingest>) {
     let Setup {
         store,
         instances,
         starters,
     } = setup;
+    let watch = if monitored {
+        Some(Watch::start(Arc::clone(&transport), topic).await)
+    } else {
+        None
+    };
     let probe = Probe::new(window, record_latency, None);
     let mut running = start(&transport, topic, &probe, store, instances).await;
     let initiator = Arc::new(running.remove(0));
@@ -104,11 +145,37 @@ pub(crate) async fn play(
     }
     probe.wait_for(sagas).await;
     let elapsed = started.elapsed();
+    // The services keep running while the monitor catches up: the last saga's terminal
+    // event is published after its handler reported the saga's end.
+    let mut ingest = None;
+    if let Some(watch) = watch {
+        let events = sagas * EVENTS_PER_SAGA;
+        // Every service describes itself when it starts, on the same topic.
+        let descriptions = 3 * instances;
+        let patience = Duration::from_secs(60).max(elapsed * 10);
+        let ended = started + elapsed;
+        let recorded = watch
+            .wait_for(events, descriptions, started, ended, patience)
+            .await;
+        if recorded.lag.is_some() {
+            let stored = watch.stored().await;
+            assert_eq!(
+                stored,
+                events + descriptions,
+                "the monitor's store holds every event of the run"
+            );
+        }
+        watch.stop().await;
+        ingest = Some(recorded);
+    }
     drop(initiator);
     for service in running {
         service.kill();
     }
-    Run::new(sagas * EVENTS_PER_SAGA, elapsed, probe.latencies())
+    (
+        Run::new(sagas * EVENTS_PER_SAGA, elapsed, probe.latencies()),
+        ingest,
+    )
 }
 
 /// Bytes of resident memory per saga held open: `open` sagas wait on `beta`'s step, which
