@@ -501,6 +501,28 @@ async fn a_held_dead_letter_redriven_after_the_fix_lets_the_saga_complete(backen
     assert_eq!(detail.summary.stuck, [StuckReason::DeadLetter]);
     assert_eq!(detail.dead_letters.len(), 1);
 
+    // Redriven before the fix: it fails again, and the saga is held again.
+    let too_soon = monitor.actions().redrive(&letter.id).await.unwrap();
+    let deadline = tokio::time::Instant::now() + h.units(100);
+    let again = loop {
+        let letters = monitor.views().dead_letters().await.unwrap();
+        if letters[0].copies.len() == 2 {
+            break letters.into_iter().next().unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{letters:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        again.copies[1].reason.ends_with(&format!(
+            "(again, after redrive request {})",
+            too_soon.requests[0]
+        )),
+        "{again:#?}"
+    );
+    assert_eq!(again.redriven_at, None);
+    let detail = shown(&h, &monitor, saga, Status::Stuck).await;
+    assert_eq!(detail.summary.stuck, [StuckReason::DeadLetter]);
+
     // Fixed, and redriven: the saga completes.
     h.world.set(|b| b.inventory_permanent_failure = false);
     let requested = monitor.actions().redrive(&letter.id).await.unwrap();
@@ -514,6 +536,7 @@ async fn a_held_dead_letter_redriven_after_the_fix_lets_the_saga_complete(backen
         [
             ev("orders", OrderPlaced::TYPE),
             ev("payments", CreditReserved::TYPE),
+            ev("console", choreo::control::RedriveRequested::TYPE),
             ev("console", choreo::control::RedriveRequested::TYPE),
             ev("inventory", StockReserved::TYPE),
             ev("payments", PaymentCaptured::TYPE),

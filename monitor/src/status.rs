@@ -41,15 +41,27 @@ pub(crate) fn is_request(event: &StoredEvent) -> bool {
         || event.event_type == CompensationRetryRequested::TYPE
 }
 
-/// Whether the dead letter was redriven: a redrive request caused by its event was recorded.
-pub(crate) fn redriven_at(letter: &StoredDeadLetter, events: &[StoredEvent]) -> Option<i64> {
-    events
+/// When the dead-lettered message `message_id` was last redriven, unless that redrive failed
+/// as well: a copy dead-lettered again names the request it came back after.
+pub(crate) fn redriven_at(
+    message_id: &str,
+    letters: &[StoredDeadLetter],
+    events: &[StoredEvent],
+) -> Option<i64> {
+    let latest = events
         .iter()
-        .find(|event| {
+        .filter(|event| {
             event.event_type == RedriveRequested::TYPE
-                && event.causation_id.as_deref() == Some(letter.message_id.as_str())
+                && event.causation_id.as_deref() == Some(message_id)
         })
-        .map(|event| event.time_us)
+        .max_by_key(|event| event.time_us)?;
+    let failed_again = letters.iter().any(|letter| {
+        letter.message_id == message_id
+            && letter
+                .reason
+                .contains(&format!("redrive request {}", latest.id))
+    });
+    (!failed_again).then_some(latest.time_us)
 }
 
 /// Derives the saga's status. `events` are the saga's, in the order emitted (at least one);
@@ -121,7 +133,8 @@ pub(crate) fn derive(
     let abort = events.iter().find(|event| event.kind == "abort");
     let aborted = abort.and_then(|event| serde_json::from_str::<SagaAborted>(&event.data).ok());
     let complete = events.iter().find(|event| event.kind == "complete");
-    let redriven = |letter: &StoredDeadLetter| redriven_at(letter, events).is_some();
+    let redriven =
+        |letter: &StoredDeadLetter| redriven_at(&letter.message_id, letters, events).is_some();
     let held_letter = letters.iter().any(|letter| !redriven(letter));
 
     let mut stuck = Vec::new();

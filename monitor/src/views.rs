@@ -201,7 +201,7 @@ fn grouped(letters: &[StoredDeadLetter], events: &[StoredEvent]) -> Vec<DeadLett
             topic: letter.topic.clone(),
             copies: vec![copy],
             body,
-            redriven_at: redriven_at(letter, events).map(rfc3339),
+            redriven_at: redriven_at(&letter.message_id, letters, events).map(rfc3339),
         });
     }
     grouped

@@ -7,6 +7,7 @@ use tracing::info;
 use super::runtime::{Infrastructure, Runtime, Settle};
 use crate::control::RedriveRequested;
 use crate::envelope::Envelope;
+use crate::ids::EventId;
 use crate::journal::SagaStatus;
 
 impl Runtime {
@@ -65,6 +66,21 @@ impl Runtime {
             event_type = %event.event_type, requested_by = %redrive.requested_by,
             "redriving a dead-lettered event"
         );
-        self.handle_event(&event).await
+        REDRIVE.scope(request.id, self.handle_event(&event)).await
+    }
+}
+
+tokio::task_local! {
+    /// While a redriven event is handled: the request that redrove it.
+    static REDRIVE: EventId;
+}
+
+/// `reason`, for a dead letter of an event handled again on a redrive request, naming the
+/// request: a dead letter that comes back after a redrive is told apart from the first
+/// (the monitor shows the saga held again, rather than redriven).
+pub(super) fn naming_the_redrive(reason: String) -> String {
+    match REDRIVE.try_with(|request| *request) {
+        Ok(request) => format!("{reason} (again, after redrive request {request})"),
+        Err(_) => reason,
     }
 }

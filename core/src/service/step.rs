@@ -145,7 +145,11 @@ impl Runtime {
                 self.record_abort(handling, Some(envelope), AbortReason::Rejected, reason)?;
             }
             Err(failure @ Failure::GaveUp(_)) if held => {
-                let reason = format!("step for `{}` failed: {}", step.label(), failure.describe());
+                let reason = super::redrive::naming_the_redrive(format!(
+                    "step for `{}` failed: {}",
+                    step.label(),
+                    failure.describe()
+                ));
                 error!(service = %self.name(), saga_id = %envelope.saga_id, %reason, "dead-lettering the event; the saga waits for it to be redriven, or for its deadline");
                 self.metrics.dead_lettered(DeadLetterReason::StepFailed);
                 self.hold(envelope, step, handling);
