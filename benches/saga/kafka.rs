@@ -1,5 +1,6 @@
-//! Kafka (tansu from the test kit): the saga through choreo against a hand-written rdkafka
-//! pipeline (consume, produce the next event, commit) with the transport's own settings.
+//! Kafka (tansu from the test kit): the saga through choreo against hand-written rdkafka
+//! pipelines (consume, produce the next event, commit) with the transport's own settings, on
+//! choreo's topology and as a point-to-point chain.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,21 +17,18 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use tokio::sync::Semaphore;
 
+use crate::broker::Compared;
 use crate::events::{Probe, EVENTS_PER_SAGA};
-use crate::monitor::Ingest;
 use crate::raw::{react, RawEvent};
 use crate::report::Run;
+use crate::topology::{Topology, SERVICES};
 
 /// Deliveries a raw consumer works on at once, like choreo's default concurrency.
 const IN_FLIGHT: usize = 256;
 
 /// choreo, then (with `monitored`) choreo with the saga console's monitor beside it, then
-/// the hand-written baseline, on one broker.
-pub(crate) async fn compare(
-    sagas: usize,
-    window: usize,
-    monitored: bool,
-) -> (Run, Run, Option<(Run, Ingest)>) {
+/// the hand-written baselines, on one broker.
+pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Compared {
     let broker = choreo_testkit::KafkaBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
@@ -75,39 +73,58 @@ pub(crate) async fn compare(
     };
     let config = KafkaConfig::from_url(&TransportUrl::parse(&url).expect("a Kafka URL"))
         .expect("valid options");
-    let raw = raw(&config, "bench.kafka.raw", sagas, window).await;
-    (choreo, raw, monitored)
+    let raw = baseline(
+        &config,
+        Topology::Shared("bench.kafka.raw".to_owned()),
+        sagas,
+        window,
+    )
+    .await;
+    let chain = baseline(
+        &config,
+        Topology::Chain("bench.kafka.chain".to_owned()),
+        sagas,
+        window,
+    )
+    .await;
+    Compared {
+        choreo,
+        raw,
+        chain,
+        monitored,
+    }
 }
 
-async fn raw(config: &KafkaConfig, topic: &str, sagas: usize, window: usize) -> Run {
+/// The hand-written services on `topology`: one producer, a consumer group per service.
+async fn baseline(config: &KafkaConfig, topology: Topology, sagas: usize, window: usize) -> Run {
     let admin: AdminClient<DefaultClientContext> =
         config.producer().create().expect("an admin client");
+    let topics = topology.topics();
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|topic| NewTopic::new(topic, config.partitions, TopicReplication::Fixed(1)))
+        .collect();
     admin
-        .create_topics(
-            &[NewTopic::new(
-                topic,
-                config.partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
+        .create_topics(&new_topics, &AdminOptions::new())
         .await
-        .expect("the topic is created");
+        .expect("the topics are created");
     let producer: FutureProducer = config.producer().create().expect("a producer");
     let probe = Probe::new(window, false, None);
     let joined = Arc::new(Semaphore::new(0));
     let mut tasks = Vec::new();
-    for service in ["alpha", "beta", "gamma"] {
+    for service in SERVICES {
         let consumer: StreamConsumer = config
-            .consumer(&format!("raw-{service}"))
+            .consumer(&topology.group(service))
             .create()
             .expect("a consumer");
-        consumer.subscribe(&[topic]).expect("subscribed");
+        consumer
+            .subscribe(&[&topology.input(service)])
+            .expect("subscribed");
         tasks.push(tokio::spawn(run_service(
             service,
             consumer,
             producer.clone(),
-            topic.to_owned(),
+            topology.clone(),
             config.commit_interval,
             Arc::clone(&probe),
             Arc::clone(&joined),
@@ -119,7 +136,7 @@ async fn raw(config: &KafkaConfig, topic: &str, sagas: usize, window: usize) -> 
     for n in 0..sagas {
         probe.admit().await;
         let first = RawEvent::first(probe.payload(n as u64));
-        send(&producer, topic, &first).await;
+        send(&producer, &topology.output(&first.event_type), &first).await;
     }
     probe.wait_for(sagas).await;
     let elapsed = started.elapsed();
@@ -141,17 +158,19 @@ async fn send(producer: &FutureProducer, topic: &str, event: &RawEvent) {
         .expect("Kafka accepts the event");
 }
 
-/// One service: consume, decode, produce the next event, store the offset once it is
-/// delivered (in order), commit stored offsets at the transport's cadence.
+/// One service: consume its input, decode, produce the next event where `topology` sends it,
+/// store the offset once it is delivered (in order), commit stored offsets at the
+/// transport's cadence.
 async fn run_service(
     service: &'static str,
     consumer: StreamConsumer,
     producer: FutureProducer,
-    topic: String,
+    topology: Topology,
     commit_interval: Duration,
     probe: Arc<Probe>,
     joined: Arc<Semaphore>,
 ) {
+    let input = topology.input(service);
     let mut in_flight = FuturesOrdered::new();
     let mut commit = tokio::time::interval(commit_interval);
     let mut check = tokio::time::interval(Duration::from_millis(20));
@@ -163,10 +182,11 @@ async fn run_service(
                 let (partition, offset) = (message.partition(), message.offset());
                 let event: RawEvent =
                     serde_json::from_slice(message.payload().unwrap_or_default()).expect("JSON");
-                let next = react(service, &event, &probe);
-                let (producer, topic) = (producer.clone(), topic.clone());
+                let next = react(service, &event, &probe)
+                    .map(|next| (topology.output(&next.event_type), next));
+                let producer = producer.clone();
                 in_flight.push_back(async move {
-                    if let Some(next) = next {
+                    if let Some((topic, next)) = next {
                         send(&producer, &topic, &next).await;
                     }
                     (partition, offset)
@@ -174,7 +194,7 @@ async fn run_service(
             }
             Some((partition, offset)) = in_flight.next() => {
                 consumer
-                    .store_offset(&topic, partition, offset)
+                    .store_offset(&input, partition, offset)
                     .expect("the offset is stored");
             }
             _ = commit.tick() => {

@@ -1,6 +1,7 @@
 //! choreo against hand-written client code, side by side in one run: the same three-step
-//! saga through the full runtime and through a raw baseline, on memory, Kafka and RabbitMQ,
-//! plus the hop latency, the memory an open saga holds and what tracing costs; and the saga
+//! saga through the full runtime and through a raw baseline, on memory, Kafka and RabbitMQ
+//! (on each broker also through the point-to-point chain a team writes by hand), plus the
+//! hop latency, the memory an open saga holds and what tracing costs; and the saga
 //! console's monitor recording the topic beside the services, and alone.
 //!
 //! ```text
@@ -11,6 +12,8 @@
 //! Brokers come from the test kit (containers, or `CHOREO_KAFKA_URL` / `CHOREO_AMQP_URL`).
 //! See docs/benchmarks.md.
 
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+mod broker;
 mod events;
 #[cfg(feature = "kafka")]
 mod kafka;
@@ -20,6 +23,8 @@ mod rabbitmq;
 mod raw;
 mod report;
 mod runtime;
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+mod topology;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -486,25 +491,13 @@ async fn postgres(_flags: &Flags, report: &mut Report, _baseline: f64) {
 
 #[cfg(feature = "kafka")]
 async fn kafka(flags: &Flags, report: &mut Report) {
-    let (choreo, raw, monitored) =
-        kafka::compare(flags.broker_sagas, flags.window, flags.wants("monitor")).await;
-    let ratio = choreo.events_per_second() / raw.events_per_second();
-    report.add(Row {
-        key: "kafka_events_per_second",
-        what: "kafka (tansu): saga events/s",
-        unit: "events/s",
-        choreo: choreo.events_per_second(),
-        raw: Some(raw.events_per_second()),
-        target: Some((">= 0.9 of raw".to_owned(), ratio >= 0.9)),
-    });
-    if let Some(monitored) = monitored {
-        monitor::report(
-            report,
-            &monitor::keys!("kafka"),
-            choreo.events_per_second(),
-            vec![monitored],
-        );
-    }
+    let compared = kafka::compare(flags.broker_sagas, flags.window, flags.wants("monitor")).await;
+    broker::report(
+        report,
+        &broker::keys!("kafka", "kafka (tansu)"),
+        &monitor::keys!("kafka"),
+        compared,
+    );
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -516,25 +509,14 @@ async fn kafka(_flags: &Flags, report: &mut Report) {
 
 #[cfg(feature = "rabbitmq")]
 async fn rabbitmq(flags: &Flags, report: &mut Report) {
-    let (choreo, raw, monitored) =
+    let compared =
         rabbitmq::compare(flags.broker_sagas, flags.window, flags.wants("monitor")).await;
-    let ratio = choreo.events_per_second() / raw.events_per_second();
-    report.add(Row {
-        key: "rabbitmq_events_per_second",
-        what: "rabbitmq: saga events/s",
-        unit: "events/s",
-        choreo: choreo.events_per_second(),
-        raw: Some(raw.events_per_second()),
-        target: Some((">= 0.9 of raw".to_owned(), ratio >= 0.9)),
-    });
-    if let Some(monitored) = monitored {
-        monitor::report(
-            report,
-            &monitor::keys!("rabbitmq"),
-            choreo.events_per_second(),
-            vec![monitored],
-        );
-    }
+    broker::report(
+        report,
+        &broker::keys!("rabbitmq", "rabbitmq"),
+        &monitor::keys!("rabbitmq"),
+        compared,
+    );
 }
 
 #[cfg(not(feature = "rabbitmq"))]

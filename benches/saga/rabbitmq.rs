@@ -1,5 +1,6 @@
 //! RabbitMQ (from the test kit): the saga through choreo against hand-written lapin code
-//! with the same persistence, publisher confirms, prefetch and manual acks.
+//! with the same persistence, publisher confirms, prefetch and manual acks, on choreo's
+//! topology and as a point-to-point chain.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,22 +12,20 @@ use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use crate::broker::Compared;
 use crate::events::{Probe, EVENTS_PER_SAGA};
-use crate::monitor::Ingest;
 use crate::raw::{react, RawEvent};
 use crate::report::Run;
+use crate::topology::{Topology, SERVICES};
 
 /// choreo, then (with `monitored`) choreo with the saga console's monitor beside it, then
-/// the hand-written baseline, on one broker.
-pub(crate) async fn compare(
-    sagas: usize,
-    window: usize,
-    monitored: bool,
-) -> (Run, Run, Option<(Run, Ingest)>) {
+/// the hand-written baselines, on one broker.
+pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Compared {
     let broker = choreo_testkit::RabbitMqBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
@@ -67,8 +66,26 @@ pub(crate) async fn compare(
         None
     };
     let config = RabbitMqConfig::from_url(&url).expect("valid options");
-    let raw = raw(&config, "bench.rabbitmq.raw", sagas, window).await;
-    (choreo, raw, monitored)
+    let raw = baseline(
+        &config,
+        Topology::Shared("bench.rabbitmq.raw".to_owned()),
+        sagas,
+        window,
+    )
+    .await;
+    let chain = baseline(
+        &config,
+        Topology::Chain("bench.rabbitmq.chain".to_owned()),
+        sagas,
+        window,
+    )
+    .await;
+    Compared {
+        choreo,
+        raw,
+        chain,
+        monitored,
+    }
 }
 
 async fn channel(config: &RabbitMqConfig) -> (Connection, Channel) {
@@ -91,39 +108,62 @@ async fn channel(config: &RabbitMqConfig) -> (Connection, Channel) {
     (connection, channel)
 }
 
-async fn raw(config: &RabbitMqConfig, topic: &str, sagas: usize, window: usize) -> Run {
+/// Topics no service consumes: the chain's terminal event's, read by whoever started the
+/// saga. They get a durable queue each, so that the broker stores their events as a Kafka
+/// topic stores them.
+fn unconsumed(topology: &Topology) -> Vec<String> {
+    let inputs: Vec<String> = SERVICES
+        .iter()
+        .map(|service| topology.input(service))
+        .collect();
+    topology
+        .topics()
+        .into_iter()
+        .filter(|topic| !inputs.contains(topic))
+        .collect()
+}
+
+/// A durable queue named `queue`, bound to the exchange by `topic`.
+async fn declare(channel: &Channel, exchange: &str, queue: &str, topic: &str) {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(ShortString::from(queue), durable, FieldTable::default())
+        .await
+        .expect("the queue");
+    channel
+        .queue_bind(
+            ShortString::from(queue),
+            ShortString::from(exchange),
+            ShortString::from(topic),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("the binding");
+}
+
+/// The hand-written services on `topology`: one publishing channel with confirms, a
+/// connection and a queue per service.
+async fn baseline(config: &RabbitMqConfig, topology: Topology, sagas: usize, window: usize) -> Run {
     let (_publisher_connection, publisher) = channel(config).await;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
+    let unconsumed = unconsumed(&topology);
+    for topic in &unconsumed {
+        declare(&publisher, &config.exchange, topic, topic).await;
+    }
     let probe = Probe::new(window, false, None);
     let mut services = Vec::new();
-    for service in ["alpha", "beta", "gamma"] {
+    for service in SERVICES {
         let (connection, channel) = channel(config).await;
-        let queue = format!("raw-{service}:{topic}");
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(
-                ShortString::from(queue.as_str()),
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .expect("the queue");
-        channel
-            .queue_bind(
-                ShortString::from(queue.as_str()),
-                ShortString::from(config.exchange.as_str()),
-                ShortString::from(topic),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("the binding");
+        let input = topology.input(service);
+        let queue = format!("{}:{input}", topology.group(service));
+        declare(&channel, &config.exchange, &queue, &input).await;
         channel
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await
@@ -142,7 +182,7 @@ async fn raw(config: &RabbitMqConfig, topic: &str, sagas: usize, window: usize) 
             consumer,
             publisher.clone(),
             config.exchange.clone(),
-            topic.to_owned(),
+            topology.clone(),
             Arc::clone(&probe),
         ));
         services.push((connection, task));
@@ -152,12 +192,23 @@ async fn raw(config: &RabbitMqConfig, topic: &str, sagas: usize, window: usize) 
     for n in 0..sagas {
         probe.admit().await;
         let first = RawEvent::first(probe.payload(n as u64));
-        publish(&publisher, &config.exchange, topic, &first).await;
+        let topic = topology.output(&first.event_type);
+        publish(&publisher, &config.exchange, &topic, &first).await;
     }
     probe.wait_for(sagas).await;
     let elapsed = started.elapsed();
     for (_connection, task) in services {
         task.abort();
+    }
+    // Nobody reads it: gone with the run, rather than growing run after run on a broker
+    // that outlives it.
+    for topic in &unconsumed {
+        let _ = publisher
+            .queue_delete(
+                ShortString::from(topic.as_str()),
+                QueueDeleteOptions::default(),
+            )
+            .await;
     }
     Run::new(sagas * EVENTS_PER_SAGA, elapsed, Vec::new())
 }
@@ -182,14 +233,14 @@ async fn publish(channel: &Channel, exchange: &str, topic: &str, event: &RawEven
         .expect("confirmed");
 }
 
-/// One service: take deliveries up to the prefetch, publish the next event, ack each
-/// delivery once its publish is confirmed.
+/// One service: take deliveries up to the prefetch, publish the next event where `topology`
+/// sends it, ack each delivery once its publish is confirmed.
 async fn run_service(
     service: &'static str,
     mut consumer: lapin::Consumer,
     publisher: Channel,
     exchange: String,
-    topic: String,
+    topology: Topology,
     probe: Arc<Probe>,
 ) {
     let mut in_flight = FuturesOrdered::new();
@@ -198,10 +249,11 @@ async fn run_service(
             delivery = consumer.next() => {
                 let delivery = delivery.expect("the consumer runs").expect("a delivery");
                 let event: RawEvent = serde_json::from_slice(&delivery.data).expect("JSON");
-                let next = react(service, &event, &probe);
-                let (publisher, exchange, topic) = (publisher.clone(), exchange.clone(), topic.clone());
+                let next = react(service, &event, &probe)
+                    .map(|next| (topology.output(&next.event_type), next));
+                let (publisher, exchange) = (publisher.clone(), exchange.clone());
                 in_flight.push_back(async move {
-                    if let Some(next) = next {
+                    if let Some((topic, next)) = next {
                         publish(&publisher, &exchange, &topic, &next).await;
                     }
                     delivery.acker

@@ -26,6 +26,12 @@ impl Run {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// Sagas completed per second: what users compare between frameworks.
+    #[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+    pub(crate) fn sagas_per_second(&self) -> f64 {
+        self.events_per_second() / crate::events::EVENTS_PER_SAGA as f64
+    }
+
     /// The `p`th percentile hop latency in microseconds.
     pub(crate) fn percentile_us(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
