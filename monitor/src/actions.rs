@@ -11,7 +11,6 @@ use choreo_core::{Deadline, SagaId, Transport};
 use serde::{Deserialize, Serialize};
 
 use crate::error::MonitorError;
-use crate::store::original_message;
 use crate::time::parse_rfc3339;
 use crate::views::Views;
 
@@ -41,10 +40,9 @@ impl Actions {
     /// the message is not an event (nothing to redrive: the producer must be fixed), when
     /// no copy names its service, or when its saga has ended or was aborted.
     pub async fn redrive(&self, message_id: &str) -> Result<Requested, MonitorError> {
-        let letters = self.views.dead_letters().await?;
-        let letter = letters
-            .iter()
-            .find(|letter| letter.id == message_id)
+        let copies = self.views.store.copies(message_id.to_owned()).await?;
+        let letter = copies
+            .first()
             .ok_or_else(|| MonitorError::NotFound(format!("dead letter {message_id}")))?;
         // A message that did not decode as an event may still name its saga (a header
         // says so); it is refused all the same, as no service would act on it again.
@@ -68,10 +66,10 @@ impl Actions {
                 )));
             }
         }
-        let mut services: Vec<String> = letter
-            .copies
+        let mut services: Vec<String> = copies
             .iter()
-            .filter_map(|copy| copy.service.clone())
+            .filter(|copy| !copy.service.is_empty())
+            .map(|copy| copy.service.clone())
             .collect();
         services.sort();
         services.dedup();
@@ -80,16 +78,9 @@ impl Actions {
                 "no copy of the dead letter names the service that rejected it".to_owned(),
             ));
         }
-        let stored = self
-            .views
-            .store
-            .dead_letter(message_id.to_owned())
-            .await?
-            .ok_or_else(|| MonitorError::NotFound(format!("dead letter {message_id}")))?;
-        let original = original_message(&stored.message);
         let mut requests = Vec::new();
         for service in &services {
-            let request = redrive_request(&original, service, &self.requested_by)
+            let request = redrive_request(&letter.message, service, &self.requested_by)
                 .map_err(|error| MonitorError::Refused(format!("cannot redrive: {error}")))?;
             requests.push(request.id.to_string());
             self.transport

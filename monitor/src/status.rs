@@ -84,18 +84,8 @@ pub(crate) fn derive(
 
     let mut participants: Vec<Participant> = Vec::new();
     for event in events {
-        if event.kind != "compensated"
-            && !is_request(event)
-            && !participants
-                .iter()
-                .any(|known| known.service == event.source)
-        {
-            participants.push(Participant {
-                service: event.source.clone(),
-                acknowledged: false,
-                compensated: Vec::new(),
-                failed: Vec::new(),
-            });
+        if event.kind != "compensated" && !is_request(event) {
+            participant(&mut participants, &event.source);
         }
     }
     let mut last_ack_us = None;
@@ -104,21 +94,7 @@ pub(crate) fn derive(
             continue;
         };
         last_ack_us = Some(event.time_us);
-        let participant = match participants
-            .iter_mut()
-            .find(|known| known.service == ack.service)
-        {
-            Some(participant) => participant,
-            None => {
-                participants.push(Participant {
-                    service: ack.service.clone(),
-                    acknowledged: false,
-                    compensated: Vec::new(),
-                    failed: Vec::new(),
-                });
-                participants.last_mut().expect("just pushed")
-            }
-        };
+        let participant = participant(&mut participants, &ack.service);
         // A later acknowledgement (after a retry) adds what it undid and says what still
         // failed.
         participant.acknowledged = true;
@@ -203,6 +179,26 @@ pub(crate) fn derive(
         summary,
         participants,
     }
+}
+
+/// The participant `service` of `participants`, added (in order of appearance) if new.
+fn participant<'a>(participants: &'a mut Vec<Participant>, service: &str) -> &'a mut Participant {
+    let at = match participants
+        .iter()
+        .position(|known| known.service == service)
+    {
+        Some(at) => at,
+        None => {
+            participants.push(Participant {
+                service: service.to_owned(),
+                acknowledged: false,
+                compensated: Vec::new(),
+                failed: Vec::new(),
+            });
+            participants.len() - 1
+        }
+    };
+    &mut participants[at]
 }
 
 fn micros_of(duration: Duration) -> i64 {

@@ -129,12 +129,12 @@ impl MonitorStore {
         on_backend!(self, store => store.dead_letters(saga).await)
     }
 
-    /// The first copy of dead letter `message_id`, if recorded.
-    pub(crate) async fn dead_letter(
+    /// Every copy of dead letter `message_id`, oldest first (none if not recorded).
+    pub(crate) async fn copies(
         &self,
         message_id: String,
-    ) -> Result<Option<StoredDeadLetter>, MonitorError> {
-        on_backend!(self, store => store.dead_letter(message_id).await)
+    ) -> Result<Vec<StoredDeadLetter>, MonitorError> {
+        on_backend!(self, store => store.copies(message_id).await)
     }
 
     /// Every service description recorded, oldest first.
@@ -237,8 +237,9 @@ impl DeadLetterOf {
                 .header(name)
                 .map(|value| String::from_utf8_lossy(value).into_owned())
         };
-        let original = original_message(message);
-        let envelope = Envelope::decode(&original).ok();
+        // Decoding reads the CloudEvents attributes alone: the dead-letter headers beside
+        // them are no obstacle.
+        let envelope = Envelope::decode(message).ok();
         Self {
             message_id: envelope
                 .as_ref()
@@ -256,19 +257,6 @@ impl DeadLetterOf {
             source: envelope.as_ref().map(|envelope| envelope.source.clone()),
             topic: text(DEAD_LETTER_TOPIC_HEADER).unwrap_or_default(),
         }
-    }
-}
-
-/// The dead-lettered message as it was before the dead-letter headers were added.
-pub(crate) fn original_message(message: &RawMessage) -> RawMessage {
-    RawMessage {
-        headers: message
-            .headers
-            .iter()
-            .filter(|(name, _)| !name.to_ascii_lowercase().starts_with("choreo-dead-letter-"))
-            .cloned()
-            .collect(),
-        body: message.body.clone(),
     }
 }
 

@@ -245,20 +245,19 @@ impl PostgresStore {
         rows.iter().map(stored_dead_letter).collect()
     }
 
-    pub(super) async fn dead_letter(
+    pub(super) async fn copies(
         &self,
         message_id: String,
-    ) -> Result<Option<StoredDeadLetter>, MonitorError> {
-        let row = sqlx::query(with_letter_columns!(
+    ) -> Result<Vec<StoredDeadLetter>, MonitorError> {
+        let rows = sqlx::query(with_letter_columns!(
             "SELECT",
-            "FROM choreo_monitor_dead_letters WHERE message_id = $1
-             ORDER BY seq LIMIT 1"
+            "FROM choreo_monitor_dead_letters WHERE message_id = $1 ORDER BY seq"
         ))
         .bind(message_id)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
-        row.as_ref().map(stored_dead_letter).transpose()
+        rows.iter().map(stored_dead_letter).collect()
     }
 
     pub(super) async fn descriptions(&self) -> Result<Vec<StoredEvent>, MonitorError> {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use choreo_core::RawMessage;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::{
     decode_headers, encode_headers, event_columns, micros, unsupported, DeadLetterOf, Record,
@@ -250,21 +250,19 @@ impl SqliteStore {
         .await
     }
 
-    /// The first copy of dead letter `message_id`, if recorded.
-    pub(super) async fn dead_letter(
+    /// Every copy of dead letter `message_id`, oldest first.
+    pub(super) async fn copies(
         &self,
         message_id: String,
-    ) -> Result<Option<StoredDeadLetter>, MonitorError> {
+    ) -> Result<Vec<StoredDeadLetter>, MonitorError> {
         self.with(move |connection| {
-            connection
-                .query_row(
-                    "SELECT message_id, service, reason, saga_id, event_type, source, topic,
-                     headers, body, recorded_us FROM dead_letters WHERE message_id = ?1
-                     ORDER BY seq LIMIT 1",
-                    [message_id],
-                    stored_dead_letter,
-                )
-                .optional()
+            let mut statement = connection.prepare_cached(
+                "SELECT message_id, service, reason, saga_id, event_type, source, topic,
+                 headers, body, recorded_us FROM dead_letters WHERE message_id = ?1
+                 ORDER BY seq",
+            )?;
+            let rows = statement.query_map([message_id], stored_dead_letter)?;
+            rows.collect()
         })
         .await
     }
