@@ -12,12 +12,12 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use choreo::{Event, SagaId, SagaStatus};
 use choreo_monitor::model::{SagaDetail, Status, StuckReason};
-use choreo_monitor::{Monitor, MonitorStore, RunningMonitor, StuckAfter};
+use choreo_monitor::{MonitorStore, RunningMonitor};
+use common::console::{monitor, shown_within};
 use common::*;
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -33,16 +33,7 @@ async fn a_person_follows_the_sagas_in_the_console_and_redrives_a_dead_letter() 
     let driver = Chromedriver::start();
     let mut h = Harness::prepare(Backend::MEMORY).await;
     h.tune(|options| options.hold_failed_steps(true));
-    let monitor = Monitor::new(Arc::clone(&h.transport), TOPIC)
-        .store(MonitorStore::open("sqlite::memory:").unwrap())
-        .clock(Arc::new(h.clock.clone()))
-        .stuck_after(StuckAfter {
-            deadline_grace: h.units(5),
-            compensation: h.units(20),
-        })
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
+    let monitor = monitor(&h, MonitorStore::open("sqlite::memory:").unwrap()).await;
     h.start_all().await;
     h.world.set(|b| {
         b.out_of_stock.insert("unobtainium".into());
@@ -236,23 +227,9 @@ async fn a_person_follows_the_sagas_in_the_console_and_redrives_a_dead_letter() 
     monitor.shutdown().await;
 }
 
-/// Waits until the monitor shows `saga` with every event the saga log holds, and `status`.
+/// Waits until the monitor shows `saga` with every event, and `status`.
 async fn shown(h: &Harness, monitor: &RunningMonitor, saga: SagaId, status: Status) -> SagaDetail {
-    let started = Instant::now();
-    loop {
-        let events = h.log.events(saga).len();
-        let detail = monitor.views().saga(&saga.to_string()).await.unwrap();
-        match detail {
-            Some(detail) if detail.summary.status == status && detail.events.len() == events => {
-                return detail
-            }
-            detail => assert!(
-                started.elapsed() < PATIENCE,
-                "saga {saga} never showed as {status} with {events} events: {detail:#?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    shown_within(h, monitor, saga, status, PATIENCE).await
 }
 
 fn css(selector: &str) -> Locator<'_> {

@@ -10,6 +10,7 @@
 //! and every service reopens its store when it restarts, so a test shows what survives.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod console;
 pub mod faults;
 pub mod world;
 
