@@ -216,3 +216,80 @@ async fn an_observer_queue_goes_with_the_observer() {
     );
     drop(group);
 }
+
+/// Events are routed by `<topic>.<type>`: a service's group receives the types it acts on and
+/// what publishers other than choreo send with the bare topic, an event of a type nobody
+/// binds is accepted and dropped, and a reader of every type (an observer, a plain group)
+/// gets each event once and none of the topic's dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_routed_by_type_to_the_groups_that_act_on_them() {
+    use choreo::{Deadline, Envelope, EventId, SagaId, SagaKind, TraceContext};
+
+    let subject = rabbitmq().await;
+    let transport = subject.transport().await;
+    let topic = format!("routed.{}", uuid::Uuid::now_v7());
+    let topics = std::slice::from_ref(&topic);
+    let saga_id = SagaId::new();
+    let now = std::time::SystemTime::now();
+    let event = |event_type: &str| Envelope {
+        id: EventId::new(),
+        source: "orders".into(),
+        event_type: event_type.into(),
+        time: now,
+        saga_id,
+        causation_id: None,
+        joined_causes: Vec::new(),
+        deadline: Deadline::after(now, Duration::from_secs(30)),
+        kind: SagaKind::Step,
+        trace: TraceContext::new_root(),
+        data: serde_json::value::to_raw_value(&serde_json::json!({"order_id": 1})).unwrap(),
+        saga_data: Default::default(),
+    };
+    let placed = "orders.OrderPlaced.v1";
+    let mut payments = transport
+        .subscribe_to_types("payments", topics, &[placed.to_owned()])
+        .await
+        .unwrap();
+    // Only the payments queue is on the topic, and it does not take this type.
+    let unheard = event("orders.OrderNoted.v1");
+    transport.publish(&topic, unheard).await.unwrap();
+
+    let mut observer = transport.observe("log", topics).await.unwrap();
+    let mut audit = transport.subscribe("audit", topics).await.unwrap();
+    let first = event(placed);
+    let other = event("orders.OrderCancelled.v1");
+    let foreign = event("legacy.OrderImported.v1");
+    let last = event(placed);
+    transport.publish(&topic, first.clone()).await.unwrap();
+    transport.publish(&topic, other.clone()).await.unwrap();
+    transport
+        .publish_raw(&topic, &foreign.to_binary())
+        .await
+        .unwrap();
+    transport
+        .dead_letter(&topic, foreign.to_binary(), "rejected by the test")
+        .await
+        .unwrap();
+    transport.publish(&topic, last.clone()).await.unwrap();
+
+    // One saga's events come in order: the last one after the others proves what did not come.
+    let every = [&first, &other, &foreign, &last];
+    for (subscription, expected) in [
+        (&mut payments, vec![&first, &foreign, &last]),
+        (&mut observer, every.to_vec()),
+        (&mut audit, every.to_vec()),
+    ] {
+        let mut received = Vec::new();
+        for _ in &expected {
+            let delivery = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+                .await
+                .expect("a delivery within 30 s")
+                .unwrap();
+            assert_eq!(delivery.topic, topic);
+            received.push(Envelope::decode(&delivery.message).unwrap());
+            delivery.ack().await.unwrap();
+        }
+        let expected: Vec<Envelope> = expected.into_iter().cloned().collect();
+        assert_eq!(received, expected);
+    }
+}

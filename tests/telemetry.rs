@@ -198,9 +198,13 @@ fn assert_one_tree(h: &Harness, saga: SagaId, spans: &[SpanData]) -> TraceId {
         assert!(attribute(span, "saga.step").is_some());
         let key = match system {
             "kafka" => Some(("messaging.kafka.message.key", saga.to_string())),
+            // Routed by type: the topic and the event type sent or handled.
             "rabbitmq" => Some((
                 "messaging.rabbitmq.destination.routing_key",
-                TOPIC.to_owned(),
+                format!(
+                    "{TOPIC}.{}",
+                    attribute(span, "saga.step").unwrap_or_default()
+                ),
             )),
             _ => None,
         };

@@ -31,6 +31,9 @@ from cloudevents.core.v1.event import CloudEvent
 SERVICE = "inventory"
 TOPIC = "orders.saga"
 DEAD_LETTERS = TOPIC + ".dlq"
+# On RabbitMQ an event is routed by `<topic>.<type>`; this service's queue takes the types it
+# acts on (its step's input, aborts, the saga's terminal event) and the bare topic.
+ACTS_ON = ["payments.CreditReserved.v1", "choreo.SagaAborted.v1", "orders.OrderConfirmed.v1"]
 EXCHANGE = "choreo.events"
 STOCK = {"book": 3, "vinyl": 0, "espresso-machine": 1}
 SLOW_SUPPLIER = "espresso-machine"
@@ -231,7 +234,7 @@ async def run_rabbitmq(url):
                 message.body, headers=message.headers, content_type=message.content_type,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
-            routing_key=TOPIC,
+            routing_key=f"{TOPIC}.{event.get_type()}",
         )
 
     inventory, sagas = Inventory(publish), Sagas()
@@ -240,12 +243,13 @@ async def run_rabbitmq(url):
         await inventory.handle(event)
         await message.ack()  # only once what the handling emitted is published
 
-    # One durable queue for this service, bound to the saga's topic, declared as choreo
+    # One durable queue for this service, bound to the types it acts on, declared as choreo
     # declares its own.
     queue = await channel.declare_queue(f"{SERVICE}:{TOPIC}", durable=True, arguments={
         "x-dead-letter-exchange": EXCHANGE, "x-dead-letter-routing-key": DEAD_LETTERS,
     })
-    await queue.bind(exchange, routing_key=TOPIC)
+    for routing_key in [TOPIC] + [f"{TOPIC}.{event_type}" for event_type in ACTS_ON]:
+        await queue.bind(exchange, routing_key=routing_key)
     log("is running on RabbitMQ")
     async with queue.iterator() as messages:
         async for message in messages:

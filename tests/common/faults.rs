@@ -29,6 +29,14 @@ pub struct Faulty {
 }
 
 impl Faulty {
+    fn faulty(&self, inner: Box<dyn Subscription>) -> Box<dyn Subscription> {
+        Box::new(FaultySubscription {
+            inner,
+            world: Arc::clone(&self.world),
+            acknowledged: self.acknowledged,
+        })
+    }
+
     pub fn new(
         inner: Arc<dyn Transport>,
         world: Arc<World>,
@@ -97,11 +105,18 @@ impl Transport for Faulty {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        Ok(Box::new(FaultySubscription {
-            inner: self.inner.subscribe(group, topics).await?,
-            world: Arc::clone(&self.world),
-            acknowledged: self.acknowledged,
-        }))
+        let inner = self.inner.subscribe(group, topics).await?;
+        Ok(self.faulty(inner))
+    }
+
+    async fn subscribe_to_types(
+        &self,
+        group: &str,
+        topics: &[String],
+        types: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let inner = self.inner.subscribe_to_types(group, topics, types).await?;
+        Ok(self.faulty(inner))
     }
 
     async fn dead_letter(

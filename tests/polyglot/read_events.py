@@ -105,11 +105,18 @@ async def read_rabbitmq(url, checker, expect, timeout):
     channel = await connection.channel()
     exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
     queue = await channel.declare_queue("polyglot-reader", exclusive=True)
-    await queue.bind(exchange, routing_key=TOPIC)
+    # choreo routes each event by `<topic>.<type>`: every type of the topic, and the bare
+    # topic that other publishers may use. The topic's dead letters (`<topic>.dlq`) match
+    # too and are skipped.
+    await queue.bind(exchange, routing_key=TOPIC + ".#")
+    dead_letters = TOPIC + ".dlq"
     print("ready", flush=True)
     async with queue.iterator() as messages:
         async with asyncio.timeout(timeout):
             async for message in messages:
+                if message.routing_key == dead_letters:
+                    await message.ack()
+                    continue
                 headers = {key: str(value) for key, value in (message.headers or {}).items()}
                 checker.received(headers, message.content_type, message.body)
                 checker.check(rabbitmq.from_binary(

@@ -51,7 +51,7 @@ impl Shared {
         generation
     }
 
-    fn received(&self, generation: u64, delivery: lapin::message::Delivery) {
+    fn received(&self, generation: u64, topic: String, delivery: lapin::message::Delivery) {
         let headers = binding::from_amqp(
             delivery.properties.headers().as_ref(),
             delivery.properties.content_type().as_ref(),
@@ -62,7 +62,7 @@ impl Shared {
             .map(|(_, value)| Arc::<str>::from(String::from_utf8_lossy(value).as_ref()));
         let pending = Pending {
             generation,
-            topic: delivery.routing_key.to_string(),
+            topic,
             message: RawMessage {
                 headers,
                 body: delivery.data,
@@ -108,14 +108,79 @@ fn queue_name(group: &str, topics: &[String]) -> String {
     format!("{group}:{}", topics.join(","))
 }
 
+/// What a queue is bound to, and the topic each routing key it receives belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct Routes {
+    topics: Vec<String>,
+    /// The event types wanted; `None`: every type.
+    types: Option<Vec<String>>,
+    /// The topics' dead-letter topics, which a binding to every type of a topic also matches.
+    dead_letters: Vec<String>,
+}
+
+impl Routes {
+    pub(crate) fn new(
+        config: &RabbitMqConfig,
+        topics: &[String],
+        types: Option<&[String]>,
+    ) -> Self {
+        Self {
+            topics: topics.to_vec(),
+            types: types.map(<[String]>::to_vec),
+            dead_letters: topics
+                .iter()
+                .map(|topic| config.dead_letter_topic(topic))
+                .collect(),
+        }
+    }
+
+    /// The binding keys of `topic`: the bare topic, that publishers other than choreo may
+    /// use, and `<topic>.<type>` for each type wanted, or `<topic>.#` for every type.
+    fn binding_keys(&self, topic: &str) -> Vec<String> {
+        let mut keys = vec![topic.to_owned()];
+        match &self.types {
+            Some(types) => keys.extend(types.iter().map(|t| routing_key(topic, t))),
+            None => keys.push(format!("{topic}.#")),
+        }
+        keys
+    }
+
+    /// The topic a delivery with `routing_key` came on; `None` for a dead letter of one of
+    /// the topics, which a `<topic>.#` binding lets in and which is not an event of it.
+    fn topic_of(&self, routing_key: &str) -> Option<&str> {
+        if let Some(topic) = self.topics.iter().find(|topic| *topic == routing_key) {
+            return Some(topic);
+        }
+        if self.dead_letters.iter().any(|dead| dead == routing_key) {
+            return None;
+        }
+        self.topics
+            .iter()
+            .filter(|topic| {
+                routing_key
+                    .strip_prefix(topic.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+            })
+            .max_by_key(|topic| topic.len())
+            .map(String::as_str)
+            .or_else(|| self.topics.first().map(String::as_str))
+    }
+}
+
+/// The routing key of an event of `event_type` on `topic`: `<topic>.<type>`.
+pub(crate) fn routing_key(topic: &str, event_type: &str) -> String {
+    format!("{topic}.{event_type}")
+}
+
 /// Declares the group's queue, the topics' dead-letter queues and the bindings, and starts
 /// consuming. Idempotent: run on every (re)connection.
 async fn consume(
     config: &RabbitMqConfig,
     member: Member,
     group: &str,
-    topics: &[String],
+    routes: &Routes,
 ) -> Result<(Connection, Channel, Consumer), TransportError> {
+    let topics = routes.topics.as_slice();
     let (connection, channel) = open(config).await?;
     let exchange = ShortString::from(config.exchange.as_str());
     let durable = QueueDeclareOptions {
@@ -174,9 +239,11 @@ async fn consume(
         .await
         .map_err(|error| refused(config, error))?;
     for topic in topics {
-        bind(queue.clone(), topic.clone())
-            .await
-            .map_err(|error| refused(config, error))?;
+        for key in routes.binding_keys(topic) {
+            bind(queue.clone(), key)
+                .await
+                .map_err(|error| refused(config, error))?;
+        }
     }
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
@@ -207,16 +274,16 @@ impl RabbitMqSubscription {
         inner: Arc<Inner>,
         member: Member,
         group: &str,
-        topics: &[String],
+        routes: Routes,
     ) -> Result<Self, TransportError> {
-        let first = consume(&inner.config, member, group, topics).await?;
+        let first = consume(&inner.config, member, group, &routes).await?;
         let shared = Arc::new(Shared::default());
         let stop = CancellationToken::new();
         tokio::spawn(run(
             Arc::clone(&inner),
             member,
             group.to_owned(),
-            topics.to_vec(),
+            routes,
             Arc::clone(&shared),
             stop.clone(),
             first,
@@ -235,7 +302,7 @@ async fn run(
     inner: Arc<Inner>,
     member: Member,
     group: String,
-    topics: Vec<String>,
+    routes: Routes,
     shared: Arc<Shared>,
     stop: CancellationToken,
     first: (Connection, Channel, Consumer),
@@ -252,7 +319,7 @@ async fn run(
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(config.reconnect_max);
-                match consume(config, member, &group, &topics).await {
+                match consume(config, member, &group, &routes).await {
                     Ok(consumer) => {
                         tracing::info!(%group, "reconnected to RabbitMQ");
                         consumer
@@ -273,7 +340,7 @@ async fn run(
                         // Only if nobody else consumes it (an observer of the same name).
                         let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
                         let unused = QueueDeleteOptions { if_unused: true, ..QueueDeleteOptions::default() };
-                        let queue = ShortString::from(queue_name(&group, &topics));
+                        let queue = ShortString::from(queue_name(&group, &routes.topics));
                         let _ = channel.queue_delete(queue, unused).await;
                     }
                     // Unacked deliveries go back to the queue when the channel closes.
@@ -282,7 +349,16 @@ async fn run(
                     return;
                 }
                 delivery = consumer.next() => match delivery {
-                    Some(Ok(delivery)) => shared.received(generation, delivery),
+                    Some(Ok(delivery)) => match routes.topic_of(delivery.routing_key.as_str()) {
+                        Some(topic) => {
+                            let topic = topic.to_owned();
+                            shared.received(generation, topic, delivery);
+                        }
+                        None => {
+                            // A dead letter is not an event of the topic; its own queue keeps it.
+                            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        }
+                    },
                     Some(Err(error)) => {
                         tracing::warn!(%group, %error, "RabbitMQ connection lost; reconnecting");
                         break;

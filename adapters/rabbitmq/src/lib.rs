@@ -1,13 +1,17 @@
 //! The RabbitMQ transport of choreo, on lapin.
 //!
 //! - Topology, declared idempotently whenever a connection is made: one durable topic
-//!   exchange for events (`choreo.events` by default); per consumer group (service) and topic a
-//!   durable queue `<group>:<topic>` bound with the topic as routing key, whose rejected
-//!   messages go (`x-dead-letter-exchange`) to the topic's dead-letter queue `<topic>.dlq`.
+//!   exchange for events (`choreo.events` by default); an event is routed by
+//!   `<topic>.<type>`. Per consumer group (service) and topic a durable queue
+//!   `<group>:<topic>`, bound to `<topic>.<type>` for each type the service acts on (every
+//!   type, `<topic>.#`, for observers and the reverse compensation order) and to the bare
+//!   topic, which publishers other than choreo may use; its rejected messages go
+//!   (`x-dead-letter-exchange`) to the topic's dead-letter queue `<topic>.dlq`.
 //! - Publishing: persistent messages in the CloudEvents RabbitMQ binding's binary mode
 //!   (attributes in `ce-*` headers, the data content type in the `content_type` property;
 //!   the older `ce_*` form is read too), publisher confirms; `publish` returns after the confirm and hands the envelope
-//!   back on a nack, a return (unroutable) or a broken connection. Concurrent publishes share
+//!   back on a nack or a broken connection (an event no queue is bound to is dropped, as a
+//!   publish with no subscriber is; a dead letter no queue takes is handed back). Concurrent publishes share
 //!   a channel, so confirms are pipelined.
 //! - Consuming: manual acks after the handler and its publishes succeeded, `basic_qos`
 //!   prefetch; deliveries of one saga are handed out one at a time and in order. A poison
@@ -78,13 +82,15 @@ impl RabbitMqTransport {
         &self.inner.config
     }
 
-    /// Publishes an already encoded message to `topic` (e.g. a malformed one in a test).
+    /// Publishes an already encoded message to `topic` (e.g. a malformed one in a test),
+    /// routed by the bare topic as a publisher other than choreo would: every service's
+    /// queue on the topic receives it. Refused when no queue is bound to the topic.
     pub async fn publish_raw(
         &self,
         topic: &str,
         message: &RawMessage,
     ) -> Result<(), TransportError> {
-        self.inner.publish(topic, message).await
+        self.inner.publish(topic, message, true).await
     }
 }
 
@@ -157,11 +163,13 @@ impl Inner {
         self.publisher.lock().await.take();
     }
 
-    /// Publishes `message` to `topic` and waits for the broker's confirm.
+    /// Publishes `message` with `routing_key` and waits for the broker's confirm.
+    /// `mandatory`: a message that no queue is bound to is refused, not dropped.
     pub(crate) async fn publish(
         &self,
-        topic: &str,
+        routing_key: &str,
         message: &RawMessage,
+        mandatory: bool,
     ) -> Result<(), TransportError> {
         let result = async {
             let channel = self.publishing_channel().await?;
@@ -175,9 +183,9 @@ impl Inner {
             let confirm = channel
                 .basic_publish(
                     ShortString::from(self.config.exchange.as_str()),
-                    ShortString::from(topic),
+                    ShortString::from(routing_key),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         ..BasicPublishOptions::default()
                     },
                     &message.body,
@@ -197,7 +205,7 @@ impl Inner {
             match confirmation {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 Confirmation::Ack(Some(_)) => Err(TransportError::Refused(format!(
-                    "no queue is bound to topic `{topic}` on exchange `{}`",
+                    "no queue is bound to `{routing_key}` on exchange `{}`",
                     self.config.exchange
                 ))),
                 Confirmation::Nack(_) => Err(TransportError::Refused(
@@ -219,7 +227,7 @@ impl Inner {
         reason: &str,
     ) -> Result<(), TransportError> {
         let record = dead_letter_message(message, topic, reason);
-        self.publish(&self.config.dead_letter_topic(topic), &record)
+        self.publish(&self.config.dead_letter_topic(topic), &record, true)
             .await
     }
 }
@@ -230,16 +238,22 @@ impl Transport for RabbitMqTransport {
         "rabbitmq"
     }
 
-    fn span_attributes(&self, topic: &str, _envelope: &Envelope) -> Vec<opentelemetry::KeyValue> {
-        // Every event of a saga is routed by the saga's topic.
+    fn span_attributes(&self, topic: &str, envelope: &Envelope) -> Vec<opentelemetry::KeyValue> {
         vec![opentelemetry::KeyValue::new(
             "messaging.rabbitmq.destination.routing_key",
-            topic.to_owned(),
+            consumer::routing_key(topic, &envelope.event_type),
         )]
     }
 
+    /// Routed by `<topic>.<type>`. Not mandatory: an event of a type that no service
+    /// handles is dropped by the broker, as a publish with no subscriber is.
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
-        match self.inner.publish(topic, &envelope.to_binary()).await {
+        let routing_key = consumer::routing_key(topic, &envelope.event_type);
+        match self
+            .inner
+            .publish(&routing_key, &envelope.to_binary(), false)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(source) => Err(PublishError::new(envelope, topic, source)),
         }
@@ -250,11 +264,32 @@ impl Transport for RabbitMqTransport {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
+        let routes = consumer::Routes::new(&self.inner.config, topics, None);
         let subscription = consumer::RabbitMqSubscription::start(
             Arc::clone(&self.inner),
             consumer::Member::Group,
             group,
-            topics,
+            routes,
+        )
+        .await?;
+        Ok(Box::new(subscription))
+    }
+
+    /// The group's queue is bound to `<topic>.<type>` for each of `types`, and to the bare
+    /// topic. Bindings are added, never removed: a type dropped from a group's list keeps
+    /// coming to its queue, and the group ignores it.
+    async fn subscribe_to_types(
+        &self,
+        group: &str,
+        topics: &[String],
+        types: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let routes = consumer::Routes::new(&self.inner.config, topics, Some(types));
+        let subscription = consumer::RabbitMqSubscription::start(
+            Arc::clone(&self.inner),
+            consumer::Member::Group,
+            group,
+            routes,
         )
         .await?;
         Ok(Box::new(subscription))
@@ -271,7 +306,7 @@ impl Transport for RabbitMqTransport {
             Arc::clone(&self.inner),
             consumer::Member::Observer,
             &observer_group(name),
-            topics,
+            consumer::Routes::new(&self.inner.config, topics, None),
         )
         .await?;
         Ok(Box::new(subscription))

@@ -163,7 +163,14 @@ impl Service {
             );
         }
         let topics = [definition.saga.topic().to_owned()];
-        let subscription = transport.subscribe(&definition.name, &topics).await?;
+        let subscription = match definition.acted_on() {
+            Some(types) => {
+                transport
+                    .subscribe_to_types(&definition.name, &topics, &types)
+                    .await?
+            }
+            None => transport.subscribe(&definition.name, &topics).await?,
+        };
         let tokens = Tokens::default();
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(definition.options.concurrency));

@@ -27,7 +27,7 @@ use crate::handler::BoxFuture;
 use crate::ids::{EventId, SagaId};
 use crate::journal::{AbortReason, SagaRecord};
 use crate::retry::RetryPolicy;
-use crate::saga::Saga;
+use crate::saga::{CompensationOrder, Saga, SagaAborted};
 use crate::saga_data::SagaData;
 use crate::store::{Store, StoreError, TransactionSlot};
 use crate::telemetry::{self, DeadLetterReason, HandlerLabel, Metrics};
@@ -96,6 +96,33 @@ impl Failure {
                 format!("{} (the deadline passed while retrying)", error.source())
             }
         }
+    }
+}
+
+impl Definition {
+    /// The event types the service acts on ([`Runtime::concerns`]), to subscribe to: the
+    /// inputs of its steps, the saga's terminal events, aborts and the operator's requests;
+    /// `None` under the reverse compensation order, whose services see every event of the
+    /// saga.
+    pub(super) fn acted_on(&self) -> Option<Vec<String>> {
+        if self.saga.order_of_compensation() == CompensationOrder::Reverse {
+            return None;
+        }
+        let mut types: Vec<String> = self
+            .steps
+            .keys()
+            .copied()
+            .chain(self.saga.terminal_types())
+            .chain([
+                SagaAborted::TYPE,
+                RedriveRequested::TYPE,
+                CompensationRetryRequested::TYPE,
+            ])
+            .map(str::to_owned)
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        Some(types)
     }
 }
 
@@ -296,6 +323,7 @@ impl Runtime {
     /// Whether this service acts on `envelope`: an operator's request that names it; of
     /// the saga's events, an abort, a terminal event, or an event one of its steps handles,
     /// and under the reverse compensation order, every one. Never a service's description.
+    /// What it subscribes to ([`Definition::acted_on`]) must keep up with this.
     pub(super) fn concerns(&self, envelope: &Envelope) -> bool {
         match control::audience(envelope) {
             Audience::Nobody => false,

@@ -31,6 +31,22 @@ pub trait Transport: Send + Sync + 'static {
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError>;
 
+    /// Joins consumer group `group` on `topics` for the events of `types`: like
+    /// [`subscribe`](Self::subscribe), for a group that acts on those types only. A
+    /// transport that routes by type (RabbitMQ) may deliver only events of `types`, and the
+    /// messages a foreign publisher sent without a type to route by; by default every event
+    /// comes, and the group ignores the rest. A group that must see every event subscribes
+    /// with [`subscribe`](Self::subscribe).
+    async fn subscribe_to_types(
+        &self,
+        group: &str,
+        topics: &[String],
+        types: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let _ = types;
+        self.subscribe(group, topics).await
+    }
+
     /// Joins `topics` as observer `name`: like [`subscribe`](Self::subscribe), for a reader
     /// that takes no event from any service's group and must leave nothing behind on the
     /// broker once it is gone (a saga log, a monitor). Its group is

@@ -31,6 +31,14 @@ impl FaultyTransport {
     pub fn new(inner: Arc<dyn Transport>, faults: Arc<Faults>) -> Self {
         Self { inner, faults }
     }
+
+    fn faulty(&self, inner: Box<dyn Subscription>) -> Box<dyn Subscription> {
+        Box::new(FaultySubscription::new(
+            inner,
+            Arc::clone(&self.inner),
+            Arc::clone(&self.faults),
+        ))
+    }
 }
 
 #[async_trait]
@@ -57,11 +65,17 @@ impl Transport for FaultyTransport {
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
         let inner = self.inner.subscribe(group, topics).await?;
-        Ok(Box::new(FaultySubscription::new(
-            inner,
-            Arc::clone(&self.inner),
-            Arc::clone(&self.faults),
-        )))
+        Ok(self.faulty(inner))
+    }
+
+    async fn subscribe_to_types(
+        &self,
+        group: &str,
+        topics: &[String],
+        types: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let inner = self.inner.subscribe_to_types(group, topics, types).await?;
+        Ok(self.faulty(inner))
     }
 
     async fn observe(
