@@ -1,6 +1,7 @@
 //! One consumer group's view of one topic: the messages it has yet to settle, handed out so
 //! that a saga's messages are in flight one at a time and in order.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use choreo_core::transport::KeyedQueue;
@@ -20,6 +21,8 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) struct Group {
     pub(crate) topic: String,
+    /// The event types its members subscribed to; `None`: every type.
+    types: Mutex<Option<HashSet<String>>>,
     queue: Mutex<KeyedQueue<Entry>>,
     pub(crate) ready: Notify,
 }
@@ -28,8 +31,30 @@ impl Group {
     pub(crate) fn new(topic: &str) -> Self {
         Self {
             topic: topic.to_owned(),
+            types: Mutex::new(Some(HashSet::new())),
             queue: Mutex::new(KeyedQueue::new()),
             ready: Notify::new(),
+        }
+    }
+
+    /// A member joined for `types` (`None`: every type). As bindings on a broker, what the
+    /// group receives only grows.
+    pub(crate) fn receive(&self, types: Option<&[String]>) {
+        let mut received = self.types.lock().unwrap_or_else(PoisonError::into_inner);
+        match (received.as_mut(), types) {
+            (Some(received), Some(types)) => received.extend(types.iter().cloned()),
+            (_, None) => *received = None,
+            (None, Some(_)) => {}
+        }
+    }
+
+    /// Whether a message of `event_type` comes to the group; a message with no type to
+    /// route by (a raw one, a dead letter) comes to every group.
+    pub(crate) fn takes(&self, event_type: Option<&str>) -> bool {
+        let received = self.types.lock().unwrap_or_else(PoisonError::into_inner);
+        match (received.as_ref(), event_type) {
+            (Some(types), Some(event_type)) => types.contains(event_type),
+            _ => true,
         }
     }
 

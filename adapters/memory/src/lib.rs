@@ -2,7 +2,9 @@
 //! process, with the same delivery guarantees as a broker.
 //!
 //! - Every consumer group receives every message published after the group was created;
-//!   members of one group compete for them.
+//!   members of one group compete for them. A group joined for some event types only
+//!   ([`Transport::subscribe_to_types`]) receives the events of those types and every raw
+//!   message, as a RabbitMQ queue bound by type does.
 //! - At-least-once: a message is delivered again until it is acked; one nacked, or dropped
 //!   unsettled (a consumer that crashed), is redelivered.
 //! - Per-saga order: within a group, the messages of one saga are delivered one at a time, in
@@ -94,15 +96,15 @@ impl MemoryTransport {
         shared.entry(name.to_owned()).or_default().clone()
     }
 
-    /// Publishes an already encoded message, e.g. a malformed one in a test. `key` orders
-    /// messages like a saga id does.
+    /// Publishes an already encoded message, e.g. a malformed one in a test, to every group
+    /// of `topic`, whatever types it subscribed to. `key` orders messages like a saga id does.
     pub fn publish_raw(
         &self,
         topic: &str,
         key: Option<&str>,
         message: RawMessage,
     ) -> Result<(), TransportError> {
-        self.bus.publish(topic, key.map(Arc::from), message)
+        self.bus.publish(topic, key.map(Arc::from), None, message)
     }
 
     /// Messages dead-lettered from `topic` so far, oldest first.
@@ -154,22 +156,29 @@ impl Bus {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// Publishes `message` to the groups of `topic` that take `event_type` (every group
+    /// for a message with none).
     fn publish(
         &self,
         topic: &str,
         key: Option<Arc<str>>,
+        event_type: Option<&str>,
         message: RawMessage,
     ) -> Result<(), TransportError> {
         if self.is_closed() {
             return Err(TransportError::Closed);
         }
         let message = Arc::new(message);
-        let groups: Vec<Arc<Group>> = self
-            .lock()
+        // Held while the message goes to every group: a consumer that handles it at once
+        // publishes what follows only after this message is in every group, so no group
+        // (an observer's) sees an effect before its cause.
+        let state = self.lock();
+        let groups = state
             .groups
             .get(topic)
-            .map(|groups| groups.values().cloned().collect())
-            .unwrap_or_default();
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter(|group| group.takes(event_type));
         for group in groups {
             let (copies, delay) = match &self.chaos {
                 Some((chaos, rng)) => {
@@ -194,7 +203,7 @@ impl Bus {
                 if delay.is_zero() {
                     group.push(entry);
                 } else {
-                    let group = Arc::clone(&group);
+                    let group = Arc::clone(group);
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         group.push(entry);
@@ -205,14 +214,15 @@ impl Bus {
         Ok(())
     }
 
-    fn group(&self, topic: &str, name: &str) -> Arc<Group> {
+    /// Group `name` of `topic`, made if new, which receives `types` from now on.
+    fn group(&self, topic: &str, name: &str, types: Option<&[String]>) -> Arc<Group> {
         let mut state = self.lock();
         let groups = state.groups.entry(topic.to_owned()).or_default();
-        Arc::clone(
-            groups
-                .entry(name.to_owned())
-                .or_insert_with(|| Arc::new(Group::new(topic))),
-        )
+        let group = groups
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Group::new(topic)));
+        group.receive(types);
+        Arc::clone(group)
     }
 
     fn dead_letter(
@@ -231,7 +241,7 @@ impl Bus {
                 reason: reason.to_owned(),
                 message,
             });
-        self.publish(&dead_letter_topic(topic), None, record)
+        self.publish(&dead_letter_topic(topic), None, None, record)
     }
 
     fn pop(&self, group: &Group) -> Option<Entry> {
@@ -255,7 +265,12 @@ impl Transport for MemoryTransport {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
         let key: Arc<str> = Arc::from(envelope.saga_id.to_string());
         self.bus
-            .publish(topic, Some(key), envelope.to_binary())
+            .publish(
+                topic,
+                Some(key),
+                Some(&envelope.event_type),
+                envelope.to_binary(),
+            )
             .map_err(|source| PublishError::new(envelope, topic, source))
     }
 
@@ -264,7 +279,19 @@ impl Transport for MemoryTransport {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        self.join(group, topics, false)
+        self.join(group, topics, None, false)
+    }
+
+    /// The group receives events of `types`, and raw messages (see
+    /// [`publish_raw`](MemoryTransport::publish_raw)), as a queue on a broker that routes by
+    /// type would.
+    async fn subscribe_to_types(
+        &self,
+        group: &str,
+        topics: &[String],
+        types: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        self.join(group, topics, Some(types), false)
     }
 
     /// The observer's groups go when it is dropped, with whatever they held.
@@ -273,7 +300,7 @@ impl Transport for MemoryTransport {
         name: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        self.join(&observer_group(name), topics, true)
+        self.join(&observer_group(name), topics, None, true)
     }
 
     async fn dead_letter(
@@ -287,11 +314,13 @@ impl Transport for MemoryTransport {
 }
 
 impl MemoryTransport {
-    /// Joins group `name` on `topics`; an observer's groups go when it is dropped.
+    /// Joins group `name` on `topics` for `types` (`None`: every type); an observer's groups
+    /// go when it is dropped.
     fn join(
         &self,
         name: &str,
         topics: &[String],
+        types: Option<&[String]>,
         observer: bool,
     ) -> Result<Box<dyn Subscription>, TransportError> {
         if self.bus.is_closed() {
@@ -299,7 +328,7 @@ impl MemoryTransport {
         }
         let groups = topics
             .iter()
-            .map(|topic| self.bus.group(topic, name))
+            .map(|topic| self.bus.group(topic, name, types))
             .collect();
         Ok(Box::new(MemorySubscription {
             bus: Arc::clone(&self.bus),

@@ -316,3 +316,54 @@ async fn an_observer_sees_every_event_and_its_group_goes_with_it() {
     assert_eq!(groups, ["payments"], "nothing kept for the observer");
     assert_eq!(transport.pending(TOPIC, "payments"), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_group_joined_for_some_types_receives_those_and_raw_messages() {
+    let transport = MemoryTransport::new();
+    let placed = "orders.OrderPlaced.v1".to_owned();
+    let mut payments = transport
+        .subscribe_to_types(
+            "payments",
+            &[TOPIC.to_owned()],
+            std::slice::from_ref(&placed),
+        )
+        .await
+        .unwrap();
+    let mut audit = subscribe(&transport, "audit").await;
+    let saga = SagaId::new();
+    let typed = |n: u32, event_type: &str| Envelope {
+        event_type: event_type.to_owned(),
+        ..event(saga, n)
+    };
+    transport.publish(TOPIC, typed(1, &placed)).await.unwrap();
+    transport
+        .publish(TOPIC, typed(2, "orders.OrderCancelled.v1"))
+        .await
+        .unwrap();
+    let raw = typed(3, "legacy.OrderImported.v1").to_binary();
+    transport
+        .publish_raw(TOPIC, Some(&saga.to_string()), raw)
+        .unwrap();
+
+    for (subscription, expected) in [(&mut payments, vec![1, 3]), (&mut audit, vec![1, 2, 3])] {
+        let mut received = Vec::new();
+        for _ in &expected {
+            let delivery = next(subscription).await;
+            received.push(number(&delivery));
+            delivery.ack().await.unwrap();
+        }
+        assert_eq!(received, expected);
+        nothing_next(subscription).await;
+    }
+
+    // Another member joined for every type widens the group, as a binding would.
+    let mut everything = subscribe(&transport, "payments").await;
+    transport
+        .publish(TOPIC, typed(4, "orders.OrderCancelled.v1"))
+        .await
+        .unwrap();
+    let delivery = next(&mut everything).await;
+    assert_eq!(number(&delivery), 4);
+    delivery.ack().await.unwrap();
+    drop(payments);
+}
