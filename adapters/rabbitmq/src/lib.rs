@@ -82,6 +82,21 @@ impl RabbitMqTransport {
         &self.inner.config
     }
 
+    /// Consumes `group`'s queue on `topics`, bound to `types` (`None`: every type).
+    async fn join(
+        &self,
+        member: consumer::Member,
+        group: &str,
+        topics: &[String],
+        types: Option<&[String]>,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let routes = consumer::Routes::new(&self.inner.config, topics, types);
+        let subscription =
+            consumer::RabbitMqSubscription::start(Arc::clone(&self.inner), member, group, routes)
+                .await?;
+        Ok(Box::new(subscription))
+    }
+
     /// Publishes an already encoded message to `topic` (e.g. a malformed one in a test),
     /// routed by the bare topic as a publisher other than choreo would: every service's
     /// queue on the topic receives it. Refused when no queue is bound to the topic.
@@ -264,15 +279,8 @@ impl Transport for RabbitMqTransport {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        let routes = consumer::Routes::new(&self.inner.config, topics, None);
-        let subscription = consumer::RabbitMqSubscription::start(
-            Arc::clone(&self.inner),
-            consumer::Member::Group,
-            group,
-            routes,
-        )
-        .await?;
-        Ok(Box::new(subscription))
+        self.join(consumer::Member::Group, group, topics, None)
+            .await
     }
 
     /// The group's queue is bound to `<topic>.<type>` for each of `types`, and to the bare
@@ -284,15 +292,8 @@ impl Transport for RabbitMqTransport {
         topics: &[String],
         types: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        let routes = consumer::Routes::new(&self.inner.config, topics, Some(types));
-        let subscription = consumer::RabbitMqSubscription::start(
-            Arc::clone(&self.inner),
-            consumer::Member::Group,
-            group,
-            routes,
-        )
-        .await?;
-        Ok(Box::new(subscription))
+        self.join(consumer::Member::Group, group, topics, Some(types))
+            .await
     }
 
     /// The observer's queue is deleted when it stops, and expires a minute after its last
@@ -302,14 +303,9 @@ impl Transport for RabbitMqTransport {
         name: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        let subscription = consumer::RabbitMqSubscription::start(
-            Arc::clone(&self.inner),
-            consumer::Member::Observer,
-            &observer_group(name),
-            consumer::Routes::new(&self.inner.config, topics, None),
-        )
-        .await?;
-        Ok(Box::new(subscription))
+        let group = observer_group(name);
+        self.join(consumer::Member::Observer, &group, topics, None)
+            .await
     }
 
     async fn dead_letter(
