@@ -1,5 +1,6 @@
-//! The figures of one broker: choreo against the hand-written baseline on choreo's own
-//! topology and against the point-to-point chain, in saga events/s and in sagas/s.
+//! The figures of one broker: choreo against the hand-written baseline on the shared
+//! topology (every service reads every event) and against the point-to-point chain, in saga
+//! events/s and in sagas/s.
 
 use crate::monitor::Ingest;
 use crate::report::{Report, Row, Run};
@@ -7,7 +8,7 @@ use crate::report::{Report, Row, Run};
 /// What a broker section measured.
 pub(crate) struct Compared {
     pub(crate) choreo: Run,
-    /// The hand-written services on choreo's topology: every service reads every event.
+    /// The hand-written services on the shared topology: every service reads every event.
     pub(crate) raw: Run,
     /// The hand-written point-to-point chain: each service reads only its own input.
     pub(crate) chain: Run,
@@ -106,7 +107,7 @@ pub(crate) fn report(
     });
     report.notes.push(format!(
         "{}: the point-to-point chain moves {:.2} times the sagas/s of the raw baseline on \
-         choreo's topology ({:.1} against {:.1})",
+         the shared topology ({:.1} against {:.1})",
         keys.broker,
         chain.sagas_per_second() / raw.sagas_per_second(),
         chain.sagas_per_second(),

@@ -1,6 +1,7 @@
 //! Kafka (tansu from the test kit): the saga through choreo against hand-written rdkafka
 //! pipelines (consume, produce the next event, commit) with the transport's own settings, on
-//! choreo's topology and as a point-to-point chain.
+//! choreo's topology (the shared one: every service reads every event) and as a
+//! point-to-point chain.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

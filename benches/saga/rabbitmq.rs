@@ -1,6 +1,7 @@
 //! RabbitMQ (from the test kit): the saga through choreo against hand-written lapin code
-//! with the same persistence, publisher confirms, prefetch and manual acks, on choreo's
-//! topology and as a point-to-point chain.
+//! with the same persistence, publisher confirms, prefetch and manual acks, on the shared
+//! topology (every service's queue takes every event, as choreo's did before it routed by
+//! type) and as a point-to-point chain.
 
 use std::sync::Arc;
 use std::time::Instant;

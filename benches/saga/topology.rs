@@ -1,5 +1,6 @@
 //! Where the hand-written baselines on a broker send each event and what each service
-//! consumes: choreo's own topology, or the point-to-point chain a team writes by hand.
+//! consumes: the shared topology (choreo's on Kafka), or the point-to-point chain a team
+//! writes by hand.
 //!
 //! ```text
 //! shared: every event -> the saga's topic -> alpha, beta, gamma (each drops what is not its own)
@@ -14,7 +15,8 @@ pub(crate) const SERVICES: [&str; 3] = ["alpha", "beta", "gamma"];
 
 #[derive(Clone)]
 pub(crate) enum Topology {
-    /// choreo's own: one topic for the saga, which every service consumes whole.
+    /// One topic for the saga, which every service consumes whole: choreo's on Kafka, and on
+    /// RabbitMQ before it routed by type.
     Shared(String),
     /// One topic (queue) per hop, named after the event type under this prefix; each service
     /// consumes only its own input, and the terminal event goes to a topic of its own for
