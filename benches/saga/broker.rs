@@ -14,6 +14,8 @@ pub(crate) struct Compared {
     pub(crate) chain: Run,
     /// choreo with the saga console's monitor beside it, when asked for.
     pub(crate) monitored: Option<(Run, Ingest)>,
+    /// What else the section found out, for the report's notes.
+    pub(crate) notes: Vec<String>,
 }
 
 /// The names of one broker's rows.
@@ -66,6 +68,7 @@ pub(crate) fn report(
         raw,
         chain,
         monitored,
+        notes,
     } = compared;
     report.add(Row {
         key: keys.events,
@@ -113,6 +116,7 @@ pub(crate) fn report(
         chain.sagas_per_second(),
         raw.sagas_per_second()
     ));
+    report.notes.extend(notes);
     if let Some(monitored) = monitored {
         crate::monitor::report(report, monitor, choreo.events_per_second(), vec![monitored]);
     }

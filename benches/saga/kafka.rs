@@ -3,8 +3,8 @@
 //! choreo's topology (the shared one: every service reads every event) and as a
 //! point-to-point chain.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use choreo::kafka::{KafkaConfig, KafkaTransport};
 use choreo::{Transport, TransportUrl};
@@ -28,15 +28,24 @@ use crate::topology::{Topology, SERVICES};
 const IN_FLIGHT: usize = 256;
 
 /// choreo, then (with `monitored`) choreo with the saga console's monitor beside it, then
-/// the hand-written baselines, on one broker.
-pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Compared {
+/// the hand-written baselines, on one broker; `options` are added to every client's URL.
+pub(crate) async fn compare(
+    sagas: usize,
+    window: usize,
+    starters: usize,
+    monitored: bool,
+    options: &str,
+) -> Compared {
     let broker = choreo_testkit::KafkaBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    let url = format!(
+    let mut url = format!(
         "{}?session.timeout.ms=2000&rdkafka.fetch.wait.max.ms=20",
         broker.url()
     );
+    if !options.is_empty() {
+        url = format!("{url}&{}", options.trim_start_matches(['?', '&']));
+    }
     let transport: Arc<dyn Transport> = Arc::new(
         KafkaTransport::connect(&TransportUrl::parse(&url).expect("a Kafka URL"))
             .await
@@ -48,7 +57,7 @@ pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Com
         crate::runtime::Setup {
             store: "memory://bench.kafka.{service}",
             instances: 1,
-            starters: 1,
+            starters,
         },
         sagas,
         window,
@@ -62,7 +71,7 @@ pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Com
             crate::runtime::Setup {
                 store: "memory://bench.kafka.monitored.{service}",
                 instances: 1,
-                starters: 1,
+                starters,
             },
             sagas,
             window,
@@ -74,18 +83,20 @@ pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Com
     };
     let config = KafkaConfig::from_url(&TransportUrl::parse(&url).expect("a Kafka URL"))
         .expect("valid options");
-    let raw = baseline(
+    let (raw, raw_hops) = baseline(
         &config,
         Topology::Shared("bench.kafka.raw".to_owned()),
         sagas,
         window,
+        starters,
     )
     .await;
-    let chain = baseline(
+    let (chain, chain_hops) = baseline(
         &config,
         Topology::Chain("bench.kafka.chain".to_owned()),
         sagas,
         window,
+        starters,
     )
     .await;
     Compared {
@@ -93,11 +104,72 @@ pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Com
         raw,
         chain,
         monitored,
+        notes: vec![
+            format!("kafka raw baseline, where a hop's time goes: {raw_hops}"),
+            format!("kafka point-to-point chain, where a hop's time goes: {chain_hops}"),
+        ],
+    }
+}
+
+/// Where a hand-written hop's time goes: from the call to produce to the broker's
+/// acknowledgement (the producer's linger and the round trip), and from the record's
+/// creation to its consumption (that, plus waiting for a fetch to bring it).
+#[derive(Default)]
+struct Hops {
+    produced_us: Mutex<Vec<u64>>,
+    consumed_ms: Mutex<Vec<u64>>,
+}
+
+impl Hops {
+    fn produced(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.produced_us.lock().expect("not poisoned").push(micros);
+    }
+
+    fn consumed(&self, created_ms: Option<i64>) {
+        let Some(created) = created_ms.and_then(|ms| u64::try_from(ms).ok()) else {
+            return;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        let waited = now.saturating_sub(created);
+        self.consumed_ms.lock().expect("not poisoned").push(waited);
+    }
+
+    fn summary(&self) -> String {
+        let quantiles = |samples: &Mutex<Vec<u64>>| {
+            let mut samples = samples.lock().expect("not poisoned").clone();
+            samples.sort_unstable();
+            let at = |q: f64| {
+                samples
+                    .get(((samples.len() as f64 - 1.0) * q).round() as usize)
+                    .copied()
+                    .unwrap_or(0)
+            };
+            (at(0.5), at(0.99))
+        };
+        let (produced_50, produced_99) = quantiles(&self.produced_us);
+        let (consumed_50, consumed_99) = quantiles(&self.consumed_ms);
+        format!(
+            "produce until acknowledged p50 {:.1} ms, p99 {:.1} ms; created until consumed \
+             p50 {consumed_50} ms, p99 {consumed_99} ms",
+            produced_50 as f64 / 1000.0,
+            produced_99 as f64 / 1000.0,
+        )
     }
 }
 
 /// The hand-written services on `topology`: one producer, a consumer group per service.
-async fn baseline(config: &KafkaConfig, topology: Topology, sagas: usize, window: usize) -> Run {
+async fn baseline(
+    config: &KafkaConfig,
+    topology: Topology,
+    sagas: usize,
+    window: usize,
+    starters: usize,
+) -> (Run, String) {
     let admin: AdminClient<DefaultClientContext> =
         config.producer().create().expect("an admin client");
     let topics = topology.topics();
@@ -109,7 +181,10 @@ async fn baseline(config: &KafkaConfig, topology: Topology, sagas: usize, window
         .create_topics(&new_topics, &AdminOptions::new())
         .await
         .expect("the topics are created");
-    let producer: FutureProducer = config.producer().create().expect("a producer");
+    let sender = Sender {
+        producer: config.producer().create().expect("a producer"),
+        hops: Arc::new(Hops::default()),
+    };
     let probe = Probe::new(window, false, None);
     let joined = Arc::new(Semaphore::new(0));
     let mut tasks = Vec::new();
@@ -124,7 +199,7 @@ async fn baseline(config: &KafkaConfig, topology: Topology, sagas: usize, window
         tasks.push(tokio::spawn(run_service(
             service,
             consumer,
-            producer.clone(),
+            sender.clone(),
             topology.clone(),
             config.commit_interval,
             Arc::clone(&probe),
@@ -134,29 +209,46 @@ async fn baseline(config: &KafkaConfig, topology: Topology, sagas: usize, window
     joined.acquire_many(3).await.expect("open").forget();
 
     let started = Instant::now();
-    for n in 0..sagas {
-        probe.admit().await;
-        let first = RawEvent::first(probe.payload(n as u64));
-        send(&producer, &topology.output(&first.event_type), &first).await;
-    }
+    let start = {
+        let (probe, sender) = (Arc::clone(&probe), sender.clone());
+        move |n| {
+            let first = RawEvent::first(probe.payload(n));
+            let topic = topology.output(&first.event_type);
+            let sender = sender.clone();
+            async move { sender.send(&topic, &first).await }
+        }
+    };
+    crate::events::start_from(&probe, sagas, starters, start).await;
     probe.wait_for(sagas).await;
     let elapsed = started.elapsed();
     for task in tasks {
         task.abort();
     }
-    Run::new(sagas * EVENTS_PER_SAGA, elapsed, Vec::new())
+    let run = Run::new(sagas * EVENTS_PER_SAGA, elapsed, Vec::new());
+    (run, sender.hops.summary())
 }
 
-async fn send(producer: &FutureProducer, topic: &str, event: &RawEvent) {
-    let key = event.saga_id.to_string();
-    let payload = serde_json::to_vec(event).expect("encodes");
-    producer
-        .send(
-            FutureRecord::to(topic).key(&key).payload(&payload),
-            Timeout::Never,
-        )
-        .await
-        .expect("Kafka accepts the event");
+/// The baseline's producer, timing each produce until acknowledged.
+#[derive(Clone)]
+struct Sender {
+    producer: FutureProducer,
+    hops: Arc<Hops>,
+}
+
+impl Sender {
+    async fn send(&self, topic: &str, event: &RawEvent) {
+        let key = event.saga_id.to_string();
+        let payload = serde_json::to_vec(event).expect("encodes");
+        let began = Instant::now();
+        self.producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload(&payload),
+                Timeout::Never,
+            )
+            .await
+            .expect("Kafka accepts the event");
+        self.hops.produced(began.elapsed());
+    }
 }
 
 /// One service: consume its input, decode, produce the next event where `topology` sends it,
@@ -165,7 +257,7 @@ async fn send(producer: &FutureProducer, topic: &str, event: &RawEvent) {
 async fn run_service(
     service: &'static str,
     consumer: StreamConsumer,
-    producer: FutureProducer,
+    sender: Sender,
     topology: Topology,
     commit_interval: Duration,
     probe: Arc<Probe>,
@@ -181,14 +273,15 @@ async fn run_service(
             message = consumer.recv(), if in_flight.len() < IN_FLIGHT => {
                 let message = message.expect("a message");
                 let (partition, offset) = (message.partition(), message.offset());
+                sender.hops.consumed(message.timestamp().to_millis());
                 let event: RawEvent =
                     serde_json::from_slice(message.payload().unwrap_or_default()).expect("JSON");
                 let next = react(service, &event, &probe)
                     .map(|next| (topology.output(&next.event_type), next));
-                let producer = producer.clone();
+                let sender = sender.clone();
                 in_flight.push_back(async move {
                     if let Some((topic, next)) = next {
-                        send(&producer, &topic, &next).await;
+                        sender.send(&topic, &next).await;
                     }
                     (partition, offset)
                 });

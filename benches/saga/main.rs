@@ -45,11 +45,16 @@ struct Flags {
     runs: usize,
     only: Vec<String>,
     json: Option<String>,
+    /// Callers starting sagas at once on the brokers, for choreo and the baselines alike.
+    broker_starters: usize,
+    /// Options added to the Kafka URL of every client, choreo's and the baselines'.
+    kafka_options: String,
 }
 
 const USAGE: &str = "usage: saga [--smoke] [--sagas N] [--latency-sagas N] [--open-sagas N] \
-[--broker-sagas N] [--store-sagas N] [--window N] [--runs N] \
-[--only memory,monitor,stores,kafka,rabbitmq,tracing] [--json FILE]";
+[--broker-sagas N] [--broker-starters N] [--store-sagas N] [--window N] [--runs N] \
+[--only memory,monitor,stores,kafka,rabbitmq,tracing] [--kafka-options 'rdkafka.linger.ms=0&...'] \
+[--json FILE]";
 
 impl Flags {
     fn parse() -> Self {
@@ -57,7 +62,7 @@ impl Flags {
             sagas: 20_000,
             latency_sagas: 2_000,
             open_sagas: 100_000,
-            broker_sagas: 2_000,
+            broker_sagas: 10_000,
             store_sagas: 10_000,
             window: 256,
             runs: 3,
@@ -67,6 +72,8 @@ impl Flags {
             .map(String::from)
             .to_vec(),
             json: None,
+            kafka_options: String::new(),
+            broker_starters: BROKER_STARTERS,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -90,11 +97,17 @@ impl Flags {
                 "--open-sagas" => flags.open_sagas = number("--open-sagas"),
                 "--broker-sagas" => flags.broker_sagas = number("--broker-sagas"),
                 "--store-sagas" => flags.store_sagas = number("--store-sagas"),
+                "--broker-starters" => flags.broker_starters = number("--broker-starters"),
                 "--window" => flags.window = number("--window"),
                 "--runs" => flags.runs = number("--runs"),
                 "--only" => {
                     let list = args.next().unwrap_or_else(|| fail("--only needs a list"));
                     flags.only = list.split(',').map(str::to_owned).collect();
+                }
+                "--kafka-options" => {
+                    flags.kafka_options = args
+                        .next()
+                        .unwrap_or_else(|| fail("--kafka-options needs URL options"))
                 }
                 "--json" => {
                     flags.json = Some(args.next().unwrap_or_else(|| fail("--json needs a file")))
@@ -121,9 +134,11 @@ impl Flags {
             "latency_sagas": self.latency_sagas,
             "open_sagas": self.open_sagas,
             "broker_sagas": self.broker_sagas,
+            "broker_starters": self.broker_starters,
             "store_sagas": self.store_sagas,
             "window": self.window,
             "runs": self.runs,
+            "kafka_options": self.kafka_options,
             "events_per_saga": events::EVENTS_PER_SAGA,
         })
     }
@@ -310,6 +325,12 @@ async fn monitor_ceiling(flags: &Flags, report: &mut Report) {
     });
 }
 
+/// Callers starting sagas at once on the brokers (choreo and the baselines alike), as the
+/// requests an initiating service serves do: each start waits for the broker's
+/// acknowledgement, which one caller alone would serialise, capping every run at one saga
+/// per publish round trip.
+const BROKER_STARTERS: usize = 64;
+
 /// Callers starting sagas at once in the store section, as the requests an initiating
 /// service serves do: with a durable store each start waits for its commit, which one
 /// caller alone would serialise. The pairs against a hand-written baseline start one at a
@@ -491,7 +512,14 @@ async fn postgres(_flags: &Flags, report: &mut Report, _baseline: f64) {
 
 #[cfg(feature = "kafka")]
 async fn kafka(flags: &Flags, report: &mut Report) {
-    let compared = kafka::compare(flags.broker_sagas, flags.window, flags.wants("monitor")).await;
+    let compared = kafka::compare(
+        flags.broker_sagas,
+        flags.window,
+        flags.broker_starters,
+        flags.wants("monitor"),
+        &flags.kafka_options,
+    )
+    .await;
     broker::report(
         report,
         &broker::keys!("kafka", "kafka (tansu)"),
@@ -509,8 +537,13 @@ async fn kafka(_flags: &Flags, report: &mut Report) {
 
 #[cfg(feature = "rabbitmq")]
 async fn rabbitmq(flags: &Flags, report: &mut Report) {
-    let compared =
-        rabbitmq::compare(flags.broker_sagas, flags.window, flags.wants("monitor")).await;
+    let compared = rabbitmq::compare(
+        flags.broker_sagas,
+        flags.window,
+        flags.broker_starters,
+        flags.wants("monitor"),
+    )
+    .await;
     broker::report(
         report,
         &broker::keys!("rabbitmq", "rabbitmq"),

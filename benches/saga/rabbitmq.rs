@@ -26,7 +26,12 @@ use crate::topology::{Topology, SERVICES};
 
 /// choreo, then (with `monitored`) choreo with the saga console's monitor beside it, then
 /// the hand-written baselines, on one broker.
-pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Compared {
+pub(crate) async fn compare(
+    sagas: usize,
+    window: usize,
+    starters: usize,
+    monitored: bool,
+) -> Compared {
     let broker = choreo_testkit::RabbitMqBroker::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
@@ -42,7 +47,7 @@ pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Com
         crate::runtime::Setup {
             store: "memory://bench.rabbitmq.{service}",
             instances: 1,
-            starters: 1,
+            starters,
         },
         sagas,
         window,
@@ -56,7 +61,7 @@ pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Com
             crate::runtime::Setup {
                 store: "memory://bench.rabbitmq.monitored.{service}",
                 instances: 1,
-                starters: 1,
+                starters,
             },
             sagas,
             window,
@@ -72,6 +77,7 @@ pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Com
         Topology::Shared("bench.rabbitmq.raw".to_owned()),
         sagas,
         window,
+        starters,
     )
     .await;
     let chain = baseline(
@@ -79,6 +85,7 @@ pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Com
         Topology::Chain("bench.rabbitmq.chain".to_owned()),
         sagas,
         window,
+        starters,
     )
     .await;
     Compared {
@@ -86,6 +93,7 @@ pub(crate) async fn compare(sagas: usize, window: usize, monitored: bool) -> Com
         raw,
         chain,
         monitored,
+        notes: Vec::new(),
     }
 }
 
@@ -148,7 +156,13 @@ async fn declare(channel: &Channel, exchange: &str, queue: &str, topic: &str) {
 
 /// The hand-written services on `topology`: one publishing channel with confirms, a
 /// connection and a queue per service.
-async fn baseline(config: &RabbitMqConfig, topology: Topology, sagas: usize, window: usize) -> Run {
+async fn baseline(
+    config: &RabbitMqConfig,
+    topology: Topology,
+    sagas: usize,
+    window: usize,
+    starters: usize,
+) -> Run {
     let (_publisher_connection, publisher) = channel(config).await;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
@@ -190,12 +204,21 @@ async fn baseline(config: &RabbitMqConfig, topology: Topology, sagas: usize, win
     }
 
     let started = Instant::now();
-    for n in 0..sagas {
-        probe.admit().await;
-        let first = RawEvent::first(probe.payload(n as u64));
-        let topic = topology.output(&first.event_type);
-        publish(&publisher, &config.exchange, &topic, &first).await;
-    }
+    let start = {
+        let (probe, publisher, exchange) = (
+            Arc::clone(&probe),
+            publisher.clone(),
+            config.exchange.clone(),
+        );
+        let topology = topology.clone();
+        move |n| {
+            let first = RawEvent::first(probe.payload(n));
+            let topic = topology.output(&first.event_type);
+            let (publisher, exchange) = (publisher.clone(), exchange.clone());
+            async move { publish(&publisher, &exchange, &topic, &first).await }
+        }
+    };
+    crate::events::start_from(&probe, sagas, starters, start).await;
     probe.wait_for(sagas).await;
     let elapsed = started.elapsed();
     for (_connection, task) in services {

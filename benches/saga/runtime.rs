@@ -126,23 +126,19 @@ async fn run(
     let mut running = start(&transport, topic, &probe, store, instances).await;
     let initiator = Arc::new(running.remove(0));
     let started = Instant::now();
-    let starters: Vec<_> = (0..starters)
-        .map(|starter| {
-            let (initiator, probe) = (Arc::clone(&initiator), Arc::clone(&probe));
-            tokio::spawn(async move {
-                for n in (starter..sagas).step_by(starters) {
-                    probe.admit().await;
-                    initiator
-                        .start_saga(Placed(probe.payload(n as u64)))
-                        .await
-                        .expect("a saga starts");
-                }
-            })
-        })
-        .collect();
-    for starter in starters {
-        starter.await.expect("a starter finished");
-    }
+    let start = {
+        let (probe, initiator) = (Arc::clone(&probe), Arc::clone(&initiator));
+        move |n| {
+            let (initiator, payload) = (Arc::clone(&initiator), probe.payload(n));
+            async move {
+                initiator
+                    .start_saga(Placed(payload))
+                    .await
+                    .expect("a saga starts");
+            }
+        }
+    };
+    crate::events::start_from(&probe, sagas, starters, start).await;
     probe.wait_for(sagas).await;
     let elapsed = started.elapsed();
     // The services keep running while the monitor catches up: the last saga's terminal
