@@ -1,12 +1,13 @@
 //! Saga deadlines and the timers that enforce them without an orchestrator (docs/concepts.md,
 //! rule 8).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use foldhash::HashMap;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::Notify;

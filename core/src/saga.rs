@@ -1,9 +1,9 @@
 //! A saga's definition, shared by every participant, and the control events of the runtime.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::{HashSet, HashSetExt};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;

@@ -1,11 +1,11 @@
 //! One consumer group's view of one topic: the messages it has yet to settle, handed out so
 //! that a saga's messages are in flight one at a time and in order.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use choreo_core::transport::KeyedQueue;
 use choreo_core::RawMessage;
+use foldhash::{HashSet, HashSetExt};
 use tokio::sync::Notify;
 
 use crate::chaos::Rng;

@@ -19,7 +19,6 @@
 mod chaos;
 mod group;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -30,6 +29,7 @@ use choreo_core::transport::{dead_letter_message, dead_letter_topic, observer_gr
 use choreo_core::{
     Delivery, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
 };
+use foldhash::HashMap;
 use tokio::sync::Notify;
 
 pub use crate::chaos::Chaos;

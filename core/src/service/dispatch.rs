@@ -3,9 +3,10 @@
 //! concurrency), so that handling an event never spawns a task.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use foldhash::HashMap;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::runtime::Runtime;

@@ -21,11 +21,11 @@ mod takeover;
 mod transaction;
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use opentelemetry::metrics::Meter;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;

@@ -1,10 +1,10 @@
 //! The in-memory store: the default, lost when the process ends.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::{
     ActiveSaga, Claim, Claimed, Commit, JournalChange, Loaded, Outgoing, OutgoingKind, Purged,

@@ -2,9 +2,10 @@
 //! at a time and in order, while messages of other keys go ahead: the per-saga order every
 //! transport owes the runtime (docs/concepts.md, rule 9).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use tokio::sync::Notify;
 
 /// Messages waiting to be handed out, with their keys.
