@@ -278,7 +278,7 @@ impl Envelope {
             let Some(name) = key.strip_prefix(HEADER_PREFIX) else {
                 continue;
             };
-            let value = utf8(attribute_name(name), value)?;
+            let value = std::str::from_utf8(value).map_err(|_| not_utf8(attribute_name(name)))?;
             if find(&attributes, name).is_some() {
                 return Err(EnvelopeError::DuplicateAttribute(name.to_owned()));
             }
@@ -505,10 +505,15 @@ fn attribute_name(name: &str) -> &'static str {
 }
 
 fn utf8<'a>(name: &'static str, value: &'a [u8]) -> Result<&'a str, EnvelopeError> {
-    std::str::from_utf8(value).map_err(|_| EnvelopeError::InvalidAttribute {
+    std::str::from_utf8(value).map_err(|_| not_utf8(name))
+}
+
+/// Named only once it failed: finding the name scans the known ones, on every header.
+fn not_utf8(name: &'static str) -> EnvelopeError {
+    EnvelopeError::InvalidAttribute {
         name,
         reason: "not UTF-8".into(),
-    })
+    }
 }
 
 fn non_empty(name: &'static str, value: Cow<'_, str>) -> Result<String, EnvelopeError> {
