@@ -61,31 +61,6 @@ pub(crate) struct Probe {
     gate: Option<Arc<Notify>>,
 }
 
-/// Starts sagas `0..sagas` from `callers` tasks at once, as the concurrent requests an
-/// initiating service serves would, each admitted by `probe`'s window first; returns once
-/// every start returned. One caller serialises the starts on whatever a start waits for (a
-/// broker's acknowledgement, a store's commit).
-pub(crate) async fn start_from<F, Fut>(probe: &Arc<Probe>, sagas: usize, callers: usize, start: F)
-where
-    F: Fn(u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let tasks: Vec<_> = (0..callers)
-        .map(|caller| {
-            let (probe, start) = (Arc::clone(probe), start.clone());
-            tokio::spawn(async move {
-                for n in (caller..sagas).step_by(callers) {
-                    probe.admit().await;
-                    start(n as u64).await;
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("a caller finished");
-    }
-}
-
 impl Probe {
     pub(crate) fn new(window: usize, record_latency: bool, gate: Option<Arc<Notify>>) -> Arc<Self> {
         Arc::new(Self {
@@ -159,6 +134,31 @@ impl Probe {
         if let Some(gate) = &self.gate {
             gate.notified().await;
         }
+    }
+}
+
+/// Starts sagas `0..sagas` from `callers` tasks at once, as the concurrent requests an
+/// initiating service serves would, each admitted by `probe`'s window first; returns once
+/// every start returned. One caller serialises the starts on whatever a start waits for (a
+/// broker's acknowledgement, a store's commit).
+pub(crate) async fn start_from<F, Fut>(probe: &Arc<Probe>, sagas: usize, callers: usize, start: F)
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let (probe, start) = (Arc::clone(probe), start.clone());
+            tokio::spawn(async move {
+                for n in (caller..sagas).step_by(callers) {
+                    probe.admit().await;
+                    start(n as u64).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a caller finished");
     }
 }
 
