@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use crate::broker::Compared;
 use crate::events::{Probe, EVENTS_PER_SAGA};
 use crate::raw::{react, RawEvent};
-use crate::report::Run;
+use crate::report::{percentile, Run};
 use crate::topology::{Topology, SERVICES};
 
 /// Deliveries a raw consumer works on at once, like choreo's default concurrency.
@@ -143,16 +143,10 @@ impl Hops {
         let quantiles = |samples: &Mutex<Vec<u64>>| {
             let mut samples = samples.lock().expect("not poisoned").clone();
             samples.sort_unstable();
-            let at = |q: f64| {
-                samples
-                    .get(((samples.len() as f64 - 1.0) * q).round() as usize)
-                    .copied()
-                    .unwrap_or(0)
-            };
-            (at(0.5), at(0.99))
+            [50.0, 99.0].map(|p| percentile(&samples, p).unwrap_or(0))
         };
-        let (produced_50, produced_99) = quantiles(&self.produced_us);
-        let (consumed_50, consumed_99) = quantiles(&self.consumed_ms);
+        let [produced_50, produced_99] = quantiles(&self.produced_us);
+        let [consumed_50, consumed_99] = quantiles(&self.consumed_ms);
         format!(
             "produce until acknowledged p50 {:.1} ms, p99 {:.1} ms; created until consumed \
              p50 {consumed_50} ms, p99 {consumed_99} ms",

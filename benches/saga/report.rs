@@ -34,12 +34,17 @@ impl Run {
 
     /// The `p`th percentile hop latency in microseconds.
     pub(crate) fn percentile_us(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p / 100.0) * self.latencies.len() as f64).ceil() as usize;
-        self.latencies[rank.clamp(1, self.latencies.len()) - 1] as f64 / 1_000.0
+        percentile(&self.latencies, p).map_or(f64::NAN, |ns| ns as f64 / 1_000.0)
     }
+}
+
+/// The `p`th percentile of `sorted` by nearest rank; `None` when it is empty.
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 /// The median run by throughput.
