@@ -136,6 +136,9 @@ impl SagaRecord {
             }
             JournalChange::StepAdded { position, step } => {
                 if position == self.steps.len() {
+                    // A record keeps a handful of steps for as long as its saga is open: room
+                    // for exactly one more, not the four a growing vector would reserve.
+                    self.steps.reserve_exact(1);
                     self.steps.push(step);
                 } else if let Some(slot) = self.steps.get_mut(position) {
                     *slot = step;

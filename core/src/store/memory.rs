@@ -353,16 +353,16 @@ fn apply(state: &mut ServiceState, commit: Commit) {
     for outgoing in &commit.outbox {
         state.recorded.insert(outgoing.sent(), commit.recorded);
     }
-    for change in &commit.changes {
+    for change in commit.changes {
         match change {
             JournalChange::Created(header) => {
                 state
                     .records
-                    .insert(commit.saga_id, SagaRecord::from_header(header.clone()));
+                    .insert(commit.saga_id, SagaRecord::from_header(header));
             }
             change => {
                 if let Some(record) = state.records.get_mut(&commit.saga_id) {
-                    record.apply(change);
+                    record.apply_owned(change);
                 }
             }
         }
