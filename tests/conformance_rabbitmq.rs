@@ -103,7 +103,7 @@ async fn a_message_in_the_older_header_form_still_decodes() {
     let mut headers = FieldTable::default();
     for (name, value) in message.headers {
         headers.insert(
-            ShortString::from(name),
+            ShortString::from(name.as_ref()),
             AMQPValue::LongString(LongString::from(value)),
         );
     }

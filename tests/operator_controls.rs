@@ -248,7 +248,7 @@ fn as_dead_lettered(letter: &DeadLetter) -> choreo::RawMessage {
         letter
             .marks
             .iter()
-            .map(|(name, value)| (name.clone(), value.clone().into_bytes())),
+            .map(|(name, value)| (name.clone().into(), value.clone().into_bytes())),
     );
     message
 }

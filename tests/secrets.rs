@@ -141,7 +141,7 @@ impl Seen {
     /// A dead letter's headers (names and values) and body.
     fn dead_letter(&mut self, letter: &RawMessage) {
         for (name, value) in &letter.headers {
-            self.texts.push(name.clone());
+            self.texts.push(name.to_string());
             self.texts.push(String::from_utf8_lossy(value).into_owned());
         }
         self.texts
@@ -356,7 +356,7 @@ async fn sagas_and_a_dead_letter(
     ));
 
     let garbage = RawMessage {
-        headers: vec![("ce_type".to_owned(), b"broken".to_vec())],
+        headers: vec![("ce_type".into(), b"broken".to_vec())],
         body: b"\x00 not an event".to_vec(),
     };
     publish_raw(topic.clone(), garbage.clone()).await;

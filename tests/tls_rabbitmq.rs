@@ -206,7 +206,7 @@ async fn check(versions: &[&str], protocol: &str, no_certificate: &str) {
         .await
         .unwrap();
     let message = RawMessage {
-        headers: vec![("ce-id".to_owned(), b"tls-1".to_vec())],
+        headers: vec![("ce-id".into(), b"tls-1".to_vec())],
         body: b"{\"over\":\"tls\"}".to_vec(),
     };
     transport.publish_raw(&topic, &message).await.unwrap();

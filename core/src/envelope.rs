@@ -139,11 +139,42 @@ impl fmt::Debug for Envelope {
     }
 }
 
+/// The binary mode's header for each attribute choreo writes, in the order it writes them.
+const BINARY_HEADERS: [(&str, &str); 14] = [
+    ("specversion", "ce_specversion"),
+    ("id", "ce_id"),
+    ("source", "ce_source"),
+    ("type", "ce_type"),
+    ("time", "ce_time"),
+    ("datacontenttype", CONTENT_TYPE_HEADER),
+    ("sagaid", "ce_sagaid"),
+    ("causationid", "ce_causationid"),
+    ("joinedcauses", "ce_joinedcauses"),
+    ("sagadeadline", "ce_sagadeadline"),
+    ("sagakind", "ce_sagakind"),
+    ("traceparent", "ce_traceparent"),
+    ("tracestate", "ce_tracestate"),
+    ("sagadata", "ce_sagadata"),
+];
+
+/// `name`, as read from a broker, borrowed from choreo's own header names when it is one,
+/// so that receiving an event allocates none of its header names.
+pub fn header_name(name: &str) -> HeaderName {
+    match BINARY_HEADERS.iter().find(|(_, header)| *header == name) {
+        Some((_, header)) => Cow::Borrowed(*header),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
+/// A header's name: choreo's own names are borrowed from constants, so naming a dozen
+/// attributes per event allocates nothing; names read from a broker are owned.
+pub type HeaderName = Cow<'static, str>;
+
 /// A message as transports carry it: headers and a body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawMessage {
     /// Headers in arrival order. Values are bytes because brokers allow any.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<(HeaderName, Vec<u8>)>,
     /// The body.
     pub body: Vec<u8>,
 }
@@ -199,33 +230,14 @@ pub enum EnvelopeError {
 impl Envelope {
     /// Binary mode: attributes as `ce_*` headers, `content-type` for the data, data as the body.
     pub fn to_binary(&self) -> RawMessage {
+        // Room for an event's usual attributes: the optional ones are rarely all there.
         let mut headers = Vec::with_capacity(12);
         self.for_each_attribute(|name, value| {
-            let key = match name {
-                "datacontenttype" => CONTENT_TYPE_HEADER,
-                "specversion" => "ce_specversion",
-                "id" => "ce_id",
-                "source" => "ce_source",
-                "type" => "ce_type",
-                "time" => "ce_time",
-                "sagaid" => "ce_sagaid",
-                "causationid" => "ce_causationid",
-                "joinedcauses" => "ce_joinedcauses",
-                "sagadeadline" => "ce_sagadeadline",
-                "sagakind" => "ce_sagakind",
-                "traceparent" => "ce_traceparent",
-                "tracestate" => "ce_tracestate",
-                "sagadata" => "ce_sagadata",
-                other => {
-                    headers.push((
-                        format!("{HEADER_PREFIX}{other}"),
-                        value.into_owned().into_bytes(),
-                    ));
-                    return;
-                }
-            }
-            .to_owned();
-            headers.push((key, value.into_owned().into_bytes()));
+            let header = match BINARY_HEADERS.iter().find(|(known, _)| *known == name) {
+                Some((_, header)) => Cow::Borrowed(*header),
+                None => Cow::Owned(format!("{HEADER_PREFIX}{name}")),
+            };
+            headers.push((header, value.into_owned().into_bytes()));
         });
         RawMessage {
             headers,
@@ -237,7 +249,7 @@ impl Envelope {
     pub fn to_structured(&self) -> RawMessage {
         RawMessage {
             headers: vec![(
-                CONTENT_TYPE_HEADER.to_owned(),
+                CONTENT_TYPE_HEADER.into(),
                 STRUCTURED_CONTENT_TYPE.as_bytes().to_vec(),
             )],
             body: self.to_json().into_bytes(),

@@ -1200,7 +1200,7 @@ impl std::fmt::Debug for DeadLetter {
             .message
             .headers
             .iter()
-            .map(|(name, value)| (name.as_str(), short(value)))
+            .map(|(name, value)| (name.as_ref(), short(value)))
             .collect();
         f.debug_struct("DeadLetter")
             .field("reason", &self.reason)
@@ -1251,7 +1251,9 @@ impl DeadLetterLog {
                     .headers
                     .iter()
                     .filter(|(key, _)| key.starts_with("choreo-dead-letter-"))
-                    .map(|(key, value)| (key.clone(), String::from_utf8_lossy(value).into_owned()))
+                    .map(|(key, value)| {
+                        (key.to_string(), String::from_utf8_lossy(value).into_owned())
+                    })
                     .collect();
                 message
                     .headers

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
+use choreo_core::envelope::header_name;
 use choreo_core::transport::{Acknowledge, KeyedQueue, SharedKeyedQueue};
 use choreo_core::{Delivery, RawMessage, Subscription, TransportError};
 use rdkafka::consumer::{
@@ -66,7 +67,7 @@ impl Shared {
         if let Some(borrowed) = message.headers() {
             for header in borrowed.iter() {
                 headers.push((
-                    header.key.to_owned(),
+                    header_name(header.key),
                     header.value.unwrap_or_default().to_vec(),
                 ));
             }

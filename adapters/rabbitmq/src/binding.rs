@@ -7,7 +7,7 @@
 //! each other (docs/wire-format.md says until when).
 
 use choreo_core::envelope::{CONTENT_TYPE_HEADER, HEADER_PREFIX};
-use choreo_core::RawMessage;
+use choreo_core::{HeaderName, RawMessage};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 /// The header prefix of the RabbitMQ binding.
@@ -25,7 +25,7 @@ pub(crate) fn to_amqp(message: &RawMessage) -> (FieldTable, Option<ShortString>)
         }
         let name = match name.strip_prefix(HEADER_PREFIX) {
             Some(attribute) => format!("{AMQP_PREFIX}{attribute}"),
-            None => name.clone(),
+            None => name.to_string(),
         };
         headers.insert(
             ShortString::from(name),
@@ -42,8 +42,8 @@ pub(crate) fn to_amqp(message: &RawMessage) -> (FieldTable, Option<ShortString>)
 pub(crate) fn from_amqp(
     headers: Option<&FieldTable>,
     content_type: Option<&ShortString>,
-) -> Vec<(String, Vec<u8>)> {
-    let mut read = Vec::new();
+) -> Vec<(HeaderName, Vec<u8>)> {
+    let mut read: Vec<(HeaderName, Vec<u8>)> = Vec::new();
     for (name, value) in headers.into_iter().flat_map(FieldTable::inner) {
         let bytes = match value {
             AMQPValue::LongString(text) => text.as_bytes().to_vec(),
@@ -60,12 +60,12 @@ pub(crate) fn from_amqp(
             }
             _ => name.to_owned(),
         };
-        read.push((name, bytes));
+        read.push((name.into(), bytes));
     }
     if let Some(content_type) = content_type {
         if !read.iter().any(|(name, _)| name == CONTENT_TYPE_HEADER) {
             read.push((
-                CONTENT_TYPE_HEADER.to_owned(),
+                CONTENT_TYPE_HEADER.into(),
                 content_type.as_str().as_bytes().to_vec(),
             ));
         }
@@ -111,7 +111,7 @@ mod tests {
         let mut older = FieldTable::default();
         for (name, value) in message().headers {
             older.insert(
-                ShortString::from(name),
+                ShortString::from(name.as_ref()),
                 AMQPValue::LongString(LongString::from(value)),
             );
         }

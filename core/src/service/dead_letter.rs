@@ -2,7 +2,7 @@
 //! service carries besides its reason, so that an operator can tell whose it is to redrive.
 
 use crate::control::{DEAD_LETTER_SAGA_HEADER, DEAD_LETTER_SERVICE_HEADER};
-use crate::envelope::RawMessage;
+use crate::envelope::{HeaderName, RawMessage};
 use crate::ids::SagaId;
 use crate::transport::Delivery;
 
@@ -23,14 +23,14 @@ impl Runtime {
         }
     }
 
-    fn dead_letter_marks(&self, saga: Option<SagaId>) -> Vec<(String, Vec<u8>)> {
+    fn dead_letter_marks(&self, saga: Option<SagaId>) -> Vec<(HeaderName, Vec<u8>)> {
         let mut marks = vec![(
-            DEAD_LETTER_SERVICE_HEADER.to_owned(),
+            DEAD_LETTER_SERVICE_HEADER.into(),
             self.name().as_bytes().to_vec(),
         )];
         if let Some(saga) = saga {
             marks.push((
-                DEAD_LETTER_SAGA_HEADER.to_owned(),
+                DEAD_LETTER_SAGA_HEADER.into(),
                 saga.to_string().into_bytes(),
             ));
         }

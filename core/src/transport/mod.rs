@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 pub use self::keyed::{KeyedQueue, SharedKeyedQueue};
 
-use crate::envelope::{Envelope, RawMessage};
+use crate::envelope::{Envelope, HeaderName, RawMessage};
 use crate::error::BoxError;
 
 /// A broker connection. Object-safe: services hold an `Arc<dyn Transport>`.
@@ -134,7 +134,7 @@ impl Delivery {
 
     /// Adds header `name` to the message, as it goes on from here (to the dead-letter
     /// destination, say). The message as the transport keeps it is left alone.
-    pub fn add_header(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) {
+    pub fn add_header(&mut self, name: impl Into<HeaderName>, value: impl Into<Vec<u8>>) {
         Arc::make_mut(&mut self.message)
             .headers
             .push((name.into(), value.into()));
@@ -187,14 +187,12 @@ pub const DEAD_LETTER_ORIGINAL_SIZE_HEADER: &str = "choreo-dead-letter-original-
 /// `message` as a dead letter from `topic`: its headers and body, plus the reason and the topic
 /// it came from in [`DEAD_LETTER_REASON_HEADER`] and [`DEAD_LETTER_TOPIC_HEADER`].
 pub fn dead_letter_message(mut message: RawMessage, topic: &str, reason: &str) -> RawMessage {
-    message.headers.push((
-        DEAD_LETTER_REASON_HEADER.to_owned(),
-        reason.as_bytes().to_vec(),
-    ));
-    message.headers.push((
-        DEAD_LETTER_TOPIC_HEADER.to_owned(),
-        topic.as_bytes().to_vec(),
-    ));
+    message
+        .headers
+        .push((DEAD_LETTER_REASON_HEADER.into(), reason.as_bytes().to_vec()));
+    message
+        .headers
+        .push((DEAD_LETTER_TOPIC_HEADER.into(), topic.as_bytes().to_vec()));
     message
 }
 
