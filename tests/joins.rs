@@ -454,7 +454,7 @@ fn kept(record: &SagaRecord) -> Vec<&Envelope> {
         .steps
         .iter()
         .filter(|step| step.is_received())
-        .map(|step| &step.output)
+        .map(|step| &*step.output)
         .collect()
 }
 

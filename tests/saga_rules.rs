@@ -514,7 +514,7 @@ async fn no_step_starts_past_the_deadline(backend: Backend) {
     let inventory = h.record("inventory", saga).await.unwrap();
     assert_eq!(inventory.steps.len(), 1);
     assert!(inventory.steps[0].is_received());
-    assert_eq!(inventory.steps[0].output, late);
+    assert_eq!(*inventory.steps[0].output, late);
 }
 
 async fn a_step_that_outruns_the_deadline_is_withheld_and_compensated(backend: Backend) {

@@ -153,7 +153,7 @@ mod cancelled {
         let mut record = SagaRecord::new(saga, Deadline::after(now, Duration::from_secs(30)));
         record.steps.push(StepRecord {
             input: None,
-            output: Envelope {
+            output: std::sync::Arc::new(Envelope {
                 id: EventId::new(),
                 source: "orders".into(),
                 event_type: "orders.OrderPlaced.v1".into(),
@@ -166,7 +166,7 @@ mod cancelled {
                 trace: TraceContext::new_root(),
                 data: serde_json::value::to_raw_value(&7).unwrap(),
                 saga_data: Default::default(),
-            },
+            }),
             withheld: false,
             published: false,
             compensation: choreo::journal::CompensationState::Pending,
@@ -308,7 +308,7 @@ mod schema {
     fn step(output: Envelope, published: bool) -> StepRecord {
         StepRecord {
             input: Some(EventId::new()),
-            output,
+            output: output.into(),
             withheld: false,
             published,
             compensation: CompensationState::Pending,

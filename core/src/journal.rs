@@ -2,6 +2,7 @@
 //! rule 3). A [`Store`](crate::Store) keeps it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +71,8 @@ pub struct StepRecord {
     /// The event the step handled; `None` for the saga start; a received event's own id.
     pub input: Option<EventId>,
     /// The event the step emitted: what its compensation receives; or the received event.
-    pub output: Envelope,
+    /// Shared, since the record is copied on every load and the event never changes.
+    pub output: Arc<Envelope>,
     /// Whether the output was withheld because the deadline passed while the step ran;
     /// always, for a received event, which is never this service's to publish.
     pub withheld: bool,
@@ -89,7 +91,7 @@ impl StepRecord {
     pub fn received(event: Envelope) -> Self {
         Self {
             input: Some(event.id),
-            output: event,
+            output: Arc::new(event),
             withheld: true,
             published: false,
             compensation: CompensationState::NotRequired,

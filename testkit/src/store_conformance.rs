@@ -117,7 +117,7 @@ fn envelope(saga: SagaId, event_type: &str, kind: SagaKind) -> Envelope {
 fn step(saga: SagaId, event_type: &str) -> StepRecord {
     StepRecord {
         input: Some(EventId::new()),
-        output: envelope(saga, event_type, SagaKind::Step),
+        output: Arc::new(envelope(saga, event_type, SagaKind::Step)),
         withheld: false,
         published: false,
         compensation: CompensationState::Pending,
@@ -460,11 +460,11 @@ pub async fn recovery_finds_timers_unfinished_compensations_and_unsent_events(
     unsent.sort_by_key(|outgoing| outgoing.envelope.id);
     let mut expected = vec![
         Outgoing {
-            envelope: active.steps[0].output.clone(),
+            envelope: Envelope::clone(&active.steps[0].output),
             kind: OutgoingKind::Step { position: 0 },
         },
         Outgoing {
-            envelope: active.steps[1].output.clone(),
+            envelope: Envelope::clone(&active.steps[1].output),
             kind: OutgoingKind::Step { position: 1 },
         },
         Outgoing {
@@ -504,7 +504,7 @@ pub async fn events_marked_sent_are_not_recovered(subject: &dyn StoreSubject) {
     assert_eq!(recover(&store, &service).await.unsent.len(), 4);
 
     let start = Outgoing {
-        envelope: record.steps[0].output.clone(),
+        envelope: Envelope::clone(&record.steps[0].output),
         kind: OutgoingKind::Step { position: 0 },
     };
     store
@@ -515,7 +515,7 @@ pub async fn events_marked_sent_are_not_recovered(subject: &dyn StoreSubject) {
     assert_eq!(
         unsent,
         [Outgoing {
-            envelope: record.steps[1].output.clone(),
+            envelope: Envelope::clone(&record.steps[1].output),
             kind: OutgoingKind::Step { position: 1 },
         }]
     );
@@ -660,7 +660,7 @@ pub async fn received_events_load_back_and_are_never_sent(subject: &dyn StoreSub
     assert_eq!(load(&store, &service, saga).await.as_ref(), Some(&record));
     let unsent = recover(&store, &service).await.unsent;
     assert_eq!(unsent.len(), 1, "{unsent:?}");
-    assert_eq!(unsent[0].envelope, record.steps[2].output);
+    assert_eq!(unsent[0].envelope, *record.steps[2].output);
     assert_eq!(unsent[0].kind, OutgoingKind::Step { position: 2 });
 }
 
@@ -865,11 +865,11 @@ pub async fn overdue_deadlines_and_unsent_events_are_claimed_once_until_the_clai
     unsent.sort_by_key(|outgoing| outgoing.envelope.id);
     let mut expected = vec![
         Outgoing {
-            envelope: overdue.steps[0].output.clone(),
+            envelope: Envelope::clone(&overdue.steps[0].output),
             kind: OutgoingKind::Step { position: 0 },
         },
         Outgoing {
-            envelope: overdue.steps[1].output.clone(),
+            envelope: Envelope::clone(&overdue.steps[1].output),
             kind: OutgoingKind::Step { position: 1 },
         },
         abort.clone(),

@@ -66,6 +66,7 @@ mod transaction;
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -612,7 +613,7 @@ fn loaded(saga: SagaId, row: &PgRow) -> Result<Loaded, Decode> {
         }
         record.steps.push(StepRecord {
             input: input.map(EventId::from),
-            output: codec::envelope_of(&output)?,
+            output: Arc::new(codec::envelope_of(&output)?),
             withheld,
             published,
             compensation: codec::compensation_of(&compensation, failure)?,

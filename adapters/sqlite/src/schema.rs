@@ -2,6 +2,7 @@
 //! part of a store call, run on the store's connection inside the caller's transaction.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use choreo_core::journal::{AbortReason, CompensationState, SagaRecord, SagaStatus, StepRecord};
@@ -206,7 +207,7 @@ fn step(saga: SagaId, row: &Row<'_>, unsent: &[&str]) -> ReadResult<StepRecord> 
             ),
             None => None,
         },
-        output: envelope(&output).map_err(corrupt)?,
+        output: Arc::new(envelope(&output).map_err(corrupt)?),
         withheld,
         published: !withheld && !listed,
         compensation: match (compensation.as_str(), error) {

@@ -98,7 +98,7 @@ impl Runtime {
                 CompensationState::Compensated => handling.join(transaction.take()?),
                 CompensationState::Failed { reason } => handling.send(
                     Outgoing {
-                        envelope: output,
+                        envelope: Arc::unwrap_or_clone(output),
                         kind: OutgoingKind::DeadLetter {
                             reason: reason.clone(),
                         },

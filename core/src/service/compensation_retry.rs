@@ -3,6 +3,8 @@
 //! saga that failed for good (rule 5), each committed at once as the first time, and
 //! acknowledges anew with what it undid now and what still failed.
 
+use std::sync::Arc;
+
 use tracing::{debug, info, Span};
 
 use super::handling::Handling;
@@ -80,7 +82,7 @@ impl Runtime {
                 }
                 CompensationState::Failed { reason } => handling.send(
                     Outgoing {
-                        envelope: output,
+                        envelope: Arc::unwrap_or_clone(output),
                         kind: OutgoingKind::DeadLetter {
                             reason: reason.clone(),
                         },

@@ -1,6 +1,7 @@
 //! Rule 1: a saga starts with a new id and deadline, recorded as the initiator's first step
 //! (so its compensation runs if the saga aborts) and published once recorded.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tracing::info;
@@ -125,7 +126,7 @@ impl Runtime {
         record.initiated_here = true;
         record.steps.push(StepRecord {
             input: None,
-            output: start.clone(),
+            output: Arc::new(start.clone()),
             withheld: false,
             published: false,
             compensation: CompensationState::Pending,

@@ -117,7 +117,7 @@ impl Runtime {
                 let position = record.steps.len();
                 record.steps.push(StepRecord {
                     input: Some(envelope.id),
-                    output: output.clone(),
+                    output: Arc::new(output.clone()),
                     withheld,
                     published: false,
                     compensation: CompensationState::Pending,

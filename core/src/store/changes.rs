@@ -155,6 +155,7 @@ impl SagaRecord {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
     use super::*;
@@ -184,7 +185,7 @@ mod tests {
     fn step(saga: SagaId) -> StepRecord {
         StepRecord {
             input: Some(EventId::new()),
-            output: envelope(saga, "payments.CreditReserved.v1"),
+            output: Arc::new(envelope(saga, "payments.CreditReserved.v1")),
             withheld: false,
             published: false,
             compensation: CompensationState::Pending,

@@ -11,6 +11,7 @@ use super::{
     Recovery, Sent, SentKind, Store, StoreError, StoreTransaction,
 };
 use crate::deadline::Deadline;
+use crate::envelope::Envelope;
 use crate::ids::{EventId, SagaId};
 use crate::journal::{SagaRecord, SagaStatus};
 
@@ -328,7 +329,7 @@ fn unsent_steps(record: &SagaRecord) -> impl Iterator<Item = Outgoing> + '_ {
         .enumerate()
         .filter(|(_, step)| !step.published && !step.withheld)
         .map(|(position, step)| Outgoing {
-            envelope: step.output.clone(),
+            envelope: Envelope::clone(&step.output),
             kind: OutgoingKind::Step { position },
         })
 }
