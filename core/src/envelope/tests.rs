@@ -46,6 +46,20 @@ fn binary_mode_round_trips_every_attribute() {
 }
 
 #[test]
+fn binary_mode_names_its_headers_from_constants() {
+    let message = sample().to_binary();
+    assert!(message
+        .headers
+        .iter()
+        .all(|(name, _)| matches!(name, Cow::Borrowed(_))));
+    assert!(matches!(
+        header_name("ce_sagaid"),
+        Cow::Borrowed("ce_sagaid")
+    ));
+    assert!(matches!(header_name("x-request-id"), Cow::Owned(name) if name == "x-request-id"));
+}
+
+#[test]
 fn structured_mode_round_trips_every_attribute() {
     let envelope = sample();
     let message = envelope.to_structured();

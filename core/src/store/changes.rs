@@ -243,4 +243,17 @@ mod tests {
         }
         assert_eq!(kept, record);
     }
+
+    #[test]
+    fn a_rebuilt_record_holds_room_for_its_steps_only() {
+        let saga = SagaId::new();
+        let mut record = SagaRecord::new(saga, envelope(saga, "x").deadline);
+        record.steps.push(step(saga));
+        let mut rebuilt = SagaRecord::new(saga, record.deadline);
+        for change in Snapshot::changes(None, &record) {
+            rebuilt.apply_owned(change);
+        }
+        assert_eq!(rebuilt, record);
+        assert_eq!(rebuilt.steps.capacity(), 1);
+    }
 }
