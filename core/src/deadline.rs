@@ -63,13 +63,13 @@ impl FromStr for Deadline {
 
 impl fmt::Display for Deadline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_rfc3339())
+        f.write_str(write_rfc3339(self.0, &mut [0; TIMESTAMP_MAX]))
     }
 }
 
 impl fmt::Debug for Deadline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Deadline({})", self.to_rfc3339())
+        write!(f, "Deadline({self})")
     }
 }
 
@@ -87,10 +87,87 @@ impl<'de> serde::Deserialize<'de> for Deadline {
 }
 
 pub(crate) fn format_rfc3339(instant: SystemTime) -> String {
-    // Formatting a UTC timestamp as RFC 3339 only fails for years outside 0..=9999.
-    OffsetDateTime::from(instant)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| String::from("9999-12-31T23:59:59Z"))
+    write_rfc3339(instant, &mut [0; TIMESTAMP_MAX]).to_owned()
+}
+
+/// The length of the longest timestamp choreo writes, `9999-12-31T23:59:59.999999999Z`.
+pub(crate) const TIMESTAMP_MAX: usize = 30;
+
+/// `instant` as an RFC 3339 UTC timestamp, written in `buffer`: every event carries two, so
+/// the years from 1970 to 9999 are written without the general formatter or an allocation.
+/// Seconds are followed by their fraction, trailing zeros dropped, when there is one. An
+/// instant after 9999 is written as the last second of 9999.
+pub(crate) fn write_rfc3339(instant: SystemTime, buffer: &mut [u8; TIMESTAMP_MAX]) -> &str {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
+    const LAST_SECOND: &str = "9999-12-31T23:59:59Z";
+    let since = match instant.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) if since.as_secs() >= YEAR_10000 => None,
+        Ok(since) => Some(since),
+        Err(_) => None,
+    };
+    let Some(since) = since else {
+        let general = if instant > SystemTime::UNIX_EPOCH {
+            LAST_SECOND.to_owned()
+        } else {
+            // Formatting a UTC timestamp as RFC 3339 only fails for years before 0.
+            OffsetDateTime::from(instant)
+                .format(&Rfc3339)
+                .unwrap_or_else(|_| LAST_SECOND.to_owned())
+        };
+        let length = general.len().min(TIMESTAMP_MAX);
+        buffer[..length].copy_from_slice(&general.as_bytes()[..length]);
+        return std::str::from_utf8(&buffer[..length]).unwrap_or_default();
+    };
+    let seconds = since.as_secs();
+    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let second_of_day = seconds % 86_400;
+    let mut length = 0;
+    let mut put = |number: u64, digits: usize, then: u8| {
+        for place in (0..digits).rev() {
+            buffer[length + place] =
+                b'0' + (number / 10u64.pow((digits - 1 - place) as u32) % 10) as u8;
+        }
+        buffer[length + digits] = then;
+        length += digits + 1;
+    };
+    put(year, 4, b'-');
+    put(month, 2, b'-');
+    put(day, 2, b'T');
+    put(second_of_day / 3_600, 2, b':');
+    put(second_of_day / 60 % 60, 2, b':');
+    let nanos = u64::from(since.subsec_nanos());
+    if nanos == 0 {
+        put(second_of_day % 60, 2, b'Z');
+    } else {
+        put(second_of_day % 60, 2, b'.');
+        let zeros = (0..9)
+            .take_while(|zeros| nanos % 10u64.pow(zeros + 1) == 0)
+            .count();
+        put(nanos / 10u64.pow(zeros as u32), 9 - zeros, b'Z');
+    }
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(&buffer[..length]).unwrap_or_default()
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// civil_from_days), the inverse of the computation in `parse_utc`.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let days = days + 719_468;
+    let era = days / 146_097;
+    let day_of_era = days % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 pub(crate) fn parse_rfc3339(s: &str) -> Result<SystemTime, time::error::Parse> {
@@ -247,6 +324,33 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::clock::TokioClock;
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #[test]
+        fn timestamps_read_as_the_general_formatter_writes_them(
+            seconds in 0..253_402_300_800u64,
+            nanos in proptest::prop_oneof![
+                proptest::strategy::Just(0u32),
+                0..1_000_000_000u32,
+                (0..1_000u32).prop_map(|millis| millis * 1_000_000),
+            ],
+        ) {
+            let instant = SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos);
+            let general = OffsetDateTime::from(instant).format(&Rfc3339).unwrap();
+            proptest::prop_assert_eq!(format_rfc3339(instant), general);
+        }
+    }
+
+    #[test]
+    fn timestamps_outside_the_fast_years_are_written_too() {
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::new(86_400, 500_000_000);
+        assert_eq!(format_rfc3339(before_1970), "1969-12-30T23:59:59.5Z");
+        let after_9999 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert_eq!(format_rfc3339(after_9999), "9999-12-31T23:59:59Z");
+        let last = SystemTime::UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_999);
+        assert_eq!(format_rfc3339(last), "9999-12-31T23:59:59.999999999Z");
+    }
 
     #[test]
     fn rfc3339_round_trip_keeps_subsecond_precision() {
