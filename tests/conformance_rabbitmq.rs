@@ -101,10 +101,10 @@ async fn a_message_in_the_older_header_form_still_decodes() {
     let message = older.to_binary();
     assert!(message.headers.iter().any(|(name, _)| name == "ce_id"));
     let mut headers = FieldTable::default();
-    for (name, value) in message.headers {
+    for (name, value) in &message.headers {
         headers.insert(
-            ShortString::from(name.as_ref()),
-            AMQPValue::LongString(LongString::from(value)),
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value.to_vec())),
         );
     }
     let connection = Connection::connect(subject.broker.url(), ConnectionProperties::default())

@@ -634,7 +634,7 @@ async fn a_malformed_message_shows_as_one_dead_letter_with_a_copy_per_service(ba
         saga_data: choreo::SagaData::new(),
     };
     let mut message = start.to_binary();
-    message.headers.retain(|(name, _)| name != "ce_sagakind");
+    message.headers.retain(|name, _| name != "ce_sagakind");
     h.publish_raw(TOPIC, None, message.clone()).await;
     let deadline = tokio::time::Instant::now() + h.units(100);
     let letter = loop {

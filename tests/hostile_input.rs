@@ -31,7 +31,7 @@ fn stranger_start(h: &Harness, order_id: u64, deadline: Deadline) -> Envelope {
 
 /// `message` without its header `name`.
 fn without(mut message: RawMessage, name: &str) -> RawMessage {
-    message.headers.retain(|(key, _)| key != name);
+    message.headers.retain(|key, _| key != name);
     message
 }
 
@@ -51,17 +51,22 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     let mut malformed: Vec<(RawMessage, &str)> = Vec::new();
 
     let mut not_utf8 = stranger_start(&h, far, h.deadline_in(backend.timeout())).to_binary();
-    for (_, value) in &mut not_utf8.headers {
-        *value = b"\xff\xfe not UTF-8 \xc3\x28".to_vec();
-    }
+    not_utf8.headers = not_utf8
+        .headers
+        .iter()
+        .map(|(name, _)| (name, b"\xff\xfe not UTF-8 \xc3\x28"))
+        .collect();
     malformed.push((not_utf8, "is invalid: not UTF-8"));
     let mut source_not_utf8 =
         stranger_start(&h, far + 5, h.deadline_in(backend.timeout())).to_binary();
-    for (name, value) in &mut source_not_utf8.headers {
-        if name == "ce_source" {
-            *value = b"\xffstranger".to_vec();
-        }
-    }
+    source_not_utf8.headers = source_not_utf8
+        .headers
+        .iter()
+        .map(|(name, value)| match name {
+            "ce_source" => (name, &b"\xffstranger"[..]),
+            _ => (name, value),
+        })
+        .collect();
     malformed.push((source_not_utf8, "attribute `source` is invalid: not UTF-8"));
     malformed.push((
         without(
@@ -77,9 +82,7 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     let carries_duplicates = true;
     if carries_duplicates {
         let mut twice = stranger_start(&h, far + 2, h.deadline_in(backend.timeout())).to_binary();
-        twice
-            .headers
-            .push(("ce_type".into(), b"inventory.StockReserved.v1".to_vec()));
+        twice.headers.push("ce_type", b"inventory.StockReserved.v1");
         malformed.push((twice, "attribute `type` appears more than once"));
     }
     for (message, _) in &malformed {

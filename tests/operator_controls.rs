@@ -244,12 +244,9 @@ fn no_step_or_compensation_may_take_a_runtime_event() {
 /// `letter` as it lay on the dead-letter topic, its `choreo-dead-letter-*` headers included.
 fn as_dead_lettered(letter: &DeadLetter) -> choreo::RawMessage {
     let mut message = letter.message.clone();
-    message.headers.extend(
-        letter
-            .marks
-            .iter()
-            .map(|(name, value)| (name.clone().into(), value.clone().into_bytes())),
-    );
+    message
+        .headers
+        .extend(letter.marks.iter().map(|(name, value)| (name, value)));
     message
 }
 
@@ -266,13 +263,13 @@ async fn a_dead_letter_names_the_service_and_the_saga(backend: Backend) {
     // naming itself, and the saga it says.
     let malformed_saga = choreo::SagaId::new();
     let malformed = choreo::RawMessage {
-        headers: vec![("ce_sagaid".into(), malformed_saga.to_string().into_bytes())],
+        headers: choreo::Headers::from([("ce_sagaid", malformed_saga.to_string())]),
         body: br#"{"order_id": 1}"#.to_vec(),
     };
     h.publish_raw(TOPIC, None, malformed.clone()).await;
     // And one that says nothing: named by each service, no saga.
     let foreign = choreo::RawMessage {
-        headers: vec![],
+        headers: choreo::Headers::new(),
         body: b"hello".to_vec(),
     };
     h.publish_raw(TOPIC, None, foreign.clone()).await;

@@ -620,7 +620,7 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_o
 ) {
     let h = Harness::start(backend).await;
     let garbage = choreo::RawMessage {
-        headers: vec![("ce_type".into(), b"orders.OrderPlaced.v1".to_vec())],
+        headers: choreo::Headers::from([("ce_type", "orders.OrderPlaced.v1")]),
         body: br#"{"order_id": 1}"#.to_vec(),
     };
     h.publish_raw(TOPIC, None, garbage.clone()).await;
@@ -641,7 +641,7 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_consumers_go_o
     };
     h.publish_raw(TOPIC, None, not_json.clone()).await;
     let foreign = choreo::RawMessage {
-        headers: vec![],
+        headers: choreo::Headers::new(),
         body: b"hello".to_vec(),
     };
     h.publish_raw(TOPIC, None, foreign.clone()).await;

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use choreo::transport::{dead_letter_topic, DEAD_LETTER_REASON_HEADER, DEAD_LETTER_TOPIC_HEADER};
 use choreo::{
-    Context, Event, HandlerError, RawMessage, Saga, SagaLog, SagaOutcome, Service, Step,
+    Context, Event, HandlerError, Headers, RawMessage, Saga, SagaLog, SagaOutcome, Service, Step,
     StepResult, Store, Transport,
 };
 use futures_util::future::BoxFuture;
@@ -356,7 +356,7 @@ async fn sagas_and_a_dead_letter(
     ));
 
     let garbage = RawMessage {
-        headers: vec![("ce_type".into(), b"broken".to_vec())],
+        headers: Headers::from([("ce_type", "broken")]),
         body: b"\x00 not an event".to_vec(),
     };
     publish_raw(topic.clone(), garbage.clone()).await;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use choreo::rabbitmq::RabbitMqTransport;
-use choreo::{ConnectError, RawMessage, Transport, TransportError, TransportUrl};
+use choreo::{ConnectError, Headers, RawMessage, Transport, TransportError, TransportUrl};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use testcontainers::core::{CmdWaitFor, ExecCommand, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
@@ -206,7 +206,7 @@ async fn check(versions: &[&str], protocol: &str, no_certificate: &str) {
         .await
         .unwrap();
     let message = RawMessage {
-        headers: vec![("ce-id".into(), b"tls-1".to_vec())],
+        headers: Headers::from([("ce-id", "tls-1")]),
         body: b"{\"over\":\"tls\"}".to_vec(),
     };
     transport.publish_raw(&topic, &message).await.unwrap();

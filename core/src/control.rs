@@ -124,7 +124,7 @@ pub fn redrive_request(
     let mut message = dead_letter.clone();
     message
         .headers
-        .retain(|(name, _)| !name.starts_with(DEAD_LETTER_HEADER_PREFIX));
+        .retain(|name, _| !name.starts_with(DEAD_LETTER_HEADER_PREFIX));
     let event = Envelope::decode(&message)?;
     let event_json = RawValue::from_string(event.to_json())
         .map_err(|error| EnvelopeError::InvalidData(error.to_string()))?;

@@ -12,10 +12,14 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::deadline::{format_rfc3339, parse_rfc3339, Deadline};
+use crate::deadline::{parse_rfc3339, write_rfc3339, Deadline, TIMESTAMP_MAX};
 use crate::ids::{EventId, SagaId};
 use crate::saga_data::SagaData;
 use crate::trace::TraceContext;
+
+pub mod headers;
+
+pub use self::headers::Headers;
 
 /// The CloudEvents version choreo speaks.
 pub const SPEC_VERSION: &str = "1.0";
@@ -139,7 +143,69 @@ impl fmt::Debug for Envelope {
     }
 }
 
-/// The binary mode's header for each attribute choreo writes, in the order it writes them.
+/// The attributes choreo knows, in the order it writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attribute {
+    SpecVersion,
+    Id,
+    Source,
+    Type,
+    Time,
+    DataContentType,
+    SagaId,
+    CausationId,
+    JoinedCauses,
+    SagaDeadline,
+    SagaKind,
+    TraceParent,
+    TraceState,
+    SagaData,
+}
+
+impl Attribute {
+    /// Every one, in order: `Attribute::ALL[a as usize] == a`.
+    const ALL: [Self; 14] = [
+        Self::SpecVersion,
+        Self::Id,
+        Self::Source,
+        Self::Type,
+        Self::Time,
+        Self::DataContentType,
+        Self::SagaId,
+        Self::CausationId,
+        Self::JoinedCauses,
+        Self::SagaDeadline,
+        Self::SagaKind,
+        Self::TraceParent,
+        Self::TraceState,
+        Self::SagaData,
+    ];
+
+    /// The attribute's CloudEvents name.
+    fn name(self) -> &'static str {
+        BINARY_HEADERS[self as usize].0
+    }
+
+    /// The attribute called `name`, when it is one choreo knows.
+    fn named(name: &str) -> Option<Self> {
+        let index = BINARY_HEADERS
+            .iter()
+            .position(|(known, _)| *known == name)?;
+        Some(Self::ALL[index])
+    }
+}
+
+/// What a header of a binary-mode message is to the decoder.
+enum Header<'a> {
+    /// `content-type`, in any case.
+    ContentType,
+    /// A `ce_` header of an attribute choreo knows.
+    Attribute(Attribute),
+    /// Another `ce_` header: an extension attribute, named without the prefix.
+    Extension(&'a str),
+}
+
+/// Each attribute's name and binary-mode header, in [`Attribute`] order.
 const BINARY_HEADERS: [(&str, &str); 14] = [
     ("specversion", "ce_specversion"),
     ("id", "ce_id"),
@@ -157,24 +223,11 @@ const BINARY_HEADERS: [(&str, &str); 14] = [
     ("sagadata", "ce_sagadata"),
 ];
 
-/// `name`, as read from a broker, borrowed from choreo's own header names when it is one,
-/// so that receiving an event allocates none of its header names.
-pub fn header_name(name: &str) -> HeaderName {
-    match BINARY_HEADERS.iter().find(|(_, header)| *header == name) {
-        Some((_, header)) => Cow::Borrowed(*header),
-        None => Cow::Owned(name.to_owned()),
-    }
-}
-
-/// A header's name: choreo's own names are borrowed from constants, so naming a dozen
-/// attributes per event allocates nothing; names read from a broker are owned.
-pub type HeaderName = Cow<'static, str>;
-
 /// A message as transports carry it: headers and a body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawMessage {
-    /// Headers in arrival order. Values are bytes because brokers allow any.
-    pub headers: Vec<(HeaderName, Vec<u8>)>,
+    /// Headers in arrival order.
+    pub headers: Headers,
     /// The body.
     pub body: Vec<u8>,
 }
@@ -182,10 +235,7 @@ pub struct RawMessage {
 impl RawMessage {
     /// The first header named `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_slice())
+        self.headers.get(name)
     }
 }
 
@@ -230,14 +280,10 @@ pub enum EnvelopeError {
 impl Envelope {
     /// Binary mode: attributes as `ce_*` headers, `content-type` for the data, data as the body.
     pub fn to_binary(&self) -> RawMessage {
-        // Room for an event's usual attributes: the optional ones are rarely all there.
-        let mut headers = Vec::with_capacity(12);
-        self.for_each_attribute(|name, value| {
-            let header = match BINARY_HEADERS.iter().find(|(known, _)| *known == name) {
-                Some((_, header)) => Cow::Borrowed(*header),
-                None => Cow::Owned(format!("{HEADER_PREFIX}{name}")),
-            };
-            headers.push((header, value.into_owned().into_bytes()));
+        let (count, bytes) = self.attributes_size();
+        let mut headers = Headers::with_capacity(count, bytes);
+        self.for_each_attribute(|attribute, value| {
+            headers.push_known(attribute as usize, value.as_bytes());
         });
         RawMessage {
             headers,
@@ -248,10 +294,7 @@ impl Envelope {
     /// Structured mode: one JSON document holding every attribute and `data`.
     pub fn to_structured(&self) -> RawMessage {
         RawMessage {
-            headers: vec![(
-                CONTENT_TYPE_HEADER.into(),
-                STRUCTURED_CONTENT_TYPE.as_bytes().to_vec(),
-            )],
+            headers: Headers::from([(CONTENT_TYPE_HEADER, STRUCTURED_CONTENT_TYPE)]),
             body: self.to_json().into_bytes(),
         }
     }
@@ -260,11 +303,11 @@ impl Envelope {
     pub fn to_json(&self) -> String {
         let mut json = String::with_capacity(320 + self.data.get().len());
         json.push('{');
-        self.for_each_attribute(|name, value| {
+        self.for_each_attribute(|attribute, value| {
             json.push('"');
-            json.push_str(name);
+            json.push_str(attribute.name());
             json.push_str("\":");
-            push_json_string(&mut json, &value);
+            push_json_string(&mut json, value);
             json.push(',');
         });
         // The raw data is spliced in as it is rather than parsed again.
@@ -276,40 +319,86 @@ impl Envelope {
 
     /// Decodes a message in either mode; structured mode is recognised by its content type.
     pub fn decode(message: &RawMessage) -> Result<Self, EnvelopeError> {
-        let content_type = match message.header(CONTENT_TYPE_HEADER) {
-            Some(value) => Some(utf8("datacontenttype", value)?),
+        // One pass over the headers: each known attribute has a slot, and the headers choreo
+        // writes come with theirs, so most are placed without comparing a name.
+        let mut slots: [Option<&str>; Attribute::ALL.len()] = [None; Attribute::ALL.len()];
+        let mut extensions: Vec<&str> = Vec::new();
+        let mut content_type: Option<Option<&str>> = None;
+        let mut any_attribute = false;
+        // The first fault among the attributes in header order, reported unless the content
+        // type says structured mode, which reads the body alone.
+        let mut fault = None;
+        for (name, known, text) in message.headers.texts() {
+            let header = match known {
+                // `BINARY_HEADERS` names `datacontenttype` by the `content-type` header.
+                Some(index) if index == Attribute::DataContentType as usize => Header::ContentType,
+                Some(index) => Header::Attribute(Attribute::ALL[index]),
+                None if name.eq_ignore_ascii_case(CONTENT_TYPE_HEADER) => Header::ContentType,
+                None => match name.strip_prefix(HEADER_PREFIX) {
+                    Some(name) => {
+                        Attribute::named(name).map_or(Header::Extension(name), Header::Attribute)
+                    }
+                    None => continue,
+                },
+            };
+            let name = match header {
+                Header::ContentType => {
+                    // The first `content-type` header is the one that counts.
+                    content_type.get_or_insert(text);
+                    continue;
+                }
+                Header::Attribute(attribute) => attribute.name(),
+                Header::Extension(name) => name,
+            };
+            any_attribute = true;
+            if fault.is_some() {
+                continue;
+            }
+            let Some(text) = text else {
+                fault = Some(not_utf8(attribute_name(name)));
+                continue;
+            };
+            let repeated = match header {
+                Header::Attribute(attribute) => slots[attribute as usize].replace(text).is_some(),
+                _ if extensions.contains(&name) => true,
+                _ => {
+                    extensions.push(name);
+                    false
+                }
+            };
+            if repeated {
+                fault = Some(EnvelopeError::DuplicateAttribute(name.to_owned()));
+            }
+        }
+        let content_type = match content_type {
+            Some(Some(text)) => Some(text),
+            Some(None) => return Err(not_utf8("datacontenttype")),
             None => None,
         };
         if content_type.is_some_and(|value| value.starts_with(STRUCTURED_CONTENT_TYPE)) {
             return Self::from_json(&message.body);
         }
-
-        // A dozen attributes: a linear scan beats hashing them.
-        let mut attributes: Vec<(&str, &str)> = Vec::with_capacity(12);
-        for (key, value) in &message.headers {
-            let Some(name) = key.strip_prefix(HEADER_PREFIX) else {
-                continue;
-            };
-            let value = std::str::from_utf8(value).map_err(|_| not_utf8(attribute_name(name)))?;
-            if find(&attributes, name).is_some() {
-                return Err(EnvelopeError::DuplicateAttribute(name.to_owned()));
-            }
-            attributes.push((name, value));
+        if let Some(fault) = fault {
+            return Err(fault);
         }
-        if attributes.is_empty() {
+        if !any_attribute {
             return Err(EnvelopeError::NotACloudEvent);
         }
         if let Some(content_type) = content_type {
-            match find(&attributes, "datacontenttype") {
-                Some(other) if other != content_type => {
+            let slot = &mut slots[Attribute::DataContentType as usize];
+            match slot {
+                Some(other) if *other != content_type => {
                     return Err(EnvelopeError::DuplicateAttribute("datacontenttype".into()));
                 }
                 Some(_) => {}
-                None => attributes.push(("datacontenttype", content_type)),
+                None => *slot = Some(content_type),
             }
         }
         let data = parse_data(&message.body)?;
-        Self::from_attributes(|name| Ok(find(&attributes, name).map(Cow::Borrowed)), data)
+        Self::from_attributes(
+            |attribute| Ok(slots[attribute as usize].map(Cow::Borrowed)),
+            data,
+        )
     }
 
     /// Decodes a structured-mode JSON document.
@@ -326,12 +415,12 @@ impl Envelope {
             ));
         }
         Self::from_attributes(
-            |name| match fields.get(name) {
+            |attribute| match fields.get(attribute.name()) {
                 None => Ok(None),
                 Some(raw) => serde_json::from_str::<String>(raw.get())
                     .map(|value| Some(Cow::Owned(value)))
                     .map_err(|_| EnvelopeError::InvalidAttribute {
-                        name: attribute_name(name),
+                        name: attribute.name(),
                         reason: "expected a JSON string".into(),
                     }),
             },
@@ -340,20 +429,24 @@ impl Envelope {
     }
 
     fn from_attributes<'a>(
-        get: impl Fn(&'static str) -> Result<Option<Cow<'a, str>>, EnvelopeError>,
+        get: impl Fn(Attribute) -> Result<Option<Cow<'a, str>>, EnvelopeError>,
         data: Box<RawValue>,
     ) -> Result<Self, EnvelopeError> {
-        let required = |name: &'static str| get(name)?.ok_or(EnvelopeError::MissingAttribute(name));
-        let invalid =
-            |name: &'static str, reason: String| EnvelopeError::InvalidAttribute { name, reason };
+        let required = |attribute: Attribute| {
+            get(attribute)?.ok_or(EnvelopeError::MissingAttribute(attribute.name()))
+        };
+        let invalid = |attribute: Attribute, reason: String| EnvelopeError::InvalidAttribute {
+            name: attribute.name(),
+            reason,
+        };
 
-        let spec_version = required("specversion")?;
+        let spec_version = required(Attribute::SpecVersion)?;
         if spec_version != SPEC_VERSION {
             return Err(EnvelopeError::UnsupportedSpecVersion(
                 spec_version.into_owned(),
             ));
         }
-        if let Some(content_type) = get("datacontenttype")? {
+        if let Some(content_type) = get(Attribute::DataContentType)? {
             let media_type = content_type.split(';').next().unwrap_or_default().trim();
             if !media_type.eq_ignore_ascii_case(JSON) {
                 return Err(EnvelopeError::UnsupportedContentType(
@@ -361,54 +454,50 @@ impl Envelope {
                 ));
             }
         }
-        let id = required("id")?
+        let id = required(Attribute::Id)?
             .parse::<EventId>()
-            .map_err(|error| invalid("id", error.to_string()))?;
-        let source = non_empty("source", required("source")?)?;
-        let event_type = non_empty("type", required("type")?)?;
-        let time = match get("time")? {
-            Some(value) => {
-                parse_rfc3339(&value).map_err(|error| invalid("time", error.to_string()))?
-            }
-            None => return Err(EnvelopeError::MissingAttribute("time")),
-        };
-        let saga_id = required("sagaid")?
+            .map_err(|error| invalid(Attribute::Id, error.to_string()))?;
+        let source = non_empty(Attribute::Source, required(Attribute::Source)?)?;
+        let event_type = non_empty(Attribute::Type, required(Attribute::Type)?)?;
+        let time = parse_rfc3339(&required(Attribute::Time)?)
+            .map_err(|error| invalid(Attribute::Time, error.to_string()))?;
+        let saga_id = required(Attribute::SagaId)?
             .parse::<SagaId>()
-            .map_err(|error| invalid("sagaid", error.to_string()))?;
-        let causation_id = match get("causationid")? {
+            .map_err(|error| invalid(Attribute::SagaId, error.to_string()))?;
+        let causation_id = match get(Attribute::CausationId)? {
             Some(value) => Some(
                 value
                     .parse::<EventId>()
-                    .map_err(|error| invalid("causationid", error.to_string()))?,
+                    .map_err(|error| invalid(Attribute::CausationId, error.to_string()))?,
             ),
             None => None,
         };
-        let joined_causes = match get("joinedcauses")? {
+        let joined_causes = match get(Attribute::JoinedCauses)? {
             Some(value) => value
                 .split(',')
                 .map(|id| id.trim().parse::<EventId>())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| invalid("joinedcauses", error.to_string()))?,
+                .map_err(|error| invalid(Attribute::JoinedCauses, error.to_string()))?,
             None => Vec::new(),
         };
-        let deadline = required("sagadeadline")?
+        let deadline = required(Attribute::SagaDeadline)?
             .parse::<Deadline>()
-            .map_err(|error| invalid("sagadeadline", error.to_string()))?;
-        let kind_value = required("sagakind")?;
+            .map_err(|error| invalid(Attribute::SagaDeadline, error.to_string()))?;
+        let kind_value = required(Attribute::SagaKind)?;
         let kind = SagaKind::parse(&kind_value).ok_or_else(|| {
             invalid(
-                "sagakind",
+                Attribute::SagaKind,
                 format!("`{kind_value}` is not one of start, step, complete, abort, compensated"),
             )
         })?;
         let trace = TraceContext::from_parts(
-            get("traceparent")?.map(Cow::into_owned),
-            get("tracestate")?.map(Cow::into_owned),
+            get(Attribute::TraceParent)?.map(Cow::into_owned),
+            get(Attribute::TraceState)?.map(Cow::into_owned),
         )
-        .map_err(|error| invalid("traceparent", error.to_string()))?;
-        let saga_data = match get("sagadata")? {
+        .map_err(|error| invalid(Attribute::TraceParent, error.to_string()))?;
+        let saga_data = match get(Attribute::SagaData)? {
             Some(json) => SagaData::from_json(&json)
-                .map_err(|error| invalid("sagadata", error.to_string()))?,
+                .map_err(|error| invalid(Attribute::SagaData, error.to_string()))?,
             None => SagaData::default(),
         };
 
@@ -428,32 +517,71 @@ impl Envelope {
         })
     }
 
-    fn for_each_attribute(&self, mut emit: impl FnMut(&'static str, Cow<'_, str>)) {
-        emit("specversion", Cow::Borrowed(SPEC_VERSION));
-        emit("id", Cow::Owned(self.id.to_string()));
-        emit("source", Cow::Borrowed(&self.source));
-        emit("type", Cow::Borrowed(&self.event_type));
-        emit("time", Cow::Owned(format_rfc3339(self.time)));
-        emit("datacontenttype", Cow::Borrowed(JSON));
-        emit("sagaid", Cow::Owned(self.saga_id.to_string()));
+    /// Every attribute that goes on the wire, in wire order. Ids and timestamps are written
+    /// in buffers on the stack, so that naming them allocates nothing.
+    fn for_each_attribute(&self, mut emit: impl FnMut(Attribute, &str)) {
+        let mut id = [0; UUID_LENGTH];
+        let mut time = [0; TIMESTAMP_MAX];
+        emit(Attribute::SpecVersion, SPEC_VERSION);
+        emit(
+            Attribute::Id,
+            self.id.as_uuid().hyphenated().encode_lower(&mut id),
+        );
+        emit(Attribute::Source, &self.source);
+        emit(Attribute::Type, &self.event_type);
+        emit(Attribute::Time, write_rfc3339(self.time, &mut time));
+        emit(Attribute::DataContentType, JSON);
+        emit(
+            Attribute::SagaId,
+            self.saga_id.as_uuid().hyphenated().encode_lower(&mut id),
+        );
         if let Some(causation_id) = self.causation_id {
-            emit("causationid", Cow::Owned(causation_id.to_string()));
+            emit(
+                Attribute::CausationId,
+                causation_id.as_uuid().hyphenated().encode_lower(&mut id),
+            );
         }
         if !self.joined_causes.is_empty() {
             let ids: Vec<String> = self.joined_causes.iter().map(ToString::to_string).collect();
-            emit("joinedcauses", Cow::Owned(ids.join(",")));
+            emit(Attribute::JoinedCauses, &ids.join(","));
         }
-        emit("sagadeadline", Cow::Owned(self.deadline.to_rfc3339()));
-        emit("sagakind", Cow::Borrowed(self.kind.as_str()));
+        emit(
+            Attribute::SagaDeadline,
+            write_rfc3339(self.deadline.instant(), &mut time),
+        );
+        emit(Attribute::SagaKind, self.kind.as_str());
         if let Some(traceparent) = self.trace.traceparent() {
-            emit("traceparent", Cow::Borrowed(traceparent));
+            emit(Attribute::TraceParent, traceparent);
         }
         if let Some(tracestate) = self.trace.tracestate() {
-            emit("tracestate", Cow::Borrowed(tracestate));
+            emit(Attribute::TraceState, tracestate);
         }
         if !self.saga_data.is_empty() {
-            emit("sagadata", Cow::Borrowed(self.saga_data.as_json()));
+            emit(Attribute::SagaData, self.saga_data.as_json());
         }
+    }
+
+    /// How many attributes [`Self::for_each_attribute`] emits, and at most how many bytes
+    /// their values take, so that binary mode allocates its headers once.
+    fn attributes_size(&self) -> (usize, usize) {
+        let optional = [
+            self.causation_id.map(|_| UUID_LENGTH),
+            (!self.joined_causes.is_empty()).then(|| self.joined_causes.len() * (UUID_LENGTH + 1)),
+            self.trace.traceparent().map(str::len),
+            self.trace.tracestate().map(str::len),
+            (!self.saga_data.is_empty()).then(|| self.saga_data.as_json().len()),
+        ];
+        let required = SPEC_VERSION.len()
+            + 2 * UUID_LENGTH
+            + self.source.len()
+            + self.event_type.len()
+            + 2 * TIMESTAMP_MAX
+            + JSON.len()
+            + self.kind.as_str().len();
+        (
+            9 + optional.iter().flatten().count(),
+            required + optional.iter().flatten().sum::<usize>(),
+        )
     }
 }
 
@@ -472,6 +600,9 @@ impl<'de> Deserialize<'de> for Envelope {
         Self::from_json(raw.get().as_bytes()).map_err(serde::de::Error::custom)
     }
 }
+
+/// The length of a hyphenated UUID.
+const UUID_LENGTH: usize = 36;
 
 /// Appends `value` to `json` as a JSON string.
 fn push_json_string(json: &mut String, value: &str) {
@@ -516,10 +647,6 @@ fn attribute_name(name: &str) -> &'static str {
         .unwrap_or("extension")
 }
 
-fn utf8<'a>(name: &'static str, value: &'a [u8]) -> Result<&'a str, EnvelopeError> {
-    std::str::from_utf8(value).map_err(|_| not_utf8(name))
-}
-
 /// Named only once it failed: finding the name scans the known ones, on every header.
 fn not_utf8(name: &'static str) -> EnvelopeError {
     EnvelopeError::InvalidAttribute {
@@ -528,22 +655,14 @@ fn not_utf8(name: &'static str) -> EnvelopeError {
     }
 }
 
-fn non_empty(name: &'static str, value: Cow<'_, str>) -> Result<String, EnvelopeError> {
+fn non_empty(attribute: Attribute, value: Cow<'_, str>) -> Result<String, EnvelopeError> {
     if value.is_empty() {
         return Err(EnvelopeError::InvalidAttribute {
-            name,
+            name: attribute.name(),
             reason: "must not be empty".into(),
         });
     }
     Ok(value.into_owned())
-}
-
-/// The value of attribute `name` among `attributes`.
-fn find<'a>(attributes: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
-    attributes
-        .iter()
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| *value)
 }
 
 fn parse_data(body: &[u8]) -> Result<Box<RawValue>, EnvelopeError> {

@@ -30,7 +30,7 @@ pub use crate::clock::{Clock, SystemClock, TokioClock};
 pub use crate::compensation::Compensation;
 pub use crate::context::Context;
 pub use crate::deadline::Deadline;
-pub use crate::envelope::{Envelope, EnvelopeError, HeaderName, RawMessage, SagaKind};
+pub use crate::envelope::{Envelope, EnvelopeError, Headers, RawMessage, SagaKind};
 pub use crate::error::{BoxError, ErrorKind, HandlerError};
 pub use crate::event::{Emit, Event};
 pub use crate::handler::{JoinHandler, Parts, Rejection, Step, StepHandler, StepResult};

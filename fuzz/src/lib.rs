@@ -123,10 +123,7 @@ pub fn message(input: &[u8]) -> RawMessage {
             ),
             None => (line, &[][..]),
         };
-        message.headers.push((
-            String::from_utf8_lossy(name).into_owned().into(),
-            value.to_vec(),
-        ));
+        message.headers.push(&String::from_utf8_lossy(name), value);
     }
     message
 }

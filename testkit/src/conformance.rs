@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use choreo_core::transport::{dead_letter_topic, DEAD_LETTER_REASON_HEADER};
 use choreo_core::{
-    Deadline, Delivery, Envelope, EventId, RawMessage, SagaId, SagaKind, Subscription,
+    Deadline, Delivery, Envelope, EventId, Headers, RawMessage, SagaId, SagaKind, Subscription,
     TraceContext, Transport,
 };
 use serde_json::value::RawValue;
@@ -335,7 +335,7 @@ pub async fn a_malformed_message_is_dead_lettered_and_the_consumer_goes_on(subje
     let mut subscription = subscribe(&transport, "g", &topic).await;
     let mut dead_letters = subscribe(&transport, "ops", &dead_letter_topic(&topic)).await;
     let garbage = RawMessage {
-        headers: vec![("ce_type".into(), b"broken".to_vec())],
+        headers: Headers::from([("ce_type", "broken")]),
         body: b"\x00 definitely not json".to_vec(),
     };
     let saga = SagaId::new();

@@ -1200,7 +1200,7 @@ impl std::fmt::Debug for DeadLetter {
             .message
             .headers
             .iter()
-            .map(|(name, value)| (name.as_ref(), short(value)))
+            .map(|(name, value)| (name, short(value)))
             .collect();
         f.debug_struct("DeadLetter")
             .field("reason", &self.reason)
@@ -1257,7 +1257,7 @@ impl DeadLetterLog {
                     .collect();
                 message
                     .headers
-                    .retain(|(key, _)| !key.starts_with("choreo-dead-letter-"));
+                    .retain(|key, _| !key.starts_with("choreo-dead-letter-"));
                 recorded.lock().unwrap().push(DeadLetter {
                     reason,
                     body: message.body.clone(),

@@ -5,13 +5,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use choreo_core::envelope::header_name;
 use choreo_core::transport::{Acknowledge, KeyedQueue, SharedKeyedQueue};
 use choreo_core::{Delivery, RawMessage, Subscription, TransportError};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -63,13 +62,10 @@ impl Shared {
         let partition = message.partition();
         let offset = message.offset();
         tracing::debug!(%topic, partition, offset, "fetched");
-        let mut headers = Vec::new();
+        let mut headers = choreo_core::Headers::new();
         if let Some(borrowed) = message.headers() {
             for header in borrowed.iter() {
-                headers.push((
-                    header_name(header.key),
-                    header.value.unwrap_or_default().to_vec(),
-                ));
+                headers.push(header.key, header.value.unwrap_or_default());
             }
         }
         let key = message

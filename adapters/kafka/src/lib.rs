@@ -178,7 +178,7 @@ impl Inner {
         for (name, value) in &message.headers {
             headers = headers.insert(Header {
                 key: name,
-                value: Some(value.as_slice()),
+                value: Some(value),
             });
         }
         let mut record = FutureRecord::to(topic)

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use choreo_core::transport::{DEAD_LETTER_ORIGINAL_SIZE_HEADER, DEAD_LETTER_TRUNCATED_HEADER};
-use choreo_core::{HeaderName, RawMessage};
+use choreo_core::{Headers, RawMessage};
 
 /// librdkafka's default `message.max.bytes`, below a Kafka broker's default limit on a
 /// record batch (1 048 588 bytes).
@@ -22,7 +22,7 @@ const OURS: &str = "choreo-dead-letter-";
 
 /// At least the size librdkafka holds against `message.max.bytes` for a record without a
 /// key, with `headers` and a body of `body` bytes.
-pub(crate) fn wire_size(headers: &[(HeaderName, Vec<u8>)], body: usize) -> usize {
+pub(crate) fn wire_size(headers: &Headers, body: usize) -> usize {
     headers
         .iter()
         .fold(RECORD_OVERHEAD + body, |size, (name, value)| {
@@ -73,23 +73,22 @@ fn copy(letter: &RawMessage, all_headers: bool, body: usize) -> RawMessage {
 }
 
 /// The headers of a cut copy of `letter`.
-fn marked(letter: &RawMessage, all_headers: bool) -> Vec<(HeaderName, Vec<u8>)> {
-    let mut headers: Vec<_> = letter
+fn marked(letter: &RawMessage, all_headers: bool) -> Headers {
+    let mut headers: Headers = letter
         .headers
         .iter()
         .filter(|(name, _)| !is_mark(name) && (all_headers || name.starts_with(OURS)))
-        .cloned()
         .collect();
     let left_out: &[u8] = if all_headers {
         b"body"
     } else {
         b"body,headers"
     };
-    headers.push((DEAD_LETTER_TRUNCATED_HEADER.into(), left_out.to_vec()));
-    headers.push((
-        DEAD_LETTER_ORIGINAL_SIZE_HEADER.into(),
-        letter.body.len().to_string().into_bytes(),
-    ));
+    headers.push(DEAD_LETTER_TRUNCATED_HEADER, left_out);
+    headers.push(
+        DEAD_LETTER_ORIGINAL_SIZE_HEADER,
+        letter.body.len().to_string().as_bytes(),
+    );
     headers
 }
 
@@ -107,7 +106,7 @@ mod tests {
         let message = RawMessage {
             headers: headers
                 .iter()
-                .map(|(name, size)| ((*name).to_owned().into(), vec![b'h'; *size]))
+                .map(|(name, size)| (*name, vec![b'h'; *size]))
                 .collect(),
             body: (0..body).map(|i| (i % 251) as u8).collect(),
         };
@@ -148,7 +147,10 @@ mod tests {
             size(&cut)
         );
         assert!(letter.body.starts_with(&cut.body));
-        assert_eq!(letter.headers[..], cut.headers[..letter.headers.len()]);
+        assert!(letter
+            .headers
+            .iter()
+            .eq(cut.headers.iter().take(letter.headers.len())));
         assert_eq!(header(&cut, DEAD_LETTER_TRUNCATED_HEADER), Some("body"));
         assert_eq!(
             header(&cut, DEAD_LETTER_ORIGINAL_SIZE_HEADER),
@@ -170,7 +172,7 @@ mod tests {
             cut.body, letter.body,
             "the body fits once the headers are out"
         );
-        let names: Vec<_> = cut.headers.iter().map(|(name, _)| name.as_ref()).collect();
+        let names: Vec<_> = cut.headers.iter().map(|(name, _)| name).collect();
         assert_eq!(
             names,
             [

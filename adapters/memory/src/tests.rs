@@ -1,6 +1,6 @@
 use std::time::{Duration, SystemTime};
 
-use choreo_core::{Deadline, EventId, SagaId, SagaKind, TraceContext};
+use choreo_core::{Deadline, EventId, Headers, SagaId, SagaKind, TraceContext};
 use serde_json::value::RawValue;
 
 use super::*;
@@ -169,7 +169,7 @@ async fn a_dead_letter_keeps_the_message_and_its_reason() {
             TOPIC,
             None,
             RawMessage {
-                headers: vec![],
+                headers: Headers::new(),
                 body: b"junk".to_vec(),
             },
         )

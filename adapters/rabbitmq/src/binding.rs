@@ -7,7 +7,7 @@
 //! each other (docs/wire-format.md says until when).
 
 use choreo_core::envelope::{CONTENT_TYPE_HEADER, HEADER_PREFIX};
-use choreo_core::{HeaderName, RawMessage};
+use choreo_core::{Headers, RawMessage};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 /// The header prefix of the RabbitMQ binding.
@@ -29,7 +29,7 @@ pub(crate) fn to_amqp(message: &RawMessage) -> (FieldTable, Option<ShortString>)
         };
         headers.insert(
             ShortString::from(name),
-            AMQPValue::LongString(LongString::from(value.clone())),
+            AMQPValue::LongString(LongString::from(value.to_vec())),
         );
     }
     (headers, content_type)
@@ -42,32 +42,36 @@ pub(crate) fn to_amqp(message: &RawMessage) -> (FieldTable, Option<ShortString>)
 pub(crate) fn from_amqp(
     headers: Option<&FieldTable>,
     content_type: Option<&ShortString>,
-) -> Vec<(HeaderName, Vec<u8>)> {
-    let mut read: Vec<(HeaderName, Vec<u8>)> = Vec::new();
-    for (name, value) in headers.into_iter().flat_map(FieldTable::inner) {
+) -> Headers {
+    let table = headers.map(FieldTable::inner);
+    let mut read = Headers::with_capacity(table.map_or(0, |table| table.len()) + 1, 512);
+    // Each `ce-<name>` is renamed in this one buffer.
+    let mut renamed = String::new();
+    for (name, value) in table.into_iter().flatten() {
+        let other;
         let bytes = match value {
-            AMQPValue::LongString(text) => text.as_bytes().to_vec(),
-            AMQPValue::ShortString(text) => text.as_str().as_bytes().to_vec(),
-            other => format!("{other:?}").into_bytes(),
+            AMQPValue::LongString(text) => text.as_bytes(),
+            AMQPValue::ShortString(text) => text.as_str().as_bytes(),
+            value => {
+                other = format!("{value:?}");
+                other.as_bytes()
+            }
         };
         let name = name.as_str();
-        let name = match name.get(..AMQP_PREFIX.len()) {
+        match name.get(..AMQP_PREFIX.len()) {
             Some(prefix) if prefix.eq_ignore_ascii_case(AMQP_PREFIX) => {
-                format!(
-                    "{HEADER_PREFIX}{}",
-                    name[AMQP_PREFIX.len()..].to_ascii_lowercase()
-                )
+                renamed.clear();
+                renamed.push_str(HEADER_PREFIX);
+                renamed.push_str(&name[AMQP_PREFIX.len()..]);
+                renamed.make_ascii_lowercase();
+                read.push(&renamed, bytes);
             }
-            _ => name.to_owned(),
-        };
-        read.push((name.into(), bytes));
+            _ => read.push(name, bytes),
+        }
     }
     if let Some(content_type) = content_type {
-        if !read.iter().any(|(name, _)| name == CONTENT_TYPE_HEADER) {
-            read.push((
-                CONTENT_TYPE_HEADER.into(),
-                content_type.as_str().as_bytes().to_vec(),
-            ));
+        if read.get(CONTENT_TYPE_HEADER).is_none() {
+            read.push(CONTENT_TYPE_HEADER, content_type.as_str().as_bytes());
         }
     }
     read
@@ -79,11 +83,11 @@ mod tests {
 
     fn message() -> RawMessage {
         RawMessage {
-            headers: vec![
-                ("ce_id".into(), b"0192".to_vec()),
-                ("ce_sagaid".into(), b"0193".to_vec()),
-                (CONTENT_TYPE_HEADER.into(), b"application/json".to_vec()),
-            ],
+            headers: Headers::from([
+                ("ce_id", "0192"),
+                ("ce_sagaid", "0193"),
+                (CONTENT_TYPE_HEADER, "application/json"),
+            ]),
             body: b"{}".to_vec(),
         }
     }
@@ -99,24 +103,27 @@ mod tests {
         );
     }
 
+    fn sorted(headers: &Headers) -> Vec<(&str, &[u8])> {
+        let mut sorted: Vec<_> = headers.iter().collect();
+        sorted.sort();
+        sorted
+    }
+
     #[test]
     fn both_the_binding_s_form_and_the_older_one_are_read_back() {
+        let sent = message().headers;
         let (headers, content_type) = to_amqp(&message());
-        let mut read = from_amqp(Some(&headers), content_type.as_ref());
-        read.sort();
-        let mut sent = message().headers;
-        sent.sort();
-        assert_eq!(read, sent);
+        let read = from_amqp(Some(&headers), content_type.as_ref());
+        assert_eq!(sorted(&read), sorted(&sent));
 
         let mut older = FieldTable::default();
-        for (name, value) in message().headers {
+        for (name, value) in &sent {
             older.insert(
-                ShortString::from(name.as_ref()),
-                AMQPValue::LongString(LongString::from(value)),
+                ShortString::from(name),
+                AMQPValue::LongString(LongString::from(value.to_vec())),
             );
         }
-        let mut read = from_amqp(Some(&older), None);
-        read.sort();
-        assert_eq!(read, sent);
+        let read = from_amqp(Some(&older), None);
+        assert_eq!(sorted(&read), sorted(&sent));
     }
 }

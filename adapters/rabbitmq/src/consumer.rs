@@ -58,7 +58,7 @@ impl Shared {
         );
         let key = headers
             .iter()
-            .find(|(name, _)| name == "ce_sagaid")
+            .find(|(name, _)| *name == "ce_sagaid")
             .map(|(_, value)| Arc::<str>::from(String::from_utf8_lossy(value).as_ref()));
         let pending = Pending {
             generation,

@@ -20,15 +20,13 @@ fn sample() -> Envelope {
 }
 
 fn without_header(mut message: RawMessage, name: &str) -> RawMessage {
-    message.headers.retain(|(key, _)| key != name);
+    message.headers.retain(|key, _| key != name);
     message
 }
 
 fn with_header(mut message: RawMessage, name: &str, value: &[u8]) -> RawMessage {
-    message.headers.retain(|(key, _)| key != name);
-    message
-        .headers
-        .push((name.to_owned().into(), value.to_vec()));
+    message.headers.retain(|key, _| key != name);
+    message.headers.push(name, value);
     message
 }
 
@@ -46,17 +44,67 @@ fn binary_mode_round_trips_every_attribute() {
 }
 
 #[test]
-fn binary_mode_names_its_headers_from_constants() {
-    let message = sample().to_binary();
-    assert!(message
-        .headers
-        .iter()
-        .all(|(name, _)| matches!(name, Cow::Borrowed(_))));
-    assert!(matches!(
-        header_name("ce_sagaid"),
-        Cow::Borrowed("ce_sagaid")
-    ));
-    assert!(matches!(header_name("x-request-id"), Cow::Owned(name) if name == "x-request-id"));
+fn binary_mode_writes_each_attribute_once_in_wire_order() {
+    let mut envelope = sample();
+    envelope.joined_causes = vec![EventId::new(), EventId::new()];
+    envelope.saga_data = SagaData::from_json(r#"{"tenant":"acme"}"#).unwrap();
+    let message = envelope.to_binary();
+    let names: Vec<&str> = message.headers.iter().map(|(name, _)| name).collect();
+    assert_eq!(
+        names,
+        [
+            "ce_specversion",
+            "ce_id",
+            "ce_source",
+            "ce_type",
+            "ce_time",
+            "content-type",
+            "ce_sagaid",
+            "ce_causationid",
+            "ce_joinedcauses",
+            "ce_sagadeadline",
+            "ce_sagakind",
+            "ce_traceparent",
+            "ce_sagadata",
+        ]
+    );
+    assert_eq!(
+        message.header("ce_time"),
+        Some(&b"2026-11-18T11:06:40.123Z"[..])
+    );
+    assert_eq!(Envelope::decode(&message).unwrap(), envelope);
+}
+
+#[test]
+fn headers_keep_every_name_and_value_in_order_however_they_are_stored() {
+    let mut headers = Headers::new();
+    headers.push("ce_id", b"1");
+    headers.push("x-request-id", b"\xff\x00");
+    headers.push("CE_ID", b"2");
+    headers.push("ce_id", b"");
+    assert_eq!(headers.len(), 4);
+    assert_eq!(
+        headers.iter().collect::<Vec<_>>(),
+        [
+            ("ce_id", &b"1"[..]),
+            ("x-request-id", &b"\xff\x00"[..]),
+            ("CE_ID", &b"2"[..]),
+            ("ce_id", &b""[..]),
+        ]
+    );
+    assert_eq!(headers.get("X-Request-Id"), Some(&b"\xff\x00"[..]));
+    assert_eq!(headers.get("ce_ID"), Some(&b"1"[..]));
+    assert_eq!(headers.get("ce_type"), None);
+
+    headers.retain(|name, _| name != "ce_id");
+    assert_eq!(
+        headers,
+        Headers::from([("x-request-id", &b"\xff\x00"[..]), ("CE_ID", b"2")])
+    );
+    assert_ne!(
+        headers,
+        Headers::from([("x-request-id", "\u{ff}"), ("CE_ID", "2")])
+    );
 }
 
 #[test]
@@ -223,11 +271,63 @@ fn duplicate_attributes_are_rejected() {
     let mut message = sample().to_binary();
     message
         .headers
-        .push(("ce_sagaid".into(), SagaId::new().to_string().into_bytes()));
+        .push("ce_sagaid", SagaId::new().to_string().as_bytes());
     assert_eq!(
         Envelope::decode(&message),
         Err(EnvelopeError::DuplicateAttribute("sagaid".into()))
     );
+}
+
+#[test]
+fn the_content_type_is_read_from_either_header_and_must_agree() {
+    let binary = without_header(sample().to_binary(), "content-type");
+    let message = with_header(binary.clone(), "ce_datacontenttype", b"application/xml");
+    assert_eq!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::UnsupportedContentType(
+            "application/xml".into()
+        ))
+    );
+    let mut message = with_header(binary.clone(), "Content-Type", b"application/json");
+    assert!(Envelope::decode(&message).is_ok());
+    message.headers.push("ce_datacontenttype", b"text/plain");
+    assert_eq!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::DuplicateAttribute("datacontenttype".into()))
+    );
+    // The first `content-type` header counts, and it must be text.
+    let mut message = with_header(binary.clone(), "content-type", &[0xff]);
+    message.headers.push("content-type", b"application/json");
+    assert!(matches!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::InvalidAttribute {
+            name: "datacontenttype",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn extension_attributes_are_ignored_but_not_twice() {
+    let envelope = sample();
+    let mut message = envelope.to_binary();
+    message.headers.push("ce_region", b"eu");
+    message.headers.push("x-ce_sagaid", b"not an attribute");
+    assert_eq!(Envelope::decode(&message).unwrap(), envelope);
+    message.headers.push("ce_region", b"us");
+    assert_eq!(
+        Envelope::decode(&message),
+        Err(EnvelopeError::DuplicateAttribute("region".into()))
+    );
+}
+
+#[test]
+fn a_structured_message_is_read_from_its_body_whatever_its_other_headers_say() {
+    let envelope = sample();
+    let mut message = envelope.to_structured();
+    message.headers.push("ce_sagaid", b"not a UUID");
+    message.headers.push("ce_sagaid", &[0xff]);
+    assert_eq!(Envelope::decode(&message).unwrap(), envelope);
 }
 
 #[test]
@@ -249,9 +349,9 @@ fn a_body_that_is_not_json_is_rejected() {
 #[test]
 fn a_message_without_cloudevents_attributes_is_not_a_cloudevent() {
     for headers in [
-        vec![],
-        vec![("content-type".into(), b"text/plain".to_vec())],
-        vec![("x-trace".into(), b"1".to_vec())],
+        Headers::new(),
+        Headers::from([("content-type", "text/plain")]),
+        Headers::from([("x-trace", "1")]),
     ] {
         let message = RawMessage {
             headers,
@@ -267,10 +367,7 @@ fn a_message_without_cloudevents_attributes_is_not_a_cloudevent() {
 #[test]
 fn malformed_structured_documents_are_rejected() {
     let structured = |body: &str| RawMessage {
-        headers: vec![(
-            "content-type".into(),
-            STRUCTURED_CONTENT_TYPE.as_bytes().to_vec(),
-        )],
+        headers: Headers::from([("content-type", STRUCTURED_CONTENT_TYPE)]),
         body: body.as_bytes().to_vec(),
     };
     assert!(matches!(
@@ -297,16 +394,28 @@ fn malformed_structured_documents_are_rejected() {
 }
 
 proptest::proptest! {
+    /// Values checked all at once read as text exactly when each alone is UTF-8, however
+    /// multi-byte characters fall across them.
+    #[test]
+    fn header_values_are_text_exactly_when_each_is_utf8(
+        values in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(vec![b'a', 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xff]), 0..6), 0..6),
+    ) {
+        let headers: Headers = values.iter().map(|value| ("ce_x", value)).collect();
+        let texts: Vec<Option<&str>> = headers.texts().map(|(_, _, text)| text).collect();
+        let each: Vec<Option<&str>> = values.iter().map(|value| std::str::from_utf8(value).ok()).collect();
+        proptest::prop_assert_eq!(texts, each);
+    }
+
     /// Decoding is total: no input panics.
     #[test]
     fn decoding_arbitrary_bytes_never_panics(
         headers in proptest::collection::vec(("(ce_)?[a-z]{0,12}|content-type", proptest::collection::vec(proptest::num::u8::ANY, 0..40)), 0..12),
         body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
     ) {
-        let headers: Vec<(HeaderName, Vec<u8>)> = headers.into_iter().map(|(name, value)| (name.into(), value)).collect();
+        let headers: Headers = headers.into_iter().collect();
         let _ = Envelope::decode(&RawMessage { headers: headers.clone(), body: body.clone() });
         let mut structured = headers;
-        structured.push(("content-type".into(), STRUCTURED_CONTENT_TYPE.as_bytes().to_vec()));
+        structured.push("content-type", STRUCTURED_CONTENT_TYPE.as_bytes());
         let _ = Envelope::decode(&RawMessage { headers: structured, body });
     }
 
@@ -315,7 +424,12 @@ proptest::proptest! {
     fn mutating_a_valid_event_never_panics(index in 0usize..12, value in ".{0,64}") {
         let mut message = sample().to_binary();
         let slot = index % message.headers.len();
-        message.headers[slot].1 = value.into_bytes();
+        message.headers = message
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(at, (name, old))| (name, if at == slot { value.as_bytes() } else { old }))
+            .collect();
         let _ = Envelope::decode(&message);
     }
 }

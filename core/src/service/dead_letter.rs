@@ -2,7 +2,7 @@
 //! service carries besides its reason, so that an operator can tell whose it is to redrive.
 
 use crate::control::{DEAD_LETTER_SAGA_HEADER, DEAD_LETTER_SERVICE_HEADER};
-use crate::envelope::{HeaderName, RawMessage};
+use crate::envelope::RawMessage;
 use crate::ids::SagaId;
 use crate::transport::Delivery;
 
@@ -19,20 +19,14 @@ impl Runtime {
     pub(super) fn mark_dead_delivery(&self, delivery: &mut Delivery, saga: Option<SagaId>) {
         let saga = saga.or_else(|| readable_saga(&delivery.message));
         for (name, value) in self.dead_letter_marks(saga) {
-            delivery.add_header(name, value);
+            delivery.add_header(name, &value);
         }
     }
 
-    fn dead_letter_marks(&self, saga: Option<SagaId>) -> Vec<(HeaderName, Vec<u8>)> {
-        let mut marks = vec![(
-            DEAD_LETTER_SERVICE_HEADER.into(),
-            self.name().as_bytes().to_vec(),
-        )];
+    fn dead_letter_marks(&self, saga: Option<SagaId>) -> Vec<(&'static str, String)> {
+        let mut marks = vec![(DEAD_LETTER_SERVICE_HEADER, self.name().to_owned())];
         if let Some(saga) = saga {
-            marks.push((
-                DEAD_LETTER_SAGA_HEADER.into(),
-                saga.to_string().into_bytes(),
-            ));
+            marks.push((DEAD_LETTER_SAGA_HEADER, saga.to_string()));
         }
         marks
     }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 pub use self::keyed::{KeyedQueue, SharedKeyedQueue};
 
-use crate::envelope::{Envelope, HeaderName, RawMessage};
+use crate::envelope::{Envelope, RawMessage};
 use crate::error::BoxError;
 
 /// A broker connection. Object-safe: services hold an `Arc<dyn Transport>`.
@@ -134,10 +134,10 @@ impl Delivery {
 
     /// Adds header `name` to the message, as it goes on from here (to the dead-letter
     /// destination, say). The message as the transport keeps it is left alone.
-    pub fn add_header(&mut self, name: impl Into<HeaderName>, value: impl Into<Vec<u8>>) {
+    pub fn add_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
         Arc::make_mut(&mut self.message)
             .headers
-            .push((name.into(), value.into()));
+            .push(name, value.as_ref());
     }
 
     /// Moves the message to the dead-letter destination with `reason`, and acks it.
@@ -189,10 +189,10 @@ pub const DEAD_LETTER_ORIGINAL_SIZE_HEADER: &str = "choreo-dead-letter-original-
 pub fn dead_letter_message(mut message: RawMessage, topic: &str, reason: &str) -> RawMessage {
     message
         .headers
-        .push((DEAD_LETTER_REASON_HEADER.into(), reason.as_bytes().to_vec()));
+        .push(DEAD_LETTER_REASON_HEADER, reason.as_bytes());
     message
         .headers
-        .push((DEAD_LETTER_TOPIC_HEADER.into(), topic.as_bytes().to_vec()));
+        .push(DEAD_LETTER_TOPIC_HEADER, topic.as_bytes());
     message
 }
 

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use choreo_core::control::{DEAD_LETTER_SAGA_HEADER, DEAD_LETTER_SERVICE_HEADER};
 use choreo_core::transport::{DEAD_LETTER_REASON_HEADER, DEAD_LETTER_TOPIC_HEADER};
-use choreo_core::{Envelope, HeaderName, RawMessage};
+use choreo_core::{Envelope, Headers, RawMessage};
 
 use crate::error::MonitorError;
 
@@ -270,26 +270,26 @@ fn digest(body: &[u8]) -> String {
     format!("message-{hash:016x}")
 }
 
-fn encode_headers(headers: &[(HeaderName, Vec<u8>)]) -> String {
+fn encode_headers(headers: &Headers) -> String {
     let pairs: Vec<(&str, String)> = headers
         .iter()
         .map(|(name, value)| {
             let hex: String = value.iter().map(|byte| format!("{byte:02x}")).collect();
-            (name.as_ref(), hex)
+            (name, hex)
         })
         .collect();
     serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_owned())
 }
 
-fn decode_headers(json: &str) -> Vec<(HeaderName, Vec<u8>)> {
+fn decode_headers(json: &str) -> Headers {
     let pairs: Vec<(String, String)> = serde_json::from_str(json).unwrap_or_default();
     pairs
         .into_iter()
         .map(|(name, hex)| {
-            let bytes = (0..hex.len() / 2)
+            let bytes: Vec<u8> = (0..hex.len() / 2)
                 .filter_map(|at| u8::from_str_radix(hex.get(at * 2..at * 2 + 2)?, 16).ok())
                 .collect();
-            (name.into(), bytes)
+            (name, bytes)
         })
         .collect()
 }
