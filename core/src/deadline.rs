@@ -95,29 +95,25 @@ pub(crate) const TIMESTAMP_MAX: usize = 30;
 
 /// `instant` as an RFC 3339 UTC timestamp, written in `buffer`: every event carries two, so
 /// the years from 1970 to 9999 are written without the general formatter or an allocation.
-/// Seconds are followed by their fraction, trailing zeros dropped, when there is one. An
-/// instant after 9999 is written as the last second of 9999.
+/// Seconds are followed by their fraction, trailing zeros dropped, when there is one. RFC 3339
+/// has four-digit years: an instant after 9999 is written as the last second of 9999, one
+/// before year 0 as the first second of year 0.
 pub(crate) fn write_rfc3339(instant: SystemTime, buffer: &mut [u8; TIMESTAMP_MAX]) -> &str {
     /// 10000-01-01T00:00:00Z.
     const YEAR_10000: u64 = 253_402_300_800;
-    const LAST_SECOND: &str = "9999-12-31T23:59:59Z";
     let since = match instant.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(since) if since.as_secs() >= YEAR_10000 => None,
-        Ok(since) => Some(since),
-        Err(_) => None,
-    };
-    let Some(since) = since else {
-        let general = if instant > SystemTime::UNIX_EPOCH {
-            LAST_SECOND.to_owned()
-        } else {
-            // Formatting a UTC timestamp as RFC 3339 only fails for years before 0.
-            OffsetDateTime::from(instant)
-                .format(&Rfc3339)
-                .unwrap_or_else(|_| LAST_SECOND.to_owned())
-        };
-        let length = general.len().min(TIMESTAMP_MAX);
-        buffer[..length].copy_from_slice(&general.as_bytes()[..length]);
-        return std::str::from_utf8(&buffer[..length]).unwrap_or_default();
+        Ok(since) if since.as_secs() >= YEAR_10000 => {
+            return copy_into(buffer, "9999-12-31T23:59:59Z");
+        }
+        Ok(since) => since,
+        // Rare: the general formatter writes it, where it can.
+        Err(before) => {
+            let general = time::Duration::try_from(before.duration())
+                .ok()
+                .and_then(|before| OffsetDateTime::UNIX_EPOCH.checked_sub(before))
+                .and_then(|instant| instant.format(&Rfc3339).ok());
+            return copy_into(buffer, general.as_deref().unwrap_or("0000-01-01T00:00:00Z"));
+        }
     };
     let seconds = since.as_secs();
     let (year, month, day) = civil_from_days(seconds / 86_400);
@@ -147,6 +143,13 @@ pub(crate) fn write_rfc3339(instant: SystemTime, buffer: &mut [u8; TIMESTAMP_MAX
         put(nanos / 10u64.pow(zeros as u32), 9 - zeros, b'Z');
     }
     // Only ASCII digits and separators were written.
+    std::str::from_utf8(&buffer[..length]).unwrap_or_default()
+}
+
+/// `text`, at most `TIMESTAMP_MAX` bytes of RFC 3339, copied into `buffer`.
+fn copy_into<'b>(buffer: &'b mut [u8; TIMESTAMP_MAX], text: &str) -> &'b str {
+    let length = text.len().min(TIMESTAMP_MAX);
+    buffer[..length].copy_from_slice(&text.as_bytes()[..length]);
     std::str::from_utf8(&buffer[..length]).unwrap_or_default()
 }
 
@@ -350,6 +353,10 @@ mod tests {
         assert_eq!(format_rfc3339(after_9999), "9999-12-31T23:59:59Z");
         let last = SystemTime::UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_999);
         assert_eq!(format_rfc3339(last), "9999-12-31T23:59:59.999999999Z");
+        let before_year_0: Deadline = "0000-01-01T00:00:00+01:00".parse().unwrap();
+        assert_eq!(before_year_0.to_rfc3339(), "0000-01-01T00:00:00Z");
+        let ages_ago = SystemTime::UNIX_EPOCH - Duration::from_secs(400_000 * 31_557_600);
+        assert_eq!(format_rfc3339(ages_ago), "0000-01-01T00:00:00Z");
     }
 
     #[test]

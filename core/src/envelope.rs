@@ -326,7 +326,8 @@ impl Envelope {
         let mut content_type: Option<Option<&str>> = None;
         let mut any_attribute = false;
         // The first fault among the attributes in header order, reported unless the content
-        // type says structured mode, which reads the body alone.
+        // type says structured mode, which reads the body alone. A `content-type` that is not
+        // text is reported before it, as it decides the mode.
         let mut fault = None;
         for (name, known, text) in message.headers.texts() {
             let header = match known {
@@ -341,27 +342,30 @@ impl Envelope {
                     None => continue,
                 },
             };
-            let name = match header {
+            // The attribute's name, and its slot when it is one choreo knows.
+            let (name, attribute) = match header {
                 Header::ContentType => {
                     // The first `content-type` header is the one that counts.
                     content_type.get_or_insert(text);
                     continue;
                 }
-                Header::Attribute(attribute) => attribute.name(),
-                Header::Extension(name) => name,
+                Header::Attribute(attribute) => (attribute.name(), Some(attribute)),
+                Header::Extension(name) => (name, None),
             };
             any_attribute = true;
             if fault.is_some() {
                 continue;
             }
             let Some(text) = text else {
-                fault = Some(not_utf8(attribute_name(name)));
+                fault = Some(not_utf8(
+                    attribute.map_or_else(|| attribute_name(name), Attribute::name),
+                ));
                 continue;
             };
-            let repeated = match header {
-                Header::Attribute(attribute) => slots[attribute as usize].replace(text).is_some(),
-                _ if extensions.contains(&name) => true,
-                _ => {
+            let repeated = match attribute {
+                Some(attribute) => slots[attribute as usize].replace(text).is_some(),
+                None if extensions.contains(&name) => true,
+                None => {
                     extensions.push(name);
                     false
                 }
@@ -517,8 +521,9 @@ impl Envelope {
         })
     }
 
-    /// Every attribute that goes on the wire, in wire order. Ids and timestamps are written
-    /// in buffers on the stack, so that naming them allocates nothing.
+    /// Every attribute that goes on the wire, in wire order. The event's ids and timestamps
+    /// are written in buffers on the stack, so that naming them allocates nothing (a join's
+    /// list of causes is still joined into a `String`).
     fn for_each_attribute(&self, mut emit: impl FnMut(Attribute, &str)) {
         let mut id = [0; UUID_LENGTH];
         let mut time = [0; TIMESTAMP_MAX];
@@ -647,7 +652,6 @@ fn attribute_name(name: &str) -> &'static str {
         .unwrap_or("extension")
 }
 
-/// Named only once it failed: finding the name scans the known ones, on every header.
 fn not_utf8(name: &'static str) -> EnvelopeError {
     EnvelopeError::InvalidAttribute {
         name,

@@ -44,6 +44,7 @@ pub(crate) fn from_amqp(
     content_type: Option<&ShortString>,
 ) -> Headers {
     let table = headers.map(FieldTable::inner);
+    // Room for an event's attributes: a dozen values of about 30 bytes, and renamed names.
     let mut read = Headers::with_capacity(table.map_or(0, |table| table.len()) + 1, 512);
     // Each `ce-<name>` is renamed in this one buffer.
     let mut renamed = String::new();
@@ -70,7 +71,7 @@ pub(crate) fn from_amqp(
         }
     }
     if let Some(content_type) = content_type {
-        if read.get(CONTENT_TYPE_HEADER).is_none() {
+        if !read.iter().any(|(name, _)| name == CONTENT_TYPE_HEADER) {
             read.push(CONTENT_TYPE_HEADER, content_type.as_str().as_bytes());
         }
     }

@@ -12,8 +12,11 @@ const KNOWN: u32 = u32::MAX;
 ///
 /// Every value, and every name that is not one choreo writes, lives in one buffer, so an
 /// event's dozen headers take two allocations rather than two dozen, and a queued message
-/// holds about half the memory. Up to 4 GiB of names and values; pushing past that panics,
-/// as a `Vec` does past its capacity.
+/// holds about half the memory.
+///
+/// # Panics
+///
+/// Pushing a header panics when the names and values would exceed 4 GiB.
 #[derive(Clone, Default)]
 pub struct Headers {
     /// Stored names and all values, back to back.
@@ -70,6 +73,7 @@ impl Headers {
 
     /// Appends `BINARY_HEADERS[index]`'s header with `value`.
     pub(super) fn push_known(&mut self, index: usize, value: &[u8]) {
+        debug_assert!(index < BINARY_HEADERS.len());
         // The table has fourteen names.
         self.push_value(KNOWN, index as u32, value);
     }
@@ -85,9 +89,12 @@ impl Headers {
         });
     }
 
+    /// The end of the buffer, which is below `KNOWN`.
     fn offset(&self) -> u32 {
-        u32::try_from(self.bytes.len())
-            .unwrap_or_else(|_| panic!("a message's headers exceed 4 GiB"))
+        match u32::try_from(self.bytes.len()) {
+            Ok(offset) if offset < KNOWN => offset,
+            _ => panic!("a message's header names and values exceed 4 GiB"),
+        }
     }
 
     /// The value of the first header named `name`, ASCII case-insensitively.
@@ -107,14 +114,16 @@ impl Headers {
 
     /// Every header: its name, its index in `BINARY_HEADERS` when it is one of choreo's, and
     /// its value as text where it is UTF-8. Values are checked all at once: when the buffer is
-    /// text, a value is text exactly when it starts and ends between characters, which is
-    /// cheaper than checking a dozen short values one by one.
+    /// text, a value that is not empty is text exactly when it starts and ends between
+    /// characters, which is cheaper than checking a dozen short values one by one. (An empty
+    /// value is text wherever it lies, even between the bytes of one character.)
     pub(super) fn texts(&self) -> impl Iterator<Item = (&str, Option<usize>, Option<&str>)> {
         let all = std::str::from_utf8(&self.bytes).ok();
         self.entries.iter().map(move |entry| {
             let (name, value) = self.read(entry);
             let known = (entry.name_start == KNOWN).then_some(entry.name_end as usize);
             let text = match all {
+                _ if value.is_empty() => Some(""),
                 Some(all) => all.get(entry.value_start as usize..entry.value_end as usize),
                 None => std::str::from_utf8(value).ok(),
             };
@@ -214,10 +223,11 @@ impl Eq for Headers {}
 
 impl fmt::Debug for Headers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values byte for byte, bytes outside printable ASCII escaped, as equality sees them.
         f.debug_list()
             .entries(
                 self.iter()
-                    .map(|(name, value)| (name, String::from_utf8_lossy(value))),
+                    .map(|(name, value)| (name, value.escape_ascii().to_string())),
             )
             .finish()
     }

@@ -76,6 +76,19 @@ fn binary_mode_writes_each_attribute_once_in_wire_order() {
 }
 
 #[test]
+fn every_attribute_has_its_slot_and_its_header() {
+    for (index, attribute) in Attribute::ALL.into_iter().enumerate() {
+        assert_eq!(attribute as usize, index);
+        assert_eq!(Attribute::named(attribute.name()), Some(attribute));
+        let header = BINARY_HEADERS[index].1;
+        assert!(
+            header == format!("{HEADER_PREFIX}{}", attribute.name())
+                || (attribute == Attribute::DataContentType && header == CONTENT_TYPE_HEADER)
+        );
+    }
+}
+
+#[test]
 fn headers_keep_every_name_and_value_in_order_however_they_are_stored() {
     let mut headers = Headers::new();
     headers.push("ce_id", b"1");
@@ -331,6 +344,19 @@ fn a_structured_message_is_read_from_its_body_whatever_its_other_headers_say() {
 }
 
 #[test]
+fn an_empty_value_is_text_even_between_the_bytes_of_one_character() {
+    // The bytes of "€" (E2 82 AC) are split by an empty value, which stores nothing: the
+    // buffer as a whole is text, and the empty value lies inside one character of it.
+    let mut message = sample().to_binary();
+    message.headers.push("x-other", &[0xe2, 0x82]);
+    message.headers.push("ce_tracestate", b"");
+    message.headers.push("", &[0xac]);
+    let texts: Vec<_> = message.headers.texts().map(|(_, _, text)| text).collect();
+    assert_eq!(texts[texts.len() - 3..], [None, Some(""), None]);
+    assert!(Envelope::decode(&message).is_ok());
+}
+
+#[test]
 fn a_body_that_is_not_json_is_rejected() {
     let mut message = sample().to_binary();
     message.body = b"{\"order_id\": 7".to_vec();
@@ -398,11 +424,15 @@ proptest::proptest! {
     /// multi-byte characters fall across them.
     #[test]
     fn header_values_are_text_exactly_when_each_is_utf8(
-        values in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(vec![b'a', 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xff]), 0..6), 0..6),
+        headers in proptest::collection::vec((
+            proptest::sample::select(vec!["ce_id", "content-type", "ce_x", ""]),
+            proptest::collection::vec(proptest::sample::select(vec![b'a', 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xff]), 0..6),
+        ), 0..6),
     ) {
-        let headers: Headers = values.iter().map(|value| ("ce_x", value)).collect();
-        let texts: Vec<Option<&str>> = headers.texts().map(|(_, _, text)| text).collect();
-        let each: Vec<Option<&str>> = values.iter().map(|value| std::str::from_utf8(value).ok()).collect();
+        // Choreo's own names and the empty name store no bytes, so values lie side by side.
+        let collected: Headers = headers.iter().map(|(name, value)| (name, value)).collect();
+        let texts: Vec<Option<&str>> = collected.texts().map(|(_, _, text)| text).collect();
+        let each: Vec<Option<&str>> = headers.iter().map(|(_, value)| std::str::from_utf8(value).ok()).collect();
         proptest::prop_assert_eq!(texts, each);
     }
 
