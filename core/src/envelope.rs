@@ -625,30 +625,14 @@ fn push_json_string(json: &mut String, value: &str) {
     }
 }
 
-const KNOWN_ATTRIBUTES: [&str; 15] = [
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "time",
-    "datacontenttype",
-    "sagaid",
-    "causationid",
-    "joinedcauses",
-    "sagadeadline",
-    "sagakind",
-    "traceparent",
-    "tracestate",
-    "data",
-    "sagadata",
-];
-
-/// The `'static` name of a known attribute, so errors can name it without allocating.
+/// The `'static` name of the attribute `name` names in any case (`data` included) when it is
+/// one choreo knows, else `extension`, so errors can name it without allocating.
 fn attribute_name(name: &str) -> &'static str {
-    KNOWN_ATTRIBUTES
+    BINARY_HEADERS
         .iter()
+        .map(|(attribute, _)| *attribute)
+        .chain(["data"])
         .find(|known| known.eq_ignore_ascii_case(name))
-        .copied()
         .unwrap_or("extension")
 }
 

@@ -256,6 +256,24 @@ fn non_utf8_headers_wrong_versions_and_content_types_are_rejected() {
         Envelope::decode(&message),
         Err(EnvelopeError::InvalidAttribute { name: "type", .. })
     ));
+    // Other `ce_` headers are named as the attribute they spell in any case, or as an
+    // extension.
+    for (header, name) in [
+        ("ce_SagaKind", "sagakind"),
+        ("ce_data", "data"),
+        ("ce_region", "extension"),
+    ] {
+        let mut message = sample().to_binary();
+        message.headers.push(header, &[0xff]);
+        assert_eq!(
+            Envelope::decode(&message),
+            Err(EnvelopeError::InvalidAttribute {
+                name,
+                reason: "not UTF-8".into()
+            }),
+            "{header}"
+        );
+    }
 
     let message = with_header(sample().to_binary(), "ce_specversion", b"0.3");
     assert_eq!(
