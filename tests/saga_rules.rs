@@ -28,6 +28,7 @@ macro_rules! every_rule_on {
                     sagas_run_concurrently_up_to_the_limit,
                     duplicate_aborts_are_harmless,
                     an_abort_after_completion_still_compensates_so_participants_agree_in_any_order,
+                    a_terminal_event_completes_the_saga_where_it_is_emitted_however_late_it_goes_out,
                     saga_data_set_at_the_start_reaches_every_step_and_every_event,
                     saga_data_reaches_the_compensations_of_a_timed_out_saga,
                     a_second_outcome_goes_to_its_own_consumers_and_can_end_the_saga,
@@ -54,6 +55,7 @@ scenarios! {
     ];
 }
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use choreo::journal::CompensationState;
@@ -835,6 +837,42 @@ async fn an_abort_after_completion_still_compensates_so_participants_agree_in_an
             ("payments", "release_credit"),
             ("inventory", "release_stock"),
         ])
+    );
+}
+
+/// Orders' terminal event reaches the broker only once the deadline has passed, as with a
+/// broker slow to take it. Orders completed the saga when it committed the event, so its
+/// timer does not abort a saga that completed in time; the others, whose grace runs a while
+/// longer, complete as the event reaches them.
+async fn a_terminal_event_completes_the_saga_where_it_is_emitted_however_late_it_goes_out(
+    backend: Backend,
+) {
+    let mut h = Harness::start(backend).await;
+    h.running.remove("orders").unwrap().shutdown().await;
+    let slow = Arc::new(faults::Faulty::new(
+        h.own_connection().await,
+        Arc::clone(&h.world),
+        OrderConfirmed::TYPE,
+        "none",
+    ));
+    // Counted from its commit, after the start: it goes out past the deadline.
+    slow.slow_publishes(backend.timeout());
+    let orders = h.service("orders", h.options()).await;
+    h.running.insert("orders", orders.run(slow).await.unwrap());
+
+    let (order, saga) = h.place_order(2_500, "book").await;
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    let deadline = h.log.events(saga)[0].deadline;
+    assert!(deadline.has_passed(choreo::Clock::now(&h.clock)));
+
+    h.settle().await;
+    assert_eq!(h.flow(saga), completed_flow(), "{}", h.log.timeline(saga));
+    assert_eq!(h.effects(order).await, every_forward_step_once(order));
+    h.assert_every_status(saga, SagaStatus::Completed).await;
+    let orders = h.record("orders", saga).await.unwrap();
+    assert_eq!(
+        step_types(&orders),
+        [OrderPlaced::TYPE, OrderConfirmed::TYPE]
     );
 }
 

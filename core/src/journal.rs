@@ -16,7 +16,7 @@ use crate::ids::{EventId, SagaId};
 pub enum SagaStatus {
     /// Steps may still run.
     Active,
-    /// A terminal event arrived.
+    /// A terminal event arrived, or this service emitted one.
     Completed,
     /// An abort arrived; steps are compensated and later step events are skipped.
     Aborted {

@@ -127,7 +127,11 @@ impl Runtime {
                     self.arm_timer(record);
                     return Ok(Settle::Ack);
                 }
-                if record.status == SagaStatus::Active
+                if kind == SagaKind::Complete {
+                    // Rule 7: committed with its terminal event, the saga is complete here;
+                    // this service does not wait for the event to come back to it.
+                    self.complete(handling);
+                } else if record.status == SagaStatus::Active
                     && self.definition().compensations.contains_key(output_type)
                 {
                     self.arm_timer(record);
