@@ -3,8 +3,10 @@
 //! Marking an output sent rewrites its saga's row. The saga's next handling by the same
 //! service rewrites that row anyway (the handling's event id goes there), so a mark waits for
 //! it and is written with it: in a saga that runs to its end, every service marks its outputs
-//! at no cost. Marks still waiting after [`WAIT`], or more than [`MAX_WAITING`] sagas' worth,
-//! are written on their own, as are those of a store that is dropped or asked to recover.
+//! at no cost, except for the terminal event at the service that emits it (the saga is
+//! complete there, so no handling follows). Marks still waiting after [`WAIT`], or more than
+//! [`MAX_WAITING`] sagas' worth, are written on their own, as are those of a store that is
+//! dropped or asked to recover.
 //! Losing marks (the process dies first) only means sending those outputs once more after
 //! the restart, which the store's contract allows: every receiver's inbox drops the copy.
 
