@@ -333,9 +333,7 @@ async fn a_start_the_broker_refused_is_published_once_it_can_be(backend: Backend
         "none",
     ));
     refusing.refuse_publishes(3);
-    let orders = h.service("orders", h.options()).await;
-    h.running
-        .insert("orders", orders.run(refusing.clone()).await.unwrap());
+    h.start_on("orders", refusing.clone()).await;
 
     let (order, saga) = h.place_order(2_500, "book").await;
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
@@ -359,8 +357,7 @@ async fn a_start_whose_caller_stops_waiting_is_published_all_the_same(backend: B
         "none",
     ));
     slow.slow_publishes(h.units(2));
-    let orders = h.service("orders", h.options()).await;
-    h.running.insert("orders", orders.run(slow).await.unwrap());
+    h.start_on("orders", slow).await;
 
     let order = OrderPlaced {
         order_id: 77,
@@ -400,9 +397,7 @@ async fn an_unpublished_start_is_published_after_a_restart_under_its_id(backend:
         OrderPlaced::TYPE,
         "none",
     ));
-    let orders = h.service("orders", h.options()).await;
-    h.running
-        .insert("orders", orders.run(stalling).await.unwrap());
+    h.start_on("orders", stalling).await;
 
     let placing = async { h.place_order_within(2_500, "book", h.units(60)).await };
     let stalled = tokio::time::timeout(h.units(10), placing).await;

@@ -857,8 +857,7 @@ async fn a_terminal_event_completes_the_saga_where_it_is_emitted_however_late_it
     ));
     // Counted from its commit, after the start: it goes out past the deadline.
     slow.slow_publishes(backend.timeout());
-    let orders = h.service("orders", h.options()).await;
-    h.running.insert("orders", orders.run(slow).await.unwrap());
+    h.start_on("orders", slow).await;
 
     let (order, saga) = h.place_order(2_500, "book").await;
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);

@@ -218,13 +218,7 @@ async fn an_event_whose_instance_died_unsent_is_sent_by_another_instance() {
         CreditReserved::TYPE,
     ));
     refusing.refuse_publishes(u32::MAX);
-    let doomed = h
-        .service("orders", h.options())
-        .await
-        .run(refusing.clone())
-        .await
-        .unwrap();
-    h.running.insert("orders", doomed);
+    h.start_on("orders", refusing.clone()).await;
     let survivor = instance(&h, "orders").await;
 
     let (order_id, saga) = h.place_order(5_000, "sku-1").await;

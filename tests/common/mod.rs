@@ -704,8 +704,24 @@ impl Harness {
 
     /// Starts (or restarts) service `name` with `options`.
     pub async fn start_with(&mut self, name: &'static str, options: ServiceOptions) {
+        self.run_on(name, options, Arc::clone(&self.transport))
+            .await;
+    }
+
+    /// Starts (or restarts) service `name` on `transport`, a connection of its own (one
+    /// with faults, say).
+    pub async fn start_on(&mut self, name: &'static str, transport: Arc<dyn Transport>) {
+        self.run_on(name, self.options(), transport).await;
+    }
+
+    async fn run_on(
+        &mut self,
+        name: &'static str,
+        options: ServiceOptions,
+        transport: Arc<dyn Transport>,
+    ) {
         let service = self.service(name, options).await;
-        let running = service.run(Arc::clone(&self.transport)).await.unwrap();
+        let running = service.run(transport).await.unwrap();
         self.running.insert(name, running);
     }
 
@@ -727,9 +743,7 @@ impl Harness {
             StockReserved::TYPE,
             CreditReserved::TYPE,
         ));
-        let service = self.service("inventory", self.options()).await;
-        let running = service.run(transport).await.unwrap();
-        self.running.insert("inventory", running);
+        self.start_on("inventory", transport).await;
     }
 
     /// Kills service `name` as a crash would: its tasks are aborted and its connection
