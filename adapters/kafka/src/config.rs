@@ -26,6 +26,9 @@ pub struct KafkaConfig {
     pub connect_timeout: Duration,
     /// How often consumed offsets are committed (option `commit.interval.ms`, default 200).
     pub commit_interval: Duration,
+    /// How long a consumer fetches again an offset the broker skipped before it takes the gap
+    /// as final (option `offset.gap.wait.ms`, default 250; 0 takes every gap at once).
+    pub offset_gap_wait: Duration,
     /// Suffix of dead-letter topics (option `dead.letter.suffix`, default `.dlq`).
     pub dead_letter_suffix: String,
     /// Security settings and `rdkafka.*` pass-through options, applied to every client.
@@ -75,6 +78,7 @@ impl KafkaConfig {
             message_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_millis(200),
+            offset_gap_wait: Duration::from_millis(250),
             dead_letter_suffix: ".dlq".to_owned(),
             extra: Vec::new(),
             has_password: false,
@@ -101,6 +105,7 @@ impl KafkaConfig {
                 "message.timeout.ms" => config.message_timeout = millis(&key, &value)?,
                 "connect.timeout.ms" => config.connect_timeout = millis(&key, &value)?,
                 "commit.interval.ms" => config.commit_interval = millis(&key, &value)?,
+                "offset.gap.wait.ms" => config.offset_gap_wait = millis(&key, &value)?,
                 "dead.letter.suffix" => config.dead_letter_suffix = value,
                 "security.protocol" => {
                     let protocol = value.to_ascii_lowercase();
@@ -127,9 +132,10 @@ impl KafkaConfig {
                             other,
                             "unknown option; known: client.id, partitions, replication, \
                              session.timeout.ms, message.timeout.ms, connect.timeout.ms, \
-                             commit.interval.ms, dead.letter.suffix, security.protocol, \
-                             sasl.mechanism, ssl.ca.location, ssl.certificate.location, \
-                             ssl.key.location, rdkafka.<librdkafka setting>",
+                             commit.interval.ms, offset.gap.wait.ms, dead.letter.suffix, \
+                             security.protocol, sasl.mechanism, ssl.ca.location, \
+                             ssl.certificate.location, ssl.key.location, \
+                             rdkafka.<librdkafka setting>",
                         ))
                     }
                 },
@@ -247,6 +253,7 @@ mod tests {
         assert_eq!(config.partitions, 6);
         assert_eq!(config.session_timeout, Duration::from_secs(6));
         assert_eq!(config.message_timeout, Duration::from_secs(30));
+        assert_eq!(config.offset_gap_wait, Duration::from_millis(250));
         assert_eq!(config.extra, [("linger.ms".to_owned(), "2".to_owned())]);
         assert_eq!(config.dead_letter_topic("orders.saga"), "orders.saga.dlq");
         assert_eq!(config.max_message_bytes(), 1_000_000);

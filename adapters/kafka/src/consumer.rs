@@ -1,8 +1,16 @@
 //! One consumer group membership: a poll task that buffers fetched messages, hands them out in
 //! per-saga order, and commits each partition up to its oldest unacked offset.
+//!
+//! A partition's offsets are taken in sequence. A broker that shows an offset before an earlier
+//! one is readable (tansu 0.6's memory storage does, while two producers append to one partition)
+//! would otherwise make the member skip the earlier message for good: a fetched offset past
+//! the next one expected is dropped and the partition fetched again from the expected offset,
+//! until the gap fills or `offset.gap.wait.ms` passes (a gap Kafka itself leaves, such as a
+//! transaction marker, stays).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use choreo_core::transport::{Acknowledge, KeyedQueue, SharedKeyedQueue};
@@ -11,6 +19,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +28,9 @@ use crate::{scrub, Inner};
 
 /// Messages fetched and not handed out beyond this pause fetching.
 const MAX_BUFFERED: usize = 10_000;
+
+/// How long a member waits before it fetches a skipped offset once more.
+const GAP_RECHECK: Duration = Duration::from_millis(25);
 
 /// A fetched message until it is acked.
 #[derive(Debug)]
@@ -38,6 +50,74 @@ struct PartitionState {
     next: i64,
     /// The offset last committed.
     committed: i64,
+    /// The offset the broker skipped, and when it first did.
+    gap: Option<(i64, Instant)>,
+}
+
+/// What a member does with an offset it fetched.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Buffer it.
+    Take,
+    /// Drop it and fetch the partition again from the offset given (after a pause when
+    /// `again`: the broker skipped it before).
+    Refetch { from: i64, again: bool },
+}
+
+impl PartitionState {
+    /// Whether `offset`, fetched at `now`, comes in sequence; a gap before it is fetched
+    /// again for `patience` from when it was first seen, then taken as the broker's.
+    fn admit(&mut self, offset: i64, now: Instant, patience: Duration) -> Admit {
+        if offset <= self.next || patience.is_zero() {
+            self.gap = None;
+            return Admit::Take;
+        }
+        match self.gap {
+            Some((missing, since)) if missing == self.next => {
+                if now.duration_since(since) < patience {
+                    return Admit::Refetch {
+                        from: missing,
+                        again: true,
+                    };
+                }
+                self.gap = None;
+                Admit::Take
+            }
+            _ => {
+                self.gap = Some((self.next, now));
+                Admit::Refetch {
+                    from: self.next,
+                    again: false,
+                }
+            }
+        }
+    }
+}
+
+/// A partition to fetch again from an offset the broker skipped.
+struct Refetch {
+    topic: String,
+    partition: i32,
+    from: i64,
+    again: bool,
+}
+
+impl Refetch {
+    async fn run(self, consumer: &StreamConsumer<RebalanceContext>) {
+        if self.again {
+            tokio::time::sleep(GAP_RECHECK).await;
+        }
+        // Zero: the seek happens in the background, and librdkafka drops what it had fetched
+        // of the partition beyond it.
+        if let Err(error) = consumer.seek(
+            &self.topic,
+            self.partition,
+            Offset::Offset(self.from),
+            Timeout::After(Duration::ZERO),
+        ) {
+            tracing::warn!(topic = %self.topic, partition = self.partition, offset = self.from, %error, "cannot fetch a skipped offset again");
+        }
+    }
 }
 
 /// State shared by the subscription, its deliveries, the poll task and the rebalance callback.
@@ -57,11 +137,41 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn fetched(&self, message: &BorrowedMessage<'_>) {
+    /// Buffers `message`, unless it comes after an offset the broker skipped: then the
+    /// partition is to be fetched again from there.
+    fn fetched(&self, message: &BorrowedMessage<'_>, patience: Duration) -> Option<Refetch> {
         let topic = message.topic().to_owned();
         let partition = message.partition();
         let offset = message.offset();
         tracing::debug!(%topic, partition, offset, "fetched");
+        {
+            let mut partitions = self.partitions();
+            let state = partitions
+                .entry((topic.clone(), partition))
+                .or_insert_with(|| PartitionState {
+                    committed: offset,
+                    next: offset,
+                    ..PartitionState::default()
+                });
+            let expected = state.next;
+            match state.admit(offset, Instant::now(), patience) {
+                Admit::Take if offset > expected => {
+                    tracing::warn!(%topic, partition, skipped = ?(expected..offset), "the broker never showed these offsets; going on after them");
+                }
+                Admit::Take => {}
+                Admit::Refetch { from, again } => {
+                    tracing::debug!(%topic, partition, offset, expected = from, "an offset was skipped; fetching it again");
+                    return Some(Refetch {
+                        topic,
+                        partition,
+                        from,
+                        again,
+                    });
+                }
+            }
+            state.unacked.insert(offset);
+            state.next = state.next.max(offset + 1);
+        }
         let mut headers = choreo_core::Headers::new();
         if let Some(borrowed) = message.headers() {
             for header in borrowed.iter() {
@@ -72,7 +182,7 @@ impl Shared {
             .key()
             .map(|key| Arc::<str>::from(String::from_utf8_lossy(key).as_ref()));
         let pending = Pending {
-            topic: topic.clone(),
+            topic,
             partition,
             offset,
             message: RawMessage {
@@ -81,18 +191,8 @@ impl Shared {
             },
             deliveries: 0,
         };
-        {
-            let mut partitions = self.partitions();
-            let state = partitions
-                .entry((topic, partition))
-                .or_insert_with(|| PartitionState {
-                    committed: offset,
-                    ..PartitionState::default()
-                });
-            state.unacked.insert(offset);
-            state.next = state.next.max(offset + 1);
-        }
         self.queue.update(|queue| queue.push(key, pending));
+        None
     }
 
     fn acked(&self, key: Option<&Arc<str>>, pending: &Pending) {
@@ -212,6 +312,7 @@ impl KafkaSubscription {
             Arc::clone(&shared),
             stop.clone(),
             inner.config.commit_interval,
+            inner.config.offset_gap_wait,
         ));
         let patience = inner.config.session_timeout * 2;
         if tokio::time::timeout(patience, joined.wait_for(|joined| *joined))
@@ -234,7 +335,8 @@ async fn poll(
     consumer: StreamConsumer<RebalanceContext>,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    commit_interval: std::time::Duration,
+    commit_interval: Duration,
+    gap_wait: Duration,
 ) {
     let mut commits = tokio::time::interval(commit_interval);
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,10 +356,16 @@ async fn poll(
             _ = commits.tick() => commit(CommitMode::Async),
             () = shared.drained.notified(), if buffered => {}
             message = consumer.recv(), if !buffered => match message {
-                Ok(message) => shared.fetched(&message),
+                Ok(message) => {
+                    let refetch = shared.fetched(&message, gap_wait);
+                    drop(message);
+                    if let Some(refetch) = refetch {
+                        refetch.run(&consumer).await;
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, "kafka consumer error; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
         }
@@ -300,7 +408,7 @@ async fn poll(
 }
 
 /// How long closing a consumer may hold up the runtime's shutdown.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[async_trait]
 impl Subscription for KafkaSubscription {
@@ -377,5 +485,81 @@ impl Drop for KafkaAck {
         if let Some(pending) = self.pending.take() {
             self.shared.returned(self.key.take(), pending);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATIENCE: Duration = Duration::from_millis(250);
+
+    fn expecting(next: i64) -> PartitionState {
+        PartitionState {
+            next,
+            ..PartitionState::default()
+        }
+    }
+
+    #[test]
+    fn offsets_in_sequence_are_taken() {
+        let mut state = expecting(968);
+        assert_eq!(state.admit(968, Instant::now(), PATIENCE), Admit::Take);
+        // One fetched again after a seek back, or redelivered by the broker.
+        assert_eq!(state.admit(967, Instant::now(), PATIENCE), Admit::Take);
+    }
+
+    #[test]
+    fn a_skipped_offset_is_fetched_again_until_it_shows() {
+        let mut state = expecting(968);
+        let start = Instant::now();
+        assert_eq!(
+            state.admit(969, start, PATIENCE),
+            Admit::Refetch {
+                from: 968,
+                again: false
+            }
+        );
+        assert_eq!(
+            state.admit(969, start + PATIENCE / 2, PATIENCE),
+            Admit::Refetch {
+                from: 968,
+                again: true
+            }
+        );
+        assert_eq!(
+            state.admit(968, start + PATIENCE / 2, PATIENCE),
+            Admit::Take
+        );
+        assert_eq!(state.gap, None, "the gap filled");
+    }
+
+    #[test]
+    fn a_gap_that_outlasts_the_patience_is_the_brokers() {
+        let mut state = expecting(968);
+        let start = Instant::now();
+        assert!(matches!(
+            state.admit(970, start, PATIENCE),
+            Admit::Refetch { .. }
+        ));
+        assert_eq!(state.admit(970, start + PATIENCE, PATIENCE), Admit::Take);
+        // The next gap gets the whole patience again.
+        state.next = 971;
+        assert_eq!(
+            state.admit(973, start + PATIENCE, PATIENCE),
+            Admit::Refetch {
+                from: 971,
+                again: false
+            }
+        );
+    }
+
+    #[test]
+    fn no_patience_takes_every_gap_at_once() {
+        let mut state = expecting(968);
+        assert_eq!(
+            state.admit(975, Instant::now(), Duration::ZERO),
+            Admit::Take
+        );
     }
 }
