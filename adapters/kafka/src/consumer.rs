@@ -1,12 +1,12 @@
 //! One consumer group membership: a poll task that buffers fetched messages, hands them out in
 //! per-saga order, and commits each partition up to its oldest unacked offset.
 //!
-//! A partition's offsets are taken in sequence. A broker that shows an offset before an earlier
-//! one is readable (tansu 0.6's memory storage does, while two producers append to one partition)
-//! would otherwise make the member skip the earlier message for good: a fetched offset past
-//! the next one expected is dropped and the partition fetched again from the expected offset,
-//! until the gap fills or `offset.gap.wait.ms` passes (a gap Kafka itself leaves, such as a
-//! transaction marker, stays).
+//! A partition's offsets are taken in sequence, from the group's committed offset on. A broker
+//! that shows an offset before an earlier one is readable (tansu 0.6's memory storage does,
+//! while two producers append to one partition) would otherwise make the member skip the
+//! earlier message for good: a fetched offset past the next one expected is dropped and the
+//! partition fetched again from the expected offset, until the gap fills or
+//! `offset.gap.wait.ms` passes (a gap Kafka itself leaves, such as a transaction marker, stays).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,8 +29,12 @@ use crate::{scrub, Inner};
 /// Messages fetched and not handed out beyond this pause fetching.
 const MAX_BUFFERED: usize = 10_000;
 
-/// How long a member waits before it fetches a skipped offset once more.
+/// How long a member waits before it fetches a skipped offset once more. The poll task waits:
+/// fetching and commits of the member's other partitions pause as long.
 const GAP_RECHECK: Duration = Duration::from_millis(25);
+
+/// How long a member waits for the group's committed offsets of partitions it was assigned.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A fetched message until it is acked.
 #[derive(Debug)]
@@ -46,12 +50,13 @@ struct Pending {
 struct PartitionState {
     /// Offsets fetched and not acked.
     unacked: BTreeSet<i64>,
-    /// One past the highest offset fetched.
+    /// The offset expected next: one past the highest offset taken, or the group's committed
+    /// offset before any.
     next: i64,
     /// The offset last committed.
     committed: i64,
-    /// The offset the broker skipped, and when it first did.
-    gap: Option<(i64, Instant)>,
+    /// Since when the broker has been skipping `next`.
+    gap_since: Option<Instant>,
 }
 
 /// What a member does with an offset it fetched.
@@ -65,26 +70,33 @@ enum Admit {
 }
 
 impl PartitionState {
+    /// A partition whose next offset is `offset`, committed up to it.
+    fn from(offset: i64) -> Self {
+        Self {
+            next: offset,
+            committed: offset,
+            ..Self::default()
+        }
+    }
+
     /// Whether `offset`, fetched at `now`, comes in sequence; a gap before it is fetched
     /// again for `patience` from when it was first seen, then taken as the broker's.
     fn admit(&mut self, offset: i64, now: Instant, patience: Duration) -> Admit {
         if offset <= self.next || patience.is_zero() {
-            self.gap = None;
+            self.gap_since = None;
             return Admit::Take;
         }
-        match self.gap {
-            Some((missing, since)) if missing == self.next => {
-                if now.duration_since(since) < patience {
-                    return Admit::Refetch {
-                        from: missing,
-                        again: true,
-                    };
-                }
-                self.gap = None;
+        match self.gap_since {
+            Some(since) if now.duration_since(since) >= patience => {
+                self.gap_since = None;
                 Admit::Take
             }
-            _ => {
-                self.gap = Some((self.next, now));
+            Some(_) => Admit::Refetch {
+                from: self.next,
+                again: true,
+            },
+            None => {
+                self.gap_since = Some(now);
                 Admit::Refetch {
                     from: self.next,
                     again: false,
@@ -94,28 +106,33 @@ impl PartitionState {
     }
 }
 
-/// A partition to fetch again from an offset the broker skipped.
+/// A message fetched after an offset the broker skipped: its partition is to be fetched again
+/// from that offset.
 struct Refetch {
-    topic: String,
-    partition: i32,
+    key: Option<Arc<str>>,
+    pending: Pending,
     from: i64,
     again: bool,
 }
 
 impl Refetch {
-    async fn run(self, consumer: &StreamConsumer<RebalanceContext>) {
+    /// Moves the partition's fetch position back to the skipped offset; the message is taken
+    /// after all when that cannot be done.
+    async fn run(self, consumer: &StreamConsumer<RebalanceContext>, shared: &Shared) {
         if self.again {
             tokio::time::sleep(GAP_RECHECK).await;
         }
+        let (topic, partition) = (&self.pending.topic, self.pending.partition);
         // Zero: the seek happens in the background, and librdkafka drops what it had fetched
         // of the partition beyond it.
         if let Err(error) = consumer.seek(
-            &self.topic,
-            self.partition,
+            topic,
+            partition,
             Offset::Offset(self.from),
             Timeout::After(Duration::ZERO),
         ) {
-            tracing::warn!(topic = %self.topic, partition = self.partition, offset = self.from, %error, "cannot fetch a skipped offset again");
+            tracing::warn!(%topic, partition, offset = self.from, %error, "cannot fetch a skipped offset again; going on after it");
+            shared.take(self.key, self.pending);
         }
     }
 }
@@ -144,34 +161,6 @@ impl Shared {
         let partition = message.partition();
         let offset = message.offset();
         tracing::debug!(%topic, partition, offset, "fetched");
-        {
-            let mut partitions = self.partitions();
-            let state = partitions
-                .entry((topic.clone(), partition))
-                .or_insert_with(|| PartitionState {
-                    committed: offset,
-                    next: offset,
-                    ..PartitionState::default()
-                });
-            let expected = state.next;
-            match state.admit(offset, Instant::now(), patience) {
-                Admit::Take if offset > expected => {
-                    tracing::warn!(%topic, partition, skipped = ?(expected..offset), "the broker never showed these offsets; going on after them");
-                }
-                Admit::Take => {}
-                Admit::Refetch { from, again } => {
-                    tracing::debug!(%topic, partition, offset, expected = from, "an offset was skipped; fetching it again");
-                    return Some(Refetch {
-                        topic,
-                        partition,
-                        from,
-                        again,
-                    });
-                }
-            }
-            state.unacked.insert(offset);
-            state.next = state.next.max(offset + 1);
-        }
         let mut headers = choreo_core::Headers::new();
         if let Some(borrowed) = message.headers() {
             for header in borrowed.iter() {
@@ -191,8 +180,60 @@ impl Shared {
             },
             deliveries: 0,
         };
+        let admitted = {
+            let mut partitions = self.partitions();
+            let state = partitions
+                .entry((pending.topic.clone(), partition))
+                .or_insert_with(|| PartitionState::from(offset));
+            let expected = state.next;
+            let admitted = state.admit(offset, Instant::now(), patience);
+            if admitted == Admit::Take && offset > expected {
+                tracing::warn!(topic = %pending.topic, partition, skipped = ?(expected..offset), "the broker never showed these offsets; going on after them");
+            }
+            admitted
+        };
+        match admitted {
+            Admit::Take => {
+                self.take(key, pending);
+                None
+            }
+            Admit::Refetch { from, again } => {
+                tracing::debug!(topic = %pending.topic, partition, offset, expected = from, "an offset was skipped; fetching it again");
+                Some(Refetch {
+                    key,
+                    pending,
+                    from,
+                    again,
+                })
+            }
+        }
+    }
+
+    /// Buffers a fetched message until it is acked.
+    fn take(&self, key: Option<Arc<str>>, pending: Pending) {
+        {
+            let mut partitions = self.partitions();
+            let state = partitions
+                .entry((pending.topic.clone(), pending.partition))
+                .or_insert_with(|| PartitionState::from(pending.offset));
+            state.unacked.insert(pending.offset);
+            state.next = state.next.max(pending.offset + 1);
+        }
         self.queue.update(|queue| queue.push(key, pending));
-        None
+    }
+
+    /// Expects each partition of `committed` from its committed offset on, so that even the
+    /// first offset fetched after an assignment is checked for a gap.
+    fn expect(&self, committed: &TopicPartitionList) {
+        let mut partitions = self.partitions();
+        for element in committed.elements() {
+            if let Offset::Offset(offset) = element.offset() {
+                partitions.insert(
+                    (element.topic().to_owned(), element.partition()),
+                    PartitionState::from(offset),
+                );
+            }
+        }
     }
 
     fn acked(&self, key: Option<&Arc<str>>, pending: &Pending) {
@@ -268,9 +309,16 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
             tracing::debug!(partitions = assigned.count(), "joined the consumer group");
+            // Without them, the first offset fetched of each partition is taken as it comes.
+            match consumer.committed_offsets((*assigned).clone(), COMMITTED_TIMEOUT) {
+                Ok(committed) => self.shared.expect(&committed),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the group's committed offsets")
+                }
+            }
             self.shared.joined.send_replace(true);
         }
     }
@@ -360,7 +408,7 @@ async fn poll(
                     let refetch = shared.fetched(&message, gap_wait);
                     drop(message);
                     if let Some(refetch) = refetch {
-                        refetch.run(&consumer).await;
+                        refetch.run(&consumer, &shared).await;
                     }
                 }
                 Err(error) => {
@@ -495,10 +543,7 @@ mod tests {
     const PATIENCE: Duration = Duration::from_millis(250);
 
     fn expecting(next: i64) -> PartitionState {
-        PartitionState {
-            next,
-            ..PartitionState::default()
-        }
+        PartitionState::from(next)
     }
 
     #[test]
@@ -531,7 +576,7 @@ mod tests {
             state.admit(968, start + PATIENCE / 2, PATIENCE),
             Admit::Take
         );
-        assert_eq!(state.gap, None, "the gap filled");
+        assert_eq!(state.gap_since, None, "the gap filled");
     }
 
     #[test]
@@ -552,6 +597,31 @@ mod tests {
                 again: false
             }
         );
+    }
+
+    #[test]
+    fn the_first_offset_after_an_assignment_is_checked_against_the_committed_one() {
+        let shared = Shared::default();
+        let mut committed = TopicPartitionList::new();
+        committed
+            .add_partition_offset("orders.saga", 2, Offset::Offset(968))
+            .unwrap();
+        // A partition the group never committed: its first offset is taken as it comes.
+        committed
+            .add_partition_offset("orders.saga", 0, Offset::Invalid)
+            .unwrap();
+        shared.expect(&committed);
+        let mut partitions = shared.partitions();
+        assert_eq!(partitions.len(), 1);
+        let state = partitions.get_mut(&("orders.saga".to_owned(), 2)).unwrap();
+        assert_eq!(
+            state.admit(969, Instant::now(), PATIENCE),
+            Admit::Refetch {
+                from: 968,
+                again: false
+            }
+        );
+        assert_eq!(state.committed, 968);
     }
 
     #[test]
