@@ -71,12 +71,18 @@ enum Admit {
 
 impl PartitionState {
     /// A partition whose next offset is `offset`, committed up to it.
-    fn from(offset: i64) -> Self {
+    fn expecting(offset: i64) -> Self {
         Self {
             next: offset,
             committed: offset,
             ..Self::default()
         }
+    }
+
+    /// `offset` is buffered until it is acked.
+    fn took(&mut self, offset: i64) {
+        self.unacked.insert(offset);
+        self.next = self.next.max(offset + 1);
     }
 
     /// Whether `offset`, fetched at `now`, comes in sequence; a gap before it is fetched
@@ -184,17 +190,20 @@ impl Shared {
             let mut partitions = self.partitions();
             let state = partitions
                 .entry((pending.topic.clone(), partition))
-                .or_insert_with(|| PartitionState::from(offset));
+                .or_insert_with(|| PartitionState::expecting(offset));
             let expected = state.next;
             let admitted = state.admit(offset, Instant::now(), patience);
-            if admitted == Admit::Take && offset > expected {
-                tracing::warn!(topic = %pending.topic, partition, skipped = ?(expected..offset), "the broker never showed these offsets; going on after them");
+            if admitted == Admit::Take {
+                if offset > expected {
+                    tracing::warn!(topic = %pending.topic, partition, skipped = ?(expected..offset), "the broker never showed these offsets; going on after them");
+                }
+                state.took(offset);
             }
             admitted
         };
         match admitted {
             Admit::Take => {
-                self.take(key, pending);
+                self.queue.update(|queue| queue.push(key, pending));
                 None
             }
             Admit::Refetch { from, again } => {
@@ -209,16 +218,12 @@ impl Shared {
         }
     }
 
-    /// Buffers a fetched message until it is acked.
+    /// Buffers a fetched message after all, though it came after a skipped offset.
     fn take(&self, key: Option<Arc<str>>, pending: Pending) {
-        {
-            let mut partitions = self.partitions();
-            let state = partitions
-                .entry((pending.topic.clone(), pending.partition))
-                .or_insert_with(|| PartitionState::from(pending.offset));
-            state.unacked.insert(pending.offset);
-            state.next = state.next.max(pending.offset + 1);
-        }
+        self.partitions()
+            .entry((pending.topic.clone(), pending.partition))
+            .or_insert_with(|| PartitionState::expecting(pending.offset))
+            .took(pending.offset);
         self.queue.update(|queue| queue.push(key, pending));
     }
 
@@ -230,7 +235,7 @@ impl Shared {
             if let Offset::Offset(offset) = element.offset() {
                 partitions.insert(
                     (element.topic().to_owned(), element.partition()),
-                    PartitionState::from(offset),
+                    PartitionState::expecting(offset),
                 );
             }
         }
@@ -542,13 +547,9 @@ mod tests {
 
     const PATIENCE: Duration = Duration::from_millis(250);
 
-    fn expecting(next: i64) -> PartitionState {
-        PartitionState::from(next)
-    }
-
     #[test]
     fn offsets_in_sequence_are_taken() {
-        let mut state = expecting(968);
+        let mut state = PartitionState::expecting(968);
         assert_eq!(state.admit(968, Instant::now(), PATIENCE), Admit::Take);
         // One fetched again after a seek back, or redelivered by the broker.
         assert_eq!(state.admit(967, Instant::now(), PATIENCE), Admit::Take);
@@ -556,7 +557,7 @@ mod tests {
 
     #[test]
     fn a_skipped_offset_is_fetched_again_until_it_shows() {
-        let mut state = expecting(968);
+        let mut state = PartitionState::expecting(968);
         let start = Instant::now();
         assert_eq!(
             state.admit(969, start, PATIENCE),
@@ -581,7 +582,7 @@ mod tests {
 
     #[test]
     fn a_gap_that_outlasts_the_patience_is_the_brokers() {
-        let mut state = expecting(968);
+        let mut state = PartitionState::expecting(968);
         let start = Instant::now();
         assert!(matches!(
             state.admit(970, start, PATIENCE),
@@ -626,7 +627,7 @@ mod tests {
 
     #[test]
     fn no_patience_takes_every_gap_at_once() {
-        let mut state = expecting(968);
+        let mut state = PartitionState::expecting(968);
         assert_eq!(
             state.admit(975, Instant::now(), Duration::ZERO),
             Admit::Take
