@@ -4,18 +4,42 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use choreo_core::transport::KeyedQueue;
-use choreo_core::RawMessage;
+use choreo_core::{RawMessage, SagaId};
 use foldhash::{HashSet, HashSetExt};
 use tokio::sync::Notify;
 
 use crate::chaos::Rng;
 
-/// A message waiting in a group.
+/// A message handed out by a group, or on its way to one.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) message: Arc<RawMessage>,
-    pub(crate) key: Option<Arc<str>>,
+    pub(crate) key: Option<Key>,
     pub(crate) deliveries: u32,
+}
+
+/// What orders a group's messages: an event's saga, or the key a raw message was published
+/// with. A saga id is kept as one, not as text, since every event in a queue has one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Key {
+    Saga(SagaId),
+    Text(Arc<str>),
+}
+
+impl Key {
+    /// The key of a raw message: the saga it names, if it names one, so that it keeps its
+    /// place among that saga's events.
+    pub(crate) fn of(key: &str) -> Self {
+        key.parse()
+            .map_or_else(|_| Self::Text(Arc::from(key)), Self::Saga)
+    }
+}
+
+/// A message as its group's queue keeps it: the key lives beside it in the queue.
+#[derive(Debug)]
+struct Waiting {
+    message: Arc<RawMessage>,
+    deliveries: u32,
 }
 
 #[derive(Debug)]
@@ -23,7 +47,7 @@ pub(crate) struct Group {
     pub(crate) topic: String,
     /// The event types its members subscribed to; `None`: every type.
     types: Mutex<Option<HashSet<String>>>,
-    queue: Mutex<KeyedQueue<Entry>>,
+    queue: Mutex<KeyedQueue<Waiting, Key>>,
     pub(crate) ready: Notify,
 }
 
@@ -59,7 +83,8 @@ impl Group {
     }
 
     pub(crate) fn push(&self, entry: Entry) {
-        self.lock().push(entry.key.clone(), entry);
+        let (key, waiting) = entry.split();
+        self.lock().push(key, waiting);
         self.ready.notify_waiters();
     }
 
@@ -67,15 +92,18 @@ impl Group {
     /// `reorder`, any waiting message.
     pub(crate) fn pop(&self, reorder: Option<&mut Rng>) -> Option<Entry> {
         let mut queue = self.lock();
-        let (_, mut entry) = match reorder {
+        let (key, waiting) = match reorder {
             Some(rng) => {
                 let index = rng.below(queue.waiting());
                 queue.pop_any(index)?
             }
             None => queue.pop()?,
         };
-        entry.deliveries += 1;
-        Some(entry)
+        Some(Entry {
+            message: waiting.message,
+            key,
+            deliveries: waiting.deliveries + 1,
+        })
     }
 
     /// The message was settled: its key may move on.
@@ -86,7 +114,8 @@ impl Group {
 
     /// The message goes back to be delivered again, before the later ones of its key.
     pub(crate) fn requeue(&self, entry: Entry) {
-        self.lock().requeue(entry.key.clone(), entry);
+        let (key, waiting) = entry.split();
+        self.lock().requeue(key, waiting);
         self.ready.notify_waiters();
     }
 
@@ -95,7 +124,17 @@ impl Group {
         self.lock().pending()
     }
 
-    fn lock(&self) -> MutexGuard<'_, KeyedQueue<Entry>> {
+    fn lock(&self) -> MutexGuard<'_, KeyedQueue<Waiting, Key>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Entry {
+    fn split(self) -> (Option<Key>, Waiting) {
+        let waiting = Waiting {
+            message: self.message,
+            deliveries: self.deliveries,
+        };
+        (self.key, waiting)
     }
 }

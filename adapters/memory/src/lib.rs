@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 
 pub use crate::chaos::Chaos;
 use crate::chaos::Rng;
-use crate::group::{Entry, Group};
+use crate::group::{Entry, Group, Key};
 
 /// An in-process broker. Clones share it.
 #[derive(Clone, Default)]
@@ -97,14 +97,15 @@ impl MemoryTransport {
     }
 
     /// Publishes an already encoded message, e.g. a malformed one in a test, to every group
-    /// of `topic`, whatever types it subscribed to. `key` orders messages like a saga id does.
+    /// of `topic`, whatever types it subscribed to. `key` orders messages like a saga id does;
+    /// a key that is a saga id puts the message in line with that saga's events.
     pub fn publish_raw(
         &self,
         topic: &str,
         key: Option<&str>,
         message: RawMessage,
     ) -> Result<(), TransportError> {
-        self.bus.publish(topic, key.map(Arc::from), None, message)
+        self.bus.publish(topic, key.map(Key::of), None, message)
     }
 
     /// Messages dead-lettered from `topic` so far, oldest first.
@@ -161,7 +162,7 @@ impl Bus {
     fn publish(
         &self,
         topic: &str,
-        key: Option<Arc<str>>,
+        key: Option<Key>,
         event_type: Option<&str>,
         message: RawMessage,
     ) -> Result<(), TransportError> {
@@ -263,11 +264,10 @@ impl Transport for MemoryTransport {
     }
 
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
-        let key: Arc<str> = Arc::from(envelope.saga_id.to_string());
         self.bus
             .publish(
                 topic,
-                Some(key),
+                Some(Key::Saga(envelope.saga_id)),
                 Some(&envelope.event_type),
                 envelope.to_binary(),
             )

@@ -157,6 +157,46 @@ async fn events_of_one_saga_are_in_flight_one_at_a_time_in_order() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_raw_message_keyed_by_a_saga_id_waits_behind_that_sagas_events() {
+    let transport = MemoryTransport::new();
+    let mut first = subscribe(&transport, "g").await;
+    let mut second = subscribe(&transport, "g").await;
+    let saga = SagaId::new();
+    transport.publish(TOPIC, event(saga, 1)).await.unwrap();
+    let raw = event(SagaId::new(), 2).to_binary();
+    transport
+        .publish_raw(TOPIC, Some(&saga.to_string()), raw)
+        .unwrap();
+    let other = event(SagaId::new(), 3).to_binary();
+    transport
+        .publish_raw(TOPIC, Some("legacy-7"), other.clone())
+        .unwrap();
+    transport
+        .publish_raw(TOPIC, Some("legacy-7"), other)
+        .unwrap();
+
+    let one = next(&mut first).await;
+    assert_eq!(number(&one), 1);
+    let three = next(&mut second).await;
+    assert_eq!(
+        number(&three),
+        3,
+        "the raw message of the saga waits for its event"
+    );
+    nothing_next(&mut second).await;
+    one.ack().await.unwrap();
+    let two = next(&mut second).await;
+    assert_eq!(number(&two), 2);
+    nothing_next(&mut first).await;
+    three.ack().await.unwrap();
+    assert_eq!(
+        number(&next(&mut first).await),
+        3,
+        "a text key orders its messages too"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dead_letter_keeps_the_message_and_its_reason() {
     let transport = MemoryTransport::new();
     let mut subscription = subscribe(&transport, "g").await;

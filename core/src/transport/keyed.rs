@@ -3,25 +3,27 @@
 //! transport owes the runtime (docs/concepts.md, rule 9).
 
 use std::collections::VecDeque;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use tokio::sync::Notify;
 
-/// Messages waiting to be handed out, with their keys.
+/// Messages waiting to be handed out, with their keys: by default a broker's message key; a
+/// transport that knows its keys are saga ids may key by something smaller to copy.
 #[derive(Debug)]
-pub struct KeyedQueue<T> {
+pub struct KeyedQueue<T, K = Arc<str>> {
     /// Messages that may be handed out, oldest first.
-    ready: VecDeque<(Option<Arc<str>>, T)>,
+    ready: VecDeque<(Option<K>, T)>,
     /// Messages waiting for an earlier one of the same key to be settled.
-    blocked: HashMap<Arc<str>, VecDeque<T>>,
+    blocked: HashMap<K, VecDeque<T>>,
     /// Keys with a message handed out and not settled.
-    in_flight: HashSet<Arc<str>>,
+    in_flight: HashSet<K>,
     /// Messages handed out and not settled.
     unsettled: usize,
 }
 
-impl<T> Default for KeyedQueue<T> {
+impl<T, K> Default for KeyedQueue<T, K> {
     fn default() -> Self {
         Self {
             ready: VecDeque::new(),
@@ -32,30 +34,27 @@ impl<T> Default for KeyedQueue<T> {
     }
 }
 
-impl<T> KeyedQueue<T> {
+impl<T, K: Clone + Eq + Hash> KeyedQueue<T, K> {
     /// An empty queue.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds a message at the back.
-    pub fn push(&mut self, key: Option<Arc<str>>, item: T) {
+    pub fn push(&mut self, key: Option<K>, item: T) {
         self.ready.push_back((key, item));
     }
 
     /// Hands out the oldest message whose key has nothing in flight.
-    pub fn pop(&mut self) -> Option<(Option<Arc<str>>, T)> {
+    pub fn pop(&mut self) -> Option<(Option<K>, T)> {
         loop {
             let (key, item) = self.ready.pop_front()?;
             match &key {
                 Some(k) if self.in_flight.contains(k) => {
-                    self.blocked
-                        .entry(Arc::clone(k))
-                        .or_default()
-                        .push_back(item);
+                    self.blocked.entry(k.clone()).or_default().push_back(item);
                 }
                 Some(k) => {
-                    self.in_flight.insert(Arc::clone(k));
+                    self.in_flight.insert(k.clone());
                     self.unsettled += 1;
                     return Some((key, item));
                 }
@@ -69,7 +68,7 @@ impl<T> KeyedQueue<T> {
 
     /// Hands out the `index`-th waiting message, whatever its key: for deliberately
     /// misbehaving test transports. `index` is taken modulo [`waiting`](Self::waiting).
-    pub fn pop_any(&mut self, index: usize) -> Option<(Option<Arc<str>>, T)> {
+    pub fn pop_any(&mut self, index: usize) -> Option<(Option<K>, T)> {
         let waiting = self.waiting();
         if waiting == 0 {
             return None;
@@ -81,7 +80,7 @@ impl<T> KeyedQueue<T> {
             index -= self.ready.len();
             let key = self.blocked.iter().find_map(|(key, queue)| {
                 if index < queue.len() {
-                    Some(Arc::clone(key))
+                    Some(key.clone())
                 } else {
                     index -= queue.len();
                     None
@@ -99,13 +98,13 @@ impl<T> KeyedQueue<T> {
     }
 
     /// A handed-out message was settled: the next one of its key may go.
-    pub fn settle(&mut self, key: Option<&Arc<str>>) {
+    pub fn settle(&mut self, key: Option<&K>) {
         self.unsettled = self.unsettled.saturating_sub(1);
         let Some(key) = key else { return };
         self.in_flight.remove(key);
         if let Some(queue) = self.blocked.get_mut(key) {
             if let Some(next) = queue.pop_front() {
-                self.ready.push_front((Some(Arc::clone(key)), next));
+                self.ready.push_front((Some(key.clone()), next));
             }
             if queue.is_empty() {
                 self.blocked.remove(key);
@@ -115,7 +114,7 @@ impl<T> KeyedQueue<T> {
 
     /// A handed-out message comes back, to be handed out again before the later ones of its
     /// key.
-    pub fn requeue(&mut self, key: Option<Arc<str>>, item: T) {
+    pub fn requeue(&mut self, key: Option<K>, item: T) {
         self.unsettled = self.unsettled.saturating_sub(1);
         if let Some(k) = &key {
             self.in_flight.remove(k);
