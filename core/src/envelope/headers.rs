@@ -1,36 +1,38 @@
 //! A message's headers in two buffers, however many there are.
 
 use std::fmt;
+use std::ops::Range;
 
 use super::BINARY_HEADERS;
 
-/// `Entry::name_start` of a name that is one of choreo's own, `BINARY_HEADERS[name_end]`.
-const KNOWN: u32 = u32::MAX;
+/// `Entry::name` from here up is one of choreo's own names, `BINARY_HEADERS[name - KNOWN]`;
+/// below it, a stored name ends there. The table has fourteen names.
+const KNOWN: u32 = u32::MAX - 15;
 
 /// A message's headers in arrival order: names, and values of bytes because brokers allow
 /// any.
 ///
 /// Every value, and every name that is not one choreo writes, lives in one buffer, so an
 /// event's dozen headers take two allocations rather than two dozen, and a queued message
-/// holds about half the memory.
+/// holds about half the memory. Each header takes eight bytes besides: where its name and
+/// its value end, since each starts where the one before it ended.
 ///
 /// # Panics
 ///
 /// Pushing a header panics when the names and values would exceed 4 GiB.
 #[derive(Clone, Default)]
 pub struct Headers {
-    /// Stored names and all values, back to back.
+    /// Each header's stored name (if any) and value, back to back, in order.
     bytes: Vec<u8>,
     entries: Vec<Entry>,
 }
 
 #[derive(Clone, Copy)]
 struct Entry {
-    /// Where the name lies in `bytes`; `KNOWN` and an index into `BINARY_HEADERS` for a
-    /// name choreo writes.
-    name_start: u32,
-    name_end: u32,
-    value_start: u32,
+    /// `KNOWN` and up: one of choreo's names, not stored, and the value starts where the
+    /// header before ended. Below: the stored name starts there and ends here, and the
+    /// value follows it.
+    name: u32,
     value_end: u32,
 }
 
@@ -63,10 +65,9 @@ impl Headers {
         match BINARY_HEADERS.iter().position(|(_, known)| *known == name) {
             Some(index) => self.push_known(index, value),
             None => {
-                let name_start = self.offset();
                 self.bytes.extend_from_slice(name.as_bytes());
                 let name_end = self.offset();
-                self.push_value(name_start, name_end, value);
+                self.push_value(name_end, value);
             }
         }
     }
@@ -74,19 +75,13 @@ impl Headers {
     /// Appends `BINARY_HEADERS[index]`'s header with `value`.
     pub(super) fn push_known(&mut self, index: usize, value: &[u8]) {
         debug_assert!(index < BINARY_HEADERS.len());
-        // The table has fourteen names.
-        self.push_value(KNOWN, index as u32, value);
+        self.push_value(KNOWN + index as u32, value);
     }
 
-    fn push_value(&mut self, name_start: u32, name_end: u32, value: &[u8]) {
-        let value_start = self.offset();
+    fn push_value(&mut self, name: u32, value: &[u8]) {
         self.bytes.extend_from_slice(value);
-        self.entries.push(Entry {
-            name_start,
-            name_end,
-            value_start,
-            value_end: self.offset(),
-        });
+        let value_end = self.offset();
+        self.entries.push(Entry { name, value_end });
     }
 
     /// The end of the buffer, which is below `KNOWN`.
@@ -108,7 +103,8 @@ impl Headers {
     pub fn iter(&self) -> Iter<'_> {
         Iter {
             headers: self,
-            entries: self.entries.iter(),
+            front: 0,
+            back: self.entries.len(),
         }
     }
 
@@ -119,13 +115,12 @@ impl Headers {
     /// value is text wherever it lies, even between the bytes of one character.)
     pub(super) fn texts(&self) -> impl Iterator<Item = (&str, Option<usize>, Option<&str>)> {
         let all = std::str::from_utf8(&self.bytes).ok();
-        self.entries.iter().map(move |entry| {
-            let (name, value) = self.read(entry);
-            let known = (entry.name_start == KNOWN).then_some(entry.name_end as usize);
+        (0..self.entries.len()).map(move |index| {
+            let (name, known, value) = self.spans(index);
             let text = match all {
                 _ if value.is_empty() => Some(""),
-                Some(all) => all.get(entry.value_start as usize..entry.value_end as usize),
-                None => std::str::from_utf8(value).ok(),
+                Some(all) => all.get(value.clone()),
+                None => std::str::from_utf8(&self.bytes[value]).ok(),
             };
             (name, known, text)
         })
@@ -139,16 +134,29 @@ impl Headers {
             .collect();
     }
 
-    fn read(&self, entry: &Entry) -> (&str, &[u8]) {
-        let range = |start: u32, end: u32| start as usize..end as usize;
-        let name = if entry.name_start == KNOWN {
-            BINARY_HEADERS[entry.name_end as usize].1
-        } else {
-            // Stored names were pushed as `&str`; the check is a formality that cannot fail.
-            std::str::from_utf8(&self.bytes[range(entry.name_start, entry.name_end)])
-                .unwrap_or_default()
+    fn read(&self, index: usize) -> (&str, &[u8]) {
+        let (name, _, value) = self.spans(index);
+        (name, &self.bytes[value])
+    }
+
+    /// The name of the `index`-th header, its index in `BINARY_HEADERS` if it is one of
+    /// choreo's, and where its value lies in `bytes`.
+    fn spans(&self, index: usize) -> (&str, Option<usize>, Range<usize>) {
+        let start = match index {
+            0 => 0,
+            _ => self.entries[index - 1].value_end as usize,
         };
-        (name, &self.bytes[range(entry.value_start, entry.value_end)])
+        let entry = self.entries[index];
+        let end = entry.value_end as usize;
+        if entry.name >= KNOWN {
+            let known = (entry.name - KNOWN) as usize;
+            (BINARY_HEADERS[known].1, Some(known), start..end)
+        } else {
+            let name_end = entry.name as usize;
+            // Stored names were pushed as `&str`; the check is a formality that cannot fail.
+            let name = std::str::from_utf8(&self.bytes[start..name_end]).unwrap_or_default();
+            (name, None, name_end..end)
+        }
     }
 }
 
@@ -156,26 +164,35 @@ impl Headers {
 #[derive(Clone)]
 pub struct Iter<'a> {
     headers: &'a Headers,
-    entries: std::slice::Iter<'a, Entry>,
+    /// The next header from the front, and one past the next from the back.
+    front: usize,
+    back: usize,
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = (&'a str, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.entries.next().map(|entry| self.headers.read(entry))
+        if self.front == self.back {
+            return None;
+        }
+        self.front += 1;
+        Some(self.headers.read(self.front - 1))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.entries.size_hint()
+        let left = self.back - self.front;
+        (left, Some(left))
     }
 }
 
 impl DoubleEndedIterator for Iter<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        self.entries
-            .next_back()
-            .map(|entry| self.headers.read(entry))
+        if self.front == self.back {
+            return None;
+        }
+        self.back -= 1;
+        Some(self.headers.read(self.back))
     }
 }
 

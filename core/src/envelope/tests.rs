@@ -105,6 +105,16 @@ fn headers_keep_every_name_and_value_in_order_however_they_are_stored() {
             ("ce_id", &b""[..]),
         ]
     );
+    let mut both_ends = headers.iter();
+    assert_eq!(both_ends.next_back(), Some(("ce_id", &b""[..])));
+    assert_eq!(both_ends.next(), Some(("ce_id", &b"1"[..])));
+    assert_eq!(both_ends.len(), 2);
+    assert_eq!(both_ends.next_back(), Some(("CE_ID", &b"2"[..])));
+    assert_eq!(
+        both_ends.next_back(),
+        Some(("x-request-id", &b"\xff\x00"[..]))
+    );
+    assert_eq!((both_ends.next(), both_ends.next_back()), (None, None));
     assert_eq!(headers.get("X-Request-Id"), Some(&b"\xff\x00"[..]));
     assert_eq!(headers.get("ce_ID"), Some(&b"1"[..]));
     assert_eq!(headers.get("ce_type"), None);
