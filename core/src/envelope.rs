@@ -494,9 +494,9 @@ impl Envelope {
                 format!("`{kind_value}` is not one of start, step, complete, abort, compensated"),
             )
         })?;
-        let trace = TraceContext::from_parts(
-            get(Attribute::TraceParent)?.map(Cow::into_owned),
-            get(Attribute::TraceState)?.map(Cow::into_owned),
+        let trace = TraceContext::parse(
+            get(Attribute::TraceParent)?.as_deref(),
+            get(Attribute::TraceState)?.as_deref(),
         )
         .map_err(|error| invalid(Attribute::TraceParent, error.to_string()))?;
         let saga_data = match get(Attribute::SagaData)? {

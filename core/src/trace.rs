@@ -8,8 +8,13 @@ use uuid::Uuid;
 /// the saga causes carries it on.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct TraceContext {
-    traceparent: Option<String>,
-    tracestate: Option<String>,
+    /// The `traceparent` (`..parent_end`) and the `tracestate` after it, in one allocation,
+    /// since every event holds one: `None` when neither is set.
+    text: Option<Box<str>>,
+    /// Where the `traceparent` ends: 0 when there is none (a valid one is 55 bytes or more).
+    parent_end: u32,
+    /// Whether a `tracestate` is set, which may be empty.
+    has_state: bool,
 }
 
 /// A `traceparent` that is not of the W3C form `vv-<32 hex>-<16 hex>-<2 hex>`.
@@ -27,9 +32,11 @@ impl TraceContext {
     pub fn new_root() -> Self {
         let trace_id = Uuid::new_v4().as_u128();
         let span_id = (Uuid::new_v4().as_u128() as u64).max(1);
+        let traceparent = format!("00-{trace_id:032x}-{span_id:016x}-01");
         Self {
-            traceparent: Some(format!("00-{trace_id:032x}-{span_id:016x}-01")),
-            tracestate: None,
+            parent_end: length(&traceparent),
+            text: Some(traceparent.into_boxed_str()),
+            has_state: false,
         }
     }
 
@@ -38,42 +45,89 @@ impl TraceContext {
         traceparent: Option<String>,
         tracestate: Option<String>,
     ) -> Result<Self, InvalidTraceparent> {
-        if let Some(value) = &traceparent {
+        match (traceparent, tracestate) {
+            // The common case keeps the allocation it was given.
+            (Some(parent), None) => {
+                validate_traceparent(&parent)?;
+                Ok(Self {
+                    parent_end: length(&parent),
+                    text: Some(parent.into_boxed_str()),
+                    has_state: false,
+                })
+            }
+            (parent, state) => Self::parse(parent.as_deref(), state.as_deref()),
+        }
+    }
+
+    /// [`from_parts`](Self::from_parts) of borrowed values, as a message's headers hold them.
+    pub(crate) fn parse(
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> Result<Self, InvalidTraceparent> {
+        if let Some(value) = traceparent {
             validate_traceparent(value)?;
         }
-        Ok(Self {
-            traceparent,
-            tracestate,
-        })
+        Ok(Self::of(traceparent, tracestate))
+    }
+
+    fn of(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        let parent = traceparent.unwrap_or_default();
+        let text = match (traceparent, tracestate) {
+            (None, None) => None,
+            (_, None) => Some(Box::from(parent)),
+            (_, Some(state)) => Some([parent, state].concat().into_boxed_str()),
+        };
+        Self {
+            text,
+            parent_end: length(parent),
+            has_state: tracestate.is_some(),
+        }
     }
 
     /// The `traceparent` value, if any.
     pub fn traceparent(&self) -> Option<&str> {
-        self.traceparent.as_deref()
+        let end = self.parent_end as usize;
+        self.text
+            .as_deref()
+            .filter(|_| end > 0)
+            .map(|text| &text[..end])
     }
 
     /// The `tracestate` value, if any.
     pub fn tracestate(&self) -> Option<&str> {
-        self.tracestate.as_deref()
+        let start = self.parent_end as usize;
+        self.text
+            .as_deref()
+            .filter(|_| self.has_state)
+            .map(|text| &text[start..])
     }
 
     /// The 32-hex-digit trace id, if any.
     pub fn trace_id(&self) -> Option<&str> {
-        self.traceparent.as_deref().map(|value| &value[3..35])
+        self.traceparent().map(|value| &value[3..35])
     }
 }
 
 impl fmt::Debug for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TraceContext")
-            .field("traceparent", &self.traceparent)
-            .field("tracestate", &self.tracestate)
+            .field("traceparent", &self.traceparent())
+            .field("tracestate", &self.tracestate())
             .finish()
     }
 }
 
+/// The length of a valid `traceparent`, which fits.
+fn length(traceparent: &str) -> u32 {
+    u32::try_from(traceparent.len()).unwrap_or(u32::MAX)
+}
+
 fn validate_traceparent(value: &str) -> Result<(), InvalidTraceparent> {
     let bytes = value.as_bytes();
+    // Later versions may add fields; not four gigabytes of them.
+    if u32::try_from(bytes.len()).is_err() {
+        return Err(InvalidTraceparent);
+    }
     let hex = |range: std::ops::Range<usize>| {
         bytes[range]
             .iter()
@@ -102,9 +156,45 @@ mod tests {
     #[test]
     fn a_new_root_is_valid_and_exposes_its_trace_id() {
         let root = TraceContext::new_root();
-        let parsed = TraceContext::from_parts(root.traceparent.clone(), None).unwrap();
+        let parsed = TraceContext::from_parts(root.traceparent().map(str::to_owned), None).unwrap();
         assert_eq!(parsed.trace_id().unwrap().len(), 32);
         assert_eq!(parsed, root);
+    }
+
+    #[test]
+    fn either_value_alone_or_both_read_back_as_given() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        for (traceparent, tracestate) in [
+            (None, None),
+            (Some(parent), None),
+            (None, Some("vendor=1")),
+            (None, Some("")),
+            (Some(parent), Some("")),
+            (Some(parent), Some("vendor=1,other=2")),
+        ] {
+            let context = TraceContext::from_parts(
+                traceparent.map(str::to_owned),
+                tracestate.map(str::to_owned),
+            )
+            .unwrap();
+            assert_eq!(
+                (context.traceparent(), context.tracestate()),
+                (traceparent, tracestate)
+            );
+            assert_eq!(
+                TraceContext::parse(traceparent, tracestate),
+                Ok(context.clone())
+            );
+            assert_eq!(
+                context.trace_id(),
+                traceparent.map(|_| "0af7651916cd43dd8448eb211c80319c")
+            );
+        }
+        assert_ne!(
+            TraceContext::from_parts(None, Some(String::new())).unwrap(),
+            TraceContext::none(),
+            "an empty tracestate is still one"
+        );
     }
 
     #[test]
