@@ -29,9 +29,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct ServiceState {
-    records: HashMap<SagaId, SagaRecord>,
-    /// Commits that changed each record.
-    versions: HashMap<SagaId, u64>,
+    records: HashMap<SagaId, Kept>,
     /// Until when each claimed saga or unsent event is claimed.
     claims: HashMap<ClaimOn, SystemTime>,
     /// When each unsent event was recorded.
@@ -39,6 +37,14 @@ struct ServiceState {
     inbox: HashMap<EventId, Deadline>,
     /// Runtime events and dead letters not yet sent, in the order they were recorded.
     outbox: Vec<Outgoing>,
+}
+
+/// A saga's record, and how many commits changed it: kept together, since each needs the
+/// other and an open saga holds one of each.
+#[derive(Debug)]
+struct Kept {
+    record: SagaRecord,
+    version: u64,
 }
 
 /// What a claim is on: an overdue saga, or an unsent event.
@@ -69,14 +75,20 @@ impl MemoryStore {
         self.lock()
             .get(service)
             .and_then(|state| state.records.get(&saga))
-            .cloned()
+            .map(|kept| kept.record.clone())
     }
 
     /// A copy of every record `service` keeps, for tests and inspection.
     pub fn records(&self, service: &str) -> Vec<SagaRecord> {
         self.lock()
             .get(service)
-            .map(|state| state.records.values().cloned().collect())
+            .map(|state| {
+                state
+                    .records
+                    .values()
+                    .map(|kept| kept.record.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -114,14 +126,12 @@ impl Store for MemoryStore {
     ) -> Result<Loaded, StoreError> {
         let services = self.lock();
         let state = services.get(service);
+        let kept = state.and_then(|state| state.records.get(&saga));
         Ok(Loaded {
-            record: state.and_then(|state| state.records.get(&saga)).cloned(),
+            record: kept.map(|kept| kept.record.clone()),
             handled: event
                 .is_some_and(|event| state.is_some_and(|state| state.inbox.contains_key(&event))),
-            version: state
-                .and_then(|state| state.versions.get(&saga))
-                .copied()
-                .unwrap_or(0),
+            version: kept.map_or(0, |kept| kept.version),
         })
     }
 
@@ -156,9 +166,8 @@ impl Store for MemoryStore {
                 || state.is_some_and(|state| state.records.contains_key(&commit.saga_id));
             let version = versions.entry(key).or_insert_with(|| {
                 state
-                    .and_then(|state| state.versions.get(&commit.saga_id))
-                    .copied()
-                    .unwrap_or(0)
+                    .and_then(|state| state.records.get(&commit.saga_id))
+                    .map_or(0, |kept| kept.version)
             });
             let created = commit
                 .changes
@@ -200,7 +209,7 @@ impl Store for MemoryStore {
                     if let Some(step) = state
                         .records
                         .get_mut(&sent.saga_id)
-                        .and_then(|record| record.steps.get_mut(position))
+                        .and_then(|kept| kept.record.steps.get_mut(position))
                     {
                         step.published = true;
                     }
@@ -219,7 +228,7 @@ impl Store for MemoryStore {
             return Ok(Recovery::default());
         };
         let mut recovery = Recovery::default();
-        for record in state.records.values() {
+        for Kept { record, .. } in state.records.values() {
             recovery.timers.extend(timer(record));
             if record.is_aborted() && !record.compensation_acknowledged {
                 recovery.unfinished.push(record.saga_id);
@@ -242,7 +251,7 @@ impl Store for MemoryStore {
         let mut overdue: Vec<ActiveSaga> = state
             .records
             .values()
-            .filter_map(timer)
+            .filter_map(|kept| timer(&kept.record))
             .filter(|saga| {
                 saga.deadline.instant() < claim.deadlines_before
                     && free(&state.claims, ClaimOn::Saga(saga.saga_id))
@@ -251,7 +260,10 @@ impl Store for MemoryStore {
         overdue.sort_by_key(|saga| (saga.deadline, saga.saga_id));
         overdue.truncate(claim.limit);
         claimed.timers = overdue;
-        let steps = state.records.values().flat_map(unsent_steps);
+        let steps = state
+            .records
+            .values()
+            .flat_map(|kept| unsent_steps(&kept.record));
         let unclaimed = |outgoing: &Outgoing| {
             let recorded = state
                 .recorded
@@ -289,11 +301,10 @@ impl Store for MemoryStore {
             return Ok(Purged::default());
         };
         let (sagas, handled) = (state.records.len(), state.inbox.len());
-        state
-            .records
-            .retain(|_, record| !(record.is_finished() && record.deadline.instant() < before));
+        state.records.retain(|_, Kept { record, .. }| {
+            !(record.is_finished() && record.deadline.instant() < before)
+        });
         let records = &state.records;
-        state.versions.retain(|saga, _| records.contains_key(saga));
         state.claims.retain(|on, _| match on {
             ClaimOn::Saga(saga) | ClaimOn::Unsent(Sent { saga_id: saga, .. }) => {
                 records.contains_key(saga)
@@ -336,9 +347,7 @@ fn unsent_steps(record: &SagaRecord) -> impl Iterator<Item = Outgoing> + '_ {
 
 /// Applies one handling's changes to what `state` holds.
 fn apply(state: &mut ServiceState, commit: Commit) {
-    if commit.is_versioned() {
-        *state.versions.entry(commit.saga_id).or_insert(0) += 1;
-    }
+    let versioned = commit.is_versioned();
     for change in &commit.changes {
         if let JournalChange::StepAdded { position, step } = change {
             let sent = Sent {
@@ -357,15 +366,22 @@ fn apply(state: &mut ServiceState, commit: Commit) {
     for change in commit.changes {
         match change {
             JournalChange::Created(header) => {
+                let record = SagaRecord::from_header(header);
                 state
                     .records
-                    .insert(commit.saga_id, SagaRecord::from_header(header));
+                    .insert(commit.saga_id, Kept { record, version: 0 });
             }
             change => {
-                if let Some(record) = state.records.get_mut(&commit.saga_id) {
-                    record.apply_owned(change);
+                if let Some(kept) = state.records.get_mut(&commit.saga_id) {
+                    kept.record.apply_owned(change);
                 }
             }
+        }
+    }
+    // A commit to a saga of which there is no record changes nothing to count.
+    if versioned {
+        if let Some(kept) = state.records.get_mut(&commit.saga_id) {
+            kept.version += 1;
         }
     }
     if let Some(handled) = commit.handled {
