@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use choreo::transport::{DEAD_LETTER_ORIGINAL_SIZE_HEADER, DEAD_LETTER_TRUNCATED_HEADER};
 use choreo::{
-    AbortReason, Deadline, Envelope, Event, RawMessage, SagaId, SagaKind, SagaOutcome, SagaStatus,
+    AbortReason, Deadline, Envelope, Event, RawMessage, SagaId, SagaKind, SagaOutcome, SagaRecord,
+    SagaStatus,
 };
 use common::*;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,30 @@ fn stranger_start(h: &Harness, order_id: u64, deadline: Deadline) -> Envelope {
         sku: "book".into(),
     };
     h.event("stranger", SagaId::new(), deadline, SagaKind::Start, &order)
+}
+
+/// `service`'s record of `saga` once every event it emitted is marked sent, after which it no
+/// longer changes: the service that emits the terminal event finishes the saga in the commit
+/// that records the event, and marks it sent only once it went out.
+async fn final_record(h: &Harness, service: &'static str, saga: SagaId) -> Option<SagaRecord> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let record = h.record(service, saga).await;
+        let sent = |record: &SagaRecord| {
+            record
+                .steps
+                .iter()
+                .all(|step| step.published || step.withheld)
+        };
+        if record.as_ref().is_some_and(sent) {
+            return record;
+        }
+        assert!(
+            started.elapsed() < h.units(100),
+            "{service} never marked the events of saga {saga} sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// `message` without its header `name`.
@@ -117,7 +142,7 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     h.settled(saga).await;
     let mut records = Vec::new();
     for service in SERVICES {
-        records.push(h.record(service, saga).await);
+        records.push(final_record(&h, service, saga).await);
     }
     let posing = stranger_start(&h, order, h.deadline_in(backend.timeout()));
     h.publish(posing.clone()).await;
