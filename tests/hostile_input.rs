@@ -33,25 +33,23 @@ fn stranger_start(h: &Harness, order_id: u64, deadline: Deadline) -> Envelope {
 /// `service`'s record of `saga` once every event it emitted is marked sent, after which it no
 /// longer changes: the service that emits the terminal event finishes the saga in the commit
 /// that records the event, and marks it sent only once it went out.
-async fn final_record(h: &Harness, service: &'static str, saga: SagaId) -> Option<SagaRecord> {
-    let started = tokio::time::Instant::now();
-    loop {
-        let record = h.record(service, saga).await;
-        let sent = |record: &SagaRecord| {
+async fn final_record(h: &Harness, service: &'static str, saga: SagaId) -> SagaRecord {
+    let until = tokio::time::Instant::now() + h.units(100);
+    let record = async |service, saga| h.record(service, saga).await;
+    record_when(
+        service,
+        saga,
+        until,
+        record,
+        "marked every event sent in",
+        |record| {
             record
                 .steps
                 .iter()
                 .all(|step| step.published || step.withheld)
-        };
-        if record.as_ref().is_some_and(sent) {
-            return record;
-        }
-        assert!(
-            started.elapsed() < h.units(100),
-            "{service} never marked the events of saga {saga} sent"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        },
+    )
+    .await
 }
 
 /// `message` without its header `name`.
@@ -142,7 +140,7 @@ async fn hostile_events_are_dead_lettered_or_handled_by_the_rules_and_sagas_go_o
     h.settled(saga).await;
     let mut records = Vec::new();
     for service in SERVICES {
-        records.push(final_record(&h, service, saga).await);
+        records.push(Some(final_record(&h, service, saga).await));
     }
     let posing = stranger_start(&h, order, h.deadline_in(backend.timeout()));
     h.publish(posing.clone()).await;

@@ -1043,18 +1043,39 @@ pub async fn settled_in(
     within: Duration,
     record: impl AsyncFn(&'static str, SagaId) -> Option<SagaRecord>,
 ) {
-    let started = tokio::time::Instant::now();
+    let until = tokio::time::Instant::now() + within;
     for &service in services {
-        while !record(service, saga)
-            .await
-            .is_some_and(|record| record.is_finished())
-        {
-            assert!(
-                started.elapsed() < within,
-                "{service} never finished saga {saga}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        record_when(
+            service,
+            saga,
+            until,
+            &record,
+            "finished",
+            SagaRecord::is_finished,
+        )
+        .await;
+    }
+}
+
+/// Waits, until `until`, for `record` to find `service`'s record of `saga` such that `done`
+/// holds for it, and returns it; the assertion says that `service` never `what` the saga.
+pub async fn record_when(
+    service: &'static str,
+    saga: SagaId,
+    until: tokio::time::Instant,
+    record: impl AsyncFn(&'static str, SagaId) -> Option<SagaRecord>,
+    what: &str,
+    done: impl Fn(&SagaRecord) -> bool,
+) -> SagaRecord {
+    loop {
+        if let Some(record) = record(service, saga).await.filter(|record| done(record)) {
+            return record;
         }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{service} never {what} saga {saga}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
