@@ -32,11 +32,30 @@ impl TraceContext {
     pub fn new_root() -> Self {
         let trace_id = Uuid::new_v4().as_u128();
         let span_id = (Uuid::new_v4().as_u128() as u64).max(1);
-        let traceparent = format!("00-{trace_id:032x}-{span_id:016x}-01");
+        Self::of_span(trace_id, span_id, 1, None)
+    }
+
+    /// The context of span `span_id` of trace `trace_id`, with its W3C trace flags and
+    /// `tracestate`: a version 00 `traceparent`, written without a formatter.
+    pub(crate) fn of_span(
+        trace_id: u128,
+        span_id: u64,
+        flags: u8,
+        tracestate: Option<&str>,
+    ) -> Self {
+        let mut text = String::with_capacity(55 + tracestate.map_or(0, str::len));
+        text.push_str("00-");
+        push_hex(&mut text, trace_id, 32);
+        text.push('-');
+        push_hex(&mut text, span_id.into(), 16);
+        text.push('-');
+        push_hex(&mut text, flags.into(), 2);
+        let parent_end = length(&text);
+        text.push_str(tracestate.unwrap_or_default());
         Self {
-            parent_end: length(&traceparent),
-            text: Some(traceparent.into_boxed_str()),
-            has_state: false,
+            text: Some(text.into_boxed_str()),
+            parent_end,
+            has_state: tracestate.is_some(),
         }
     }
 
@@ -102,6 +121,23 @@ impl TraceContext {
             .map(|text| &text[start..])
     }
 
+    /// The trace id, span id and trace flags the `traceparent` names, if any: what
+    /// [`of_span`](Self::of_span) writes.
+    pub(crate) fn ids(&self) -> Option<(u128, u64, u8)> {
+        let parent = self.traceparent()?.as_bytes();
+        // Valid, so lower-case hexadecimal digits at these places.
+        let read = |range: std::ops::Range<usize>| {
+            parent[range].iter().fold(0u128, |value, digit| {
+                let digit = match digit {
+                    b'0'..=b'9' => digit - b'0',
+                    _ => digit - b'a' + 10,
+                };
+                value << 4 | u128::from(digit)
+            })
+        };
+        Some((read(3..35), read(36..52) as u64, read(53..55) as u8))
+    }
+
     /// The 32-hex-digit trace id, if any.
     pub fn trace_id(&self) -> Option<&str> {
         self.traceparent().map(|value| &value[3..35])
@@ -114,6 +150,15 @@ impl fmt::Debug for TraceContext {
             .field("traceparent", &self.traceparent())
             .field("tracestate", &self.tracestate())
             .finish()
+    }
+}
+
+/// Appends the lowest `digits` hexadecimal digits of `value`, most significant first, in
+/// lower case.
+fn push_hex(text: &mut String, value: u128, digits: u32) {
+    for digit in (0..digits).rev() {
+        let nibble = (value >> (digit * 4)) & 0xf;
+        text.push(char::from(b"0123456789abcdef"[nibble as usize]));
     }
 }
 
@@ -159,6 +204,38 @@ mod tests {
         let parsed = TraceContext::from_parts(root.traceparent().map(str::to_owned), None).unwrap();
         assert_eq!(parsed.trace_id().unwrap().len(), 32);
         assert_eq!(parsed, root);
+    }
+
+    #[test]
+    fn a_span_s_ids_are_written_and_read_as_the_w3c_format_has_them() {
+        let context = TraceContext::of_span(
+            0x0af7651916cd43dd8448eb211c80319c,
+            0x00ad6b7169203331,
+            1,
+            Some("vendor=1"),
+        );
+        assert_eq!(
+            context.traceparent(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-00ad6b7169203331-01")
+        );
+        assert_eq!(context.tracestate(), Some("vendor=1"));
+        let (trace_id, span_id) = (u128::MAX - 1, 0x10);
+        let expected = format!("00-{trace_id:032x}-{span_id:016x}-00");
+        let context = TraceContext::of_span(trace_id, span_id, 0, None);
+        assert_eq!(context.traceparent(), Some(expected.as_str()));
+        assert_eq!(context.tracestate(), None);
+        validate_traceparent(&expected).unwrap();
+        assert_eq!(context.ids(), Some((trace_id, span_id, 0)));
+        let parsed = TraceContext::parse(
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.ids(),
+            Some((0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 1))
+        );
+        assert_eq!(TraceContext::none().ids(), None);
     }
 
     #[test]

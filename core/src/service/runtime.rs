@@ -450,9 +450,7 @@ impl Runtime {
     /// The producer span of a new `envelope`, whose context it then carries (rule 2 for the
     /// trace: consumers continue from this span).
     pub(super) fn stamped_send_span(&self, envelope: &mut Envelope) -> Span {
-        let span = self.send_span(envelope);
-        telemetry::stamp(&span, envelope);
-        span
+        telemetry::stamped_send_span(self.name(), &*self.transport, self.saga().topic(), envelope)
     }
 
     /// Rule 2: an event caused by `cause` inherits its saga id, deadline, trace and saga

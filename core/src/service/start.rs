@@ -119,9 +119,8 @@ impl Runtime {
             self.name(),
             &**self.transport(),
             self.saga().topic(),
-            &start,
+            &mut start,
         );
-        telemetry::stamp(&span, &mut start);
         let mut record = SagaRecord::new(saga_id, deadline);
         record.initiated_here = true;
         record.steps.push(StepRecord {

@@ -28,7 +28,7 @@ pub(crate) use self::metrics::{
     outcome_label, DeadLetterReason, HandlerLabel, Metrics, StepResultLabel,
 };
 pub(crate) use self::spans::{
-    compensation_span, deadline_span, process_span, send_span, stamp, start_span,
+    compensation_span, deadline_span, process_span, send_span, stamped_send_span, start_span,
 };
 
 /// The `tracing` target of every span and event the runtime records about sagas, for

@@ -3,25 +3,19 @@
 use std::str::FromStr;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::trace::TraceContext;
 
 /// The span an event's trace context names, as a remote span context.
 pub(super) fn span_context(trace: &TraceContext) -> Option<SpanContext> {
-    // A `TraceContext` holds only validated traceparents: `vv-<32 hex>-<16 hex>-<2 hex>`.
-    let traceparent = trace.traceparent()?;
-    let trace_id = TraceId::from_hex(traceparent.get(3..35)?).ok()?;
-    let span_id = SpanId::from_hex(traceparent.get(36..52)?).ok()?;
-    let flags = u8::from_str_radix(traceparent.get(53..55)?, 16).ok()?;
+    let (trace_id, span_id, flags) = trace.ids()?;
     let state = trace
         .tracestate()
         .and_then(|state| TraceState::from_str(state).ok())
         .unwrap_or_default();
     Some(SpanContext::new(
-        trace_id,
-        span_id,
+        TraceId::from_bytes(trace_id.to_be_bytes()),
+        SpanId::from_bytes(span_id.to_be_bytes()),
         TraceFlags::new(flags),
         true,
         state,
@@ -33,20 +27,18 @@ pub(super) fn remote_parent(trace: &TraceContext) -> Option<opentelemetry::Conte
     span_context(trace).map(|parent| opentelemetry::Context::new().with_remote_span_context(parent))
 }
 
-/// The W3C context of `span`, if an OpenTelemetry layer records it.
-pub(super) fn trace_of(span: &Span) -> Option<TraceContext> {
-    let context = span.context();
+/// The W3C context of the OpenTelemetry span of `context`, if it holds a valid one.
+pub(super) fn trace_of(context: &opentelemetry::Context) -> Option<TraceContext> {
     let span = context.span();
     let span_context = span.span_context();
     if !span_context.is_valid() {
         return None;
     }
-    let traceparent = format!(
-        "00-{}-{}-{:02x}",
-        span_context.trace_id(),
-        span_context.span_id(),
-        span_context.trace_flags().to_u8()
-    );
-    let tracestate = Some(span_context.trace_state().header()).filter(|state| !state.is_empty());
-    TraceContext::from_parts(Some(traceparent), tracestate).ok()
+    let tracestate = span_context.trace_state().header();
+    Some(TraceContext::of_span(
+        u128::from_be_bytes(span_context.trace_id().to_bytes()),
+        u64::from_be_bytes(span_context.span_id().to_bytes()),
+        span_context.trace_flags().to_u8(),
+        Some(tracestate.as_str()).filter(|state| !state.is_empty()),
+    ))
 }

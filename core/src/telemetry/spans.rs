@@ -1,5 +1,6 @@
 //! The spans of one saga's events: producer, consumer, compensation and deadline.
 
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use tracing::field::{self, Empty};
 use tracing::Span;
@@ -13,35 +14,59 @@ use crate::ids::SagaId;
 use crate::trace::TraceContext;
 use crate::transport::Transport;
 
-/// The producer span of publishing `envelope` to `topic`, a child of the current span.
-/// [`stamp`] puts its context on the envelope; a republished event keeps its first one.
+/// The producer span of publishing `envelope` to `topic`, a child of the current span: that
+/// of an event sent again, which keeps the context of its first send.
 pub(crate) fn send_span(
     service: &str,
     transport: &dyn Transport,
     topic: &str,
     envelope: &Envelope,
 ) -> Span {
-    producer_span(Span::current().id(), service, transport, topic, envelope)
+    let span = producer_span(Span::current().id(), service, envelope);
+    add_messaging_attributes(&span, transport, topic, envelope, None);
+    span
 }
 
-/// The root span of a saga: the producer span of its initiating event.
+/// The producer span of publishing a new `envelope` to `topic`, a child of the current span,
+/// whose context the envelope then carries, so that the consumers' spans become its children.
+/// Without an OpenTelemetry layer the envelope keeps the context it inherited.
+pub(crate) fn stamped_send_span(
+    service: &str,
+    transport: &dyn Transport,
+    topic: &str,
+    envelope: &mut Envelope,
+) -> Span {
+    stamped(Span::current().id(), service, transport, topic, envelope)
+}
+
+/// The root span of a saga: the producer span of its initiating event, whose context the
+/// event then carries, as [`stamped_send_span`] does.
 pub(crate) fn start_span(
     service: &str,
     transport: &dyn Transport,
     topic: &str,
-    envelope: &Envelope,
+    envelope: &mut Envelope,
 ) -> Span {
-    producer_span(None, service, transport, topic, envelope)
+    stamped(None, service, transport, topic, envelope)
 }
 
-fn producer_span(
+fn stamped(
     parent: Option<tracing::Id>,
     service: &str,
     transport: &dyn Transport,
     topic: &str,
-    envelope: &Envelope,
+    envelope: &mut Envelope,
 ) -> Span {
-    let span = tracing::info_span!(
+    let span = producer_span(parent, service, envelope);
+    let context = add_messaging_attributes(&span, transport, topic, envelope, None);
+    if let Some(trace) = context.as_ref().and_then(trace_of) {
+        envelope.trace = trace;
+    }
+    span
+}
+
+fn producer_span(parent: Option<tracing::Id>, service: &str, envelope: &Envelope) -> Span {
+    tracing::info_span!(
         target: TARGET,
         parent: parent,
         "send",
@@ -51,17 +76,7 @@ fn producer_span(
         saga.id = %envelope.saga_id,
         saga.step = %envelope.event_type,
         saga.deadline = %envelope.deadline,
-    );
-    add_messaging_attributes(&span, transport, topic, envelope, None);
-    span
-}
-
-/// Puts the context of `span` on `envelope`, so the consumers' spans become its children.
-/// Without an OpenTelemetry layer the envelope keeps the context it inherited.
-pub(crate) fn stamp(span: &Span, envelope: &mut Envelope) {
-    if let Some(trace) = trace_of(span) {
-        envelope.trace = trace;
-    }
+    )
 }
 
 /// The consumer span of `service` handling `envelope` from `topic`: its parent is the
@@ -95,37 +110,47 @@ pub(crate) fn process_span(
     span
 }
 
-/// The messaging attributes of the OpenTelemetry semantic conventions, on the OpenTelemetry
-/// span only, so that log lines keep to the saga's fields. `group` marks a consumer span.
+/// Puts the messaging attributes of the OpenTelemetry semantic conventions on the
+/// OpenTelemetry span of `span` only, so that log lines keep to the saga's fields, and returns
+/// that span's context. `group` marks a consumer span.
+///
+/// This starts the OpenTelemetry span, whose parent and start time are set by now, and sets
+/// the attributes in one call: the `tracing` span's `set_attribute` looks the span up in the
+/// subscriber's registry once per attribute.
 fn add_messaging_attributes(
     span: &Span,
     transport: &dyn Transport,
     topic: &str,
     envelope: &Envelope,
     group: Option<&str>,
-) {
+) -> Option<opentelemetry::Context> {
     if span.is_disabled() {
-        return;
+        return None;
     }
-    let operation = if group.is_some() { "process" } else { "send" };
-    let mut attributes = vec![
-        KeyValue::new("messaging.system", transport.name()),
-        KeyValue::new("messaging.destination.name", topic.to_owned()),
-        KeyValue::new("messaging.operation.type", operation),
-        KeyValue::new("messaging.operation.name", operation),
-        KeyValue::new("messaging.message.id", envelope.id.to_string()),
-        KeyValue::new(SAGA_KIND, envelope.kind.as_str()),
-    ];
-    if let Some(group) = group {
-        attributes.push(KeyValue::new(
-            "messaging.consumer.group.name",
-            group.to_owned(),
-        ));
+    let context = span.context();
+    let otel = context.span();
+    if otel.is_recording() {
+        let operation = if group.is_some() { "process" } else { "send" };
+        let mut id = uuid::Uuid::encode_buffer();
+        let id = envelope.id.as_uuid().hyphenated().encode_lower(&mut id);
+        let attributes = [
+            KeyValue::new("messaging.system", transport.name()),
+            KeyValue::new("messaging.destination.name", topic.to_owned()),
+            KeyValue::new("messaging.operation.type", operation),
+            KeyValue::new("messaging.operation.name", operation),
+            KeyValue::new("messaging.message.id", id.to_owned()),
+            KeyValue::new(SAGA_KIND, envelope.kind.as_str()),
+        ];
+        let group =
+            group.map(|group| KeyValue::new("messaging.consumer.group.name", group.to_owned()));
+        otel.set_attributes(
+            attributes
+                .into_iter()
+                .chain(group)
+                .chain(transport.span_attributes(topic, envelope)),
+        );
     }
-    attributes.extend(transport.span_attributes(topic, envelope));
-    for attribute in attributes {
-        span.set_attribute(attribute.key, attribute.value);
-    }
+    Some(context)
 }
 
 /// The span of undoing the step that emitted `output`, inside the handling of the abort.
