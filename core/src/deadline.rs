@@ -119,10 +119,10 @@ pub(crate) fn write_rfc3339(instant: SystemTime, buffer: &mut [u8; TIMESTAMP_MAX
     let (year, month, day) = civil_from_days(seconds / 86_400);
     let second_of_day = seconds % 86_400;
     let mut length = 0;
-    let mut put = |number: u64, digits: usize, then: u8| {
-        for place in (0..digits).rev() {
-            buffer[length + place] =
-                b'0' + (number / 10u64.pow((digits - 1 - place) as u32) % 10) as u8;
+    let mut put = |mut number: u64, digits: usize, then: u8| {
+        for digit in buffer[length..length + digits].iter_mut().rev() {
+            *digit = b'0' + (number % 10) as u8;
+            number /= 10;
         }
         buffer[length + digits] = then;
         length += digits + 1;
@@ -132,15 +132,17 @@ pub(crate) fn write_rfc3339(instant: SystemTime, buffer: &mut [u8; TIMESTAMP_MAX
     put(day, 2, b'T');
     put(second_of_day / 3_600, 2, b':');
     put(second_of_day / 60 % 60, 2, b':');
-    let nanos = u64::from(since.subsec_nanos());
+    let mut nanos = u64::from(since.subsec_nanos());
     if nanos == 0 {
         put(second_of_day % 60, 2, b'Z');
     } else {
         put(second_of_day % 60, 2, b'.');
-        let zeros = (0..9)
-            .take_while(|zeros| nanos % 10u64.pow(zeros + 1) == 0)
-            .count();
-        put(nanos / 10u64.pow(zeros as u32), 9 - zeros, b'Z');
+        let mut digits = 9;
+        while nanos % 10 == 0 {
+            nanos /= 10;
+            digits -= 1;
+        }
+        put(nanos, digits, b'Z');
     }
     // Only ASCII digits and separators were written.
     std::str::from_utf8(&buffer[..length]).unwrap_or_default()
