@@ -176,7 +176,8 @@ async fn drain_until(
     }
 }
 
-/// A published event arrives with every attribute, trace context and data intact.
+/// A published event arrives with every attribute, trace context and data intact, whether
+/// it was published as is or shared (`publish_shared`, as the runtime sends).
 pub async fn round_trip_keeps_every_attribute(subject: &dyn Subject) {
     let transport = subject.connect().await;
     let topic = fresh_topic();
@@ -187,6 +188,16 @@ pub async fn round_trip_keeps_every_attribute(subject: &dyn Subject) {
     let delivery = receive(subject, &mut subscription, "the event").await;
     assert_eq!(delivery.topic, topic);
     assert_eq!(decoded(&delivery), sent);
+    ack(delivery).await;
+
+    let shared = Arc::new(event(SagaId::new(), 2));
+    transport
+        .publish_shared(&topic, &shared)
+        .await
+        .unwrap_or_else(|error| panic!("publish to {topic}: {error}"));
+    let delivery = receive(subject, &mut subscription, "the shared event").await;
+    assert_eq!(delivery.topic, topic);
+    assert_eq!(decoded(&delivery), *shared);
     ack(delivery).await;
 }
 

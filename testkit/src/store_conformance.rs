@@ -435,11 +435,11 @@ pub async fn recovery_finds_timers_unfinished_compensations_and_unsent_events(
         .map(|record| creating(&service, record, None))
         .collect();
     commits[1].outbox.push(Outgoing {
-        envelope: abort.clone(),
+        envelope: Arc::new(abort.clone()),
         kind: OutgoingKind::Event,
     });
     commits[2].outbox.push(Outgoing {
-        envelope: dead.clone(),
+        envelope: Arc::new(dead.clone()),
         kind: OutgoingKind::DeadLetter {
             reason: "compensation of `payments.CreditReserved.v1` failed".into(),
         },
@@ -460,19 +460,19 @@ pub async fn recovery_finds_timers_unfinished_compensations_and_unsent_events(
     unsent.sort_by_key(|outgoing| outgoing.envelope.id);
     let mut expected = vec![
         Outgoing {
-            envelope: Envelope::clone(&active.steps[0].output),
+            envelope: Arc::clone(&active.steps[0].output),
             kind: OutgoingKind::Step { position: 0 },
         },
         Outgoing {
-            envelope: Envelope::clone(&active.steps[1].output),
+            envelope: Arc::clone(&active.steps[1].output),
             kind: OutgoingKind::Step { position: 1 },
         },
         Outgoing {
-            envelope: abort,
+            envelope: Arc::new(abort),
             kind: OutgoingKind::Event,
         },
         Outgoing {
-            envelope: dead,
+            envelope: Arc::new(dead),
             kind: OutgoingKind::DeadLetter {
                 reason: "compensation of `payments.CreditReserved.v1` failed".into(),
             },
@@ -489,11 +489,15 @@ pub async fn events_marked_sent_are_not_recovered(subject: &dyn StoreSubject) {
     let service = fresh_service();
     let record = record(SagaId::new());
     let abort = Outgoing {
-        envelope: envelope(record.saga_id, "choreo.SagaAborted.v1", SagaKind::Abort),
+        envelope: Arc::new(envelope(
+            record.saga_id,
+            "choreo.SagaAborted.v1",
+            SagaKind::Abort,
+        )),
         kind: OutgoingKind::Event,
     };
     let dead = Outgoing {
-        envelope: envelope(record.saga_id, "x.Y.v1", SagaKind::Step),
+        envelope: Arc::new(envelope(record.saga_id, "x.Y.v1", SagaKind::Step)),
         kind: OutgoingKind::DeadLetter {
             reason: "failed".into(),
         },
@@ -504,7 +508,7 @@ pub async fn events_marked_sent_are_not_recovered(subject: &dyn StoreSubject) {
     assert_eq!(recover(&store, &service).await.unsent.len(), 4);
 
     let start = Outgoing {
-        envelope: Envelope::clone(&record.steps[0].output),
+        envelope: Arc::clone(&record.steps[0].output),
         kind: OutgoingKind::Step { position: 0 },
     };
     store
@@ -515,7 +519,7 @@ pub async fn events_marked_sent_are_not_recovered(subject: &dyn StoreSubject) {
     assert_eq!(
         unsent,
         [Outgoing {
-            envelope: Envelope::clone(&record.steps[1].output),
+            envelope: Arc::clone(&record.steps[1].output),
             kind: OutgoingKind::Step { position: 1 },
         }]
     );
@@ -660,7 +664,7 @@ pub async fn received_events_load_back_and_are_never_sent(subject: &dyn StoreSub
     assert_eq!(load(&store, &service, saga).await.as_ref(), Some(&record));
     let unsent = recover(&store, &service).await.unsent;
     assert_eq!(unsent.len(), 1, "{unsent:?}");
-    assert_eq!(unsent[0].envelope, *record.steps[2].output);
+    assert_eq!(unsent[0].envelope, record.steps[2].output);
     assert_eq!(unsent[0].kind, OutgoingKind::Step { position: 2 });
 }
 
@@ -748,7 +752,11 @@ pub async fn a_commit_from_an_outdated_version_is_a_conflict_and_applies_nothing
         deadline: second_event.deadline,
     });
     second.outbox.push(Outgoing {
-        envelope: envelope(saga, "choreo.SagaCompensated.v1", SagaKind::Compensated),
+        envelope: Arc::new(envelope(
+            saga,
+            "choreo.SagaCompensated.v1",
+            SagaKind::Compensated,
+        )),
         kind: OutgoingKind::Event,
     });
 
@@ -830,7 +838,11 @@ pub async fn overdue_deadlines_and_unsent_events_are_claimed_once_until_the_clai
         }
     }
     let abort = Outgoing {
-        envelope: envelope(aborting.saga_id, "choreo.SagaAborted.v1", SagaKind::Abort),
+        envelope: Arc::new(envelope(
+            aborting.saga_id,
+            "choreo.SagaAborted.v1",
+            SagaKind::Abort,
+        )),
         kind: OutgoingKind::Event,
     };
     let mut commits: Vec<Commit> = [&overdue, &later, &aborting, &finished, &recent]
@@ -865,11 +877,11 @@ pub async fn overdue_deadlines_and_unsent_events_are_claimed_once_until_the_clai
     unsent.sort_by_key(|outgoing| outgoing.envelope.id);
     let mut expected = vec![
         Outgoing {
-            envelope: Envelope::clone(&overdue.steps[0].output),
+            envelope: Arc::clone(&overdue.steps[0].output),
             kind: OutgoingKind::Step { position: 0 },
         },
         Outgoing {
-            envelope: Envelope::clone(&overdue.steps[1].output),
+            envelope: Arc::clone(&overdue.steps[1].output),
             kind: OutgoingKind::Step { position: 1 },
         },
         abort.clone(),

@@ -109,6 +109,14 @@ impl KafkaTransport {
     ) -> Result<(), TransportError> {
         self.inner.produce(topic, key, message).await
     }
+
+    /// Encodes `envelope` and produces it keyed by its saga id.
+    async fn produce(&self, topic: &str, envelope: &Envelope) -> Result<(), TransportError> {
+        let key = envelope.saga_id.to_string();
+        self.inner
+            .produce(topic, Some(&key), &envelope.to_binary())
+            .await
+    }
 }
 
 impl Inner {
@@ -289,12 +297,17 @@ impl Transport for KafkaTransport {
     }
 
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
-        let key = envelope.saga_id.to_string();
-        let message = envelope.to_binary();
-        match self.inner.produce(topic, Some(&key), &message).await {
-            Ok(()) => Ok(()),
-            Err(source) => Err(PublishError::new(envelope, topic, source)),
-        }
+        self.produce(topic, &envelope)
+            .await
+            .map_err(|source| PublishError::new(envelope, topic, source))
+    }
+
+    async fn publish_shared(
+        &self,
+        topic: &str,
+        envelope: &Arc<Envelope>,
+    ) -> Result<(), TransportError> {
+        self.produce(topic, envelope).await
     }
 
     async fn subscribe(

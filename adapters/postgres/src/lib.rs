@@ -517,7 +517,7 @@ fn unsent_step(row: &PgRow, event: &str) -> Result<Outgoing, Decode> {
     let position: i32 = row.try_get("position")?;
     let text: String = row.try_get(event)?;
     Ok(Outgoing {
-        envelope: codec::envelope_of(&text)?,
+        envelope: Arc::new(codec::envelope_of(&text)?),
         kind: OutgoingKind::Step {
             position: usize::try_from(position)
                 .map_err(|_| codec::corrupt(format!("step position {position}")))?,
@@ -531,7 +531,7 @@ fn unsent_entry(row: &PgRow, event: &str) -> Result<Outgoing, Decode> {
     let kind: String = row.try_get("kind")?;
     let text: String = row.try_get(event)?;
     Ok(Outgoing {
-        envelope: codec::envelope_of(&text)?,
+        envelope: Arc::new(codec::envelope_of(&text)?),
         kind: codec::outbox_kind_of(&kind, row.try_get("reason")?)?,
     })
 }

@@ -107,6 +107,14 @@ impl RabbitMqTransport {
     ) -> Result<(), TransportError> {
         self.inner.publish(topic, message, true).await
     }
+
+    /// Encodes `envelope` and publishes it routed by `<topic>.<type>`.
+    async fn send(&self, topic: &str, envelope: &Envelope) -> Result<(), TransportError> {
+        let routing_key = consumer::routing_key(topic, &envelope.event_type);
+        self.inner
+            .publish(&routing_key, &envelope.to_binary(), false)
+            .await
+    }
 }
 
 /// Opens a connection and a channel, declaring the events exchange.
@@ -263,15 +271,17 @@ impl Transport for RabbitMqTransport {
     /// Routed by `<topic>.<type>`. Not mandatory: an event of a type that no service
     /// handles is dropped by the broker, as a publish with no subscriber is.
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
-        let routing_key = consumer::routing_key(topic, &envelope.event_type);
-        match self
-            .inner
-            .publish(&routing_key, &envelope.to_binary(), false)
+        self.send(topic, &envelope)
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(source) => Err(PublishError::new(envelope, topic, source)),
-        }
+            .map_err(|source| PublishError::new(envelope, topic, source))
+    }
+
+    async fn publish_shared(
+        &self,
+        topic: &str,
+        envelope: &Arc<Envelope>,
+    ) -> Result<(), TransportError> {
+        self.send(topic, envelope).await
     }
 
     async fn subscribe(

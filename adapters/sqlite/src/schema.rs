@@ -524,7 +524,9 @@ pub(crate) fn recover(conn: &Connection, service: &str) -> ReadResult<Recovery> 
         let position: i64 = row.get(1)?;
         let output: String = row.get(2)?;
         recovery.unsent.push(Outgoing {
-            envelope: envelope(&output).map_err(|reason| ReadError::Corrupt { saga, reason })?,
+            envelope: Arc::new(
+                envelope(&output).map_err(|reason| ReadError::Corrupt { saga, reason })?,
+            ),
             kind: OutgoingKind::Step {
                 position: position as usize,
             },
@@ -541,10 +543,10 @@ pub(crate) fn recover(conn: &Connection, service: &str) -> ReadResult<Recovery> 
         let json: String = row.get(2)?;
         let reason: Option<String> = row.get(3)?;
         recovery.unsent.push(Outgoing {
-            envelope: envelope(&json).map_err(|reason| ReadError::Corrupt {
+            envelope: Arc::new(envelope(&json).map_err(|reason| ReadError::Corrupt {
                 saga: saga.clone(),
                 reason,
-            })?,
+            })?),
             kind: match kind.as_str() {
                 "dead_letter" => OutgoingKind::DeadLetter {
                     reason: reason.unwrap_or_default(),

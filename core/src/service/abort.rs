@@ -98,7 +98,7 @@ impl Runtime {
                 CompensationState::Compensated => handling.join(transaction.take()?),
                 CompensationState::Failed { reason } => handling.send(
                     Outgoing {
-                        envelope: Arc::unwrap_or_clone(output),
+                        envelope: output,
                         kind: OutgoingKind::DeadLetter {
                             reason: reason.clone(),
                         },
@@ -150,7 +150,7 @@ impl Runtime {
         handling.mark_handled(&abort);
         handling.send(
             Outgoing {
-                envelope: ack,
+                envelope: Arc::new(ack),
                 kind: OutgoingKind::Event,
             },
             span,
@@ -255,7 +255,7 @@ impl Runtime {
         record.abort_published = true;
         handling.send(
             Outgoing {
-                envelope: abort,
+                envelope: Arc::new(abort),
                 kind: OutgoingKind::Event,
             },
             span,

@@ -82,7 +82,7 @@ impl Runtime {
                 }
                 CompensationState::Failed { reason } => handling.send(
                     Outgoing {
-                        envelope: Arc::unwrap_or_clone(output),
+                        envelope: output,
                         kind: OutgoingKind::DeadLetter {
                             reason: reason.clone(),
                         },
@@ -128,7 +128,7 @@ impl Runtime {
         handling.mark_handled(request);
         handling.send(
             Outgoing {
-                envelope: ack,
+                envelope: Arc::new(ack),
                 kind: OutgoingKind::Event,
             },
             span,

@@ -117,18 +117,9 @@ impl Runtime {
         let result = match outgoing.kind {
             OutgoingKind::Step { .. } | OutgoingKind::Event => self
                 .transport()
-                .publish(topic, outgoing.envelope)
+                .publish_shared(topic, &outgoing.envelope)
                 .await
-                .map_err(|error| {
-                    let kind = outgoing.kind;
-                    (
-                        Outgoing {
-                            envelope: *error.envelope,
-                            kind,
-                        },
-                        error.source,
-                    )
-                }),
+                .map_err(|error| (outgoing, error)),
             OutgoingKind::DeadLetter { reason } => {
                 let mut message = outgoing.envelope.to_binary();
                 self.mark_dead_letter(&mut message, Some(outgoing.envelope.saga_id));

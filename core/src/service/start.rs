@@ -123,9 +123,10 @@ impl Runtime {
         );
         let mut record = SagaRecord::new(saga_id, deadline);
         record.initiated_here = true;
+        let start = Arc::new(start);
         record.steps.push(StepRecord {
             input: None,
-            output: Arc::new(start.clone()),
+            output: Arc::clone(&start),
             withheld: false,
             published: false,
             compensation: CompensationState::Pending,

@@ -115,9 +115,10 @@ impl Runtime {
                     unreachable!("made above")
                 };
                 let position = record.steps.len();
+                let output = Arc::new(output);
                 record.steps.push(StepRecord {
                     input: Some(envelope.id),
-                    output: Arc::new(output.clone()),
+                    output: Arc::clone(&output),
                     withheld,
                     published: false,
                     compensation: CompensationState::Pending,
@@ -159,7 +160,7 @@ impl Runtime {
                 self.hold(envelope, step, handling);
                 handling.send(
                     Outgoing {
-                        envelope: envelope.clone(),
+                        envelope: Arc::new(envelope.clone()),
                         kind: OutgoingKind::DeadLetter { reason },
                     },
                     Span::none(),
@@ -177,7 +178,7 @@ impl Runtime {
                 )?;
                 handling.send(
                     Outgoing {
-                        envelope: envelope.clone(),
+                        envelope: Arc::new(envelope.clone()),
                         kind: OutgoingKind::DeadLetter { reason },
                     },
                     Span::none(),

@@ -1,6 +1,6 @@
 //! The in-memory store: the default, lost when the process ends.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -11,7 +11,6 @@ use super::{
     Recovery, Sent, SentKind, Store, StoreError, StoreTransaction,
 };
 use crate::deadline::Deadline;
-use crate::envelope::Envelope;
 use crate::ids::{EventId, SagaId};
 use crate::journal::{SagaRecord, SagaStatus};
 
@@ -340,7 +339,7 @@ fn unsent_steps(record: &SagaRecord) -> impl Iterator<Item = Outgoing> + '_ {
         .enumerate()
         .filter(|(_, step)| !step.published && !step.withheld)
         .map(|(position, step)| Outgoing {
-            envelope: Envelope::clone(&step.output),
+            envelope: Arc::clone(&step.output),
             kind: OutgoingKind::Step { position },
         })
 }

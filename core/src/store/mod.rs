@@ -18,6 +18,7 @@ mod url;
 
 use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -254,8 +255,8 @@ pub enum JournalChange {
 /// Something a handling sends after its commit; kept in the store until marked sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
-    /// The event.
-    pub envelope: Envelope,
+    /// The event: that of a step is shared with the step's record.
+    pub envelope: Arc<Envelope>,
     /// Where it is kept and where it goes.
     pub kind: OutgoingKind,
 }

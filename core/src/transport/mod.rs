@@ -23,6 +23,20 @@ pub trait Transport: Send + Sync + 'static {
     /// On failure the envelope is handed back inside the error.
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError>;
 
+    /// Publishes `envelope`, which the caller keeps, to `topic`, as
+    /// [`publish`](Self::publish) does: the runtime sends this way what a saga's record
+    /// keeps. By default, `publish` of a copy; a transport that only reads the envelope (to
+    /// encode it) or queues it as it is should publish it without the copy.
+    async fn publish_shared(
+        &self,
+        topic: &str,
+        envelope: &Arc<Envelope>,
+    ) -> Result<(), TransportError> {
+        self.publish(topic, Envelope::clone(envelope))
+            .await
+            .map_err(|error| error.source)
+    }
+
     /// Joins consumer group `group` on `topics`. Members of one group compete for events;
     /// every group receives every event. Events of one saga are delivered in order.
     async fn subscribe(
