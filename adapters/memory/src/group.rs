@@ -1,19 +1,51 @@
 //! One consumer group's view of one topic: the messages it has yet to settle, handed out so
 //! that a saga's messages are in flight one at a time and in order.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use choreo_core::transport::KeyedQueue;
-use choreo_core::{RawMessage, SagaId};
+use choreo_core::{Envelope, RawMessage, SagaId};
 use foldhash::{HashSet, HashSetExt};
 use tokio::sync::Notify;
 
 use crate::chaos::Rng;
 
+/// A published message, shared by the groups that receive it.
+#[derive(Debug)]
+pub(crate) enum Message {
+    /// An event, as its publisher keeps it (a saga's record holds the same one), encoded
+    /// when a group first hands it out: while it waits, it costs no more than a pointer.
+    Event {
+        envelope: Arc<Envelope>,
+        encoded: OnceLock<Arc<RawMessage>>,
+    },
+    /// A message published encoded: a raw one, a dead letter.
+    Encoded(Arc<RawMessage>),
+}
+
+impl Message {
+    pub(crate) fn event(envelope: Arc<Envelope>) -> Self {
+        Self::Event {
+            envelope,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The message as consumers receive it: an event is encoded once, for every group.
+    pub(crate) fn encoded(&self) -> Arc<RawMessage> {
+        match self {
+            Self::Event { envelope, encoded } => {
+                Arc::clone(encoded.get_or_init(|| Arc::new(envelope.to_binary())))
+            }
+            Self::Encoded(message) => Arc::clone(message),
+        }
+    }
+}
+
 /// A message handed out by a group, or on its way to one.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
-    pub(crate) message: Arc<RawMessage>,
+    pub(crate) message: Arc<Message>,
     pub(crate) key: Option<Key>,
     pub(crate) deliveries: u32,
 }
@@ -38,7 +70,7 @@ impl Key {
 /// A message as its group's queue keeps it: the key lives beside it in the queue.
 #[derive(Debug)]
 struct Waiting {
-    message: Arc<RawMessage>,
+    message: Arc<Message>,
     deliveries: u32,
 }
 

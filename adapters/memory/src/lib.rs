@@ -12,6 +12,8 @@
 //! - Dead letters of topic `t` go to topic `t.dlq` with their reason, and are kept for
 //!   inspection ([`MemoryTransport::dead_letters`]).
 //! - Messages travel encoded (CloudEvents binary mode), so decoding is exercised as on a broker.
+//!   An event is encoded when a group first hands it out, once for all groups: until then a
+//!   group's queue holds the publisher's own copy, which a saga's record already keeps.
 //!
 //! [`Chaos`] makes it duplicate and reorder deliveries on purpose, for property tests.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -34,7 +36,7 @@ use tokio::sync::Notify;
 
 pub use crate::chaos::Chaos;
 use crate::chaos::Rng;
-use crate::group::{Entry, Group, Key};
+use crate::group::{Entry, Group, Key, Message};
 
 /// An in-process broker. Clones share it.
 #[derive(Clone, Default)]
@@ -105,6 +107,7 @@ impl MemoryTransport {
         key: Option<&str>,
         message: RawMessage,
     ) -> Result<(), TransportError> {
+        let message = Message::Encoded(Arc::new(message));
         self.bus.publish(topic, key.map(Key::of), None, message)
     }
 
@@ -164,7 +167,7 @@ impl Bus {
         topic: &str,
         key: Option<Key>,
         event_type: Option<&str>,
-        message: RawMessage,
+        message: Message,
     ) -> Result<(), TransportError> {
         if self.is_closed() {
             return Err(TransportError::Closed);
@@ -242,6 +245,7 @@ impl Bus {
                 reason: reason.to_owned(),
                 message,
             });
+        let record = Message::Encoded(Arc::new(record));
         self.publish(&dead_letter_topic(topic), None, None, record)
     }
 
@@ -264,14 +268,23 @@ impl Transport for MemoryTransport {
     }
 
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
-        self.bus
-            .publish(
-                topic,
-                Some(Key::Saga(envelope.saga_id)),
-                Some(&envelope.event_type),
-                envelope.to_binary(),
-            )
-            .map_err(|source| PublishError::new(envelope, topic, source))
+        let envelope = Arc::new(envelope);
+        self.publish_shared(topic, &envelope)
+            .await
+            .map_err(|source| PublishError::new(Arc::unwrap_or_clone(envelope), topic, source))
+    }
+
+    async fn publish_shared(
+        &self,
+        topic: &str,
+        envelope: &Arc<Envelope>,
+    ) -> Result<(), TransportError> {
+        self.bus.publish(
+            topic,
+            Some(Key::Saga(envelope.saga_id)),
+            Some(&envelope.event_type),
+            Message::event(Arc::clone(envelope)),
+        )
     }
 
     async fn subscribe(
@@ -374,7 +387,7 @@ impl MemorySubscription {
             let group = &self.groups[index];
             if let Some(entry) = self.bus.pop(group) {
                 self.next_group = index + 1;
-                let message = Arc::clone(&entry.message);
+                let message = entry.message.encoded();
                 let redelivered = entry.deliveries > 1;
                 let topic = group.topic.clone();
                 return Some(Delivery::new(

@@ -58,6 +58,24 @@ async fn nothing_next(subscription: &mut Box<dyn Subscription>) {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_shared_event_is_encoded_once_for_every_group_that_receives_it() {
+    let transport = MemoryTransport::new();
+    let mut first = subscribe(&transport, "first").await;
+    let mut second = subscribe(&transport, "second").await;
+    let sent = Arc::new(event(SagaId::new(), 1));
+    transport.publish_shared(TOPIC, &sent).await.unwrap();
+    // Both queues hold the publisher's event, not a copy of it.
+    assert_eq!(Arc::strong_count(&sent), 2);
+
+    let (one, other) = (next(&mut first).await, next(&mut second).await);
+    assert_eq!(Envelope::decode(&one.message).unwrap(), *sent);
+    assert!(Arc::ptr_eq(&one.message, &other.message));
+    one.ack().await.unwrap();
+    other.ack().await.unwrap();
+    assert_eq!(Arc::strong_count(&sent), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_published_event_arrives_with_every_attribute() {
     let transport = MemoryTransport::new();
     let mut subscription = subscribe(&transport, "g").await;
