@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use choreo_core::transport::dead_letter_message;
+use choreo_core::transport::{dead_letter_message, publish_through_shared};
 use choreo_core::{
     ConnectError, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
     TransportUrl,
@@ -108,14 +108,6 @@ impl KafkaTransport {
         message: &RawMessage,
     ) -> Result<(), TransportError> {
         self.inner.produce(topic, key, message).await
-    }
-
-    /// Encodes `envelope` and produces it keyed by its saga id.
-    async fn produce(&self, topic: &str, envelope: &Envelope) -> Result<(), TransportError> {
-        let key = envelope.saga_id.to_string();
-        self.inner
-            .produce(topic, Some(&key), &envelope.to_binary())
-            .await
     }
 }
 
@@ -297,17 +289,19 @@ impl Transport for KafkaTransport {
     }
 
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
-        self.produce(topic, &envelope)
-            .await
-            .map_err(|source| PublishError::new(envelope, topic, source))
+        publish_through_shared(self, topic, envelope).await
     }
 
+    /// Keyed by the saga id.
     async fn publish_shared(
         &self,
         topic: &str,
         envelope: &Arc<Envelope>,
     ) -> Result<(), TransportError> {
-        self.produce(topic, envelope).await
+        let key = envelope.saga_id.to_string();
+        self.inner
+            .produce(topic, Some(&key), &envelope.to_binary())
+            .await
     }
 
     async fn subscribe(

@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use choreo_core::transport::{dead_letter_message, dead_letter_topic, observer_group, Acknowledge};
+use choreo_core::transport::{
+    dead_letter_message, dead_letter_topic, observer_group, publish_through_shared, Acknowledge,
+};
 use choreo_core::{
     Delivery, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
 };
@@ -268,10 +270,7 @@ impl Transport for MemoryTransport {
     }
 
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
-        let envelope = Arc::new(envelope);
-        self.publish_shared(topic, &envelope)
-            .await
-            .map_err(|source| PublishError::new(Arc::unwrap_or_clone(envelope), topic, source))
+        publish_through_shared(self, topic, envelope).await
     }
 
     async fn publish_shared(

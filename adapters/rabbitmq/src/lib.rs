@@ -31,7 +31,7 @@ mod consumer;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use choreo_core::transport::{dead_letter_message, observer_group};
+use choreo_core::transport::{dead_letter_message, observer_group, publish_through_shared};
 use choreo_core::{
     ConnectError, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
     TransportUrl,
@@ -106,14 +106,6 @@ impl RabbitMqTransport {
         message: &RawMessage,
     ) -> Result<(), TransportError> {
         self.inner.publish(topic, message, true).await
-    }
-
-    /// Encodes `envelope` and publishes it routed by `<topic>.<type>`.
-    async fn send(&self, topic: &str, envelope: &Envelope) -> Result<(), TransportError> {
-        let routing_key = consumer::routing_key(topic, &envelope.event_type);
-        self.inner
-            .publish(&routing_key, &envelope.to_binary(), false)
-            .await
     }
 }
 
@@ -271,17 +263,19 @@ impl Transport for RabbitMqTransport {
     /// Routed by `<topic>.<type>`. Not mandatory: an event of a type that no service
     /// handles is dropped by the broker, as a publish with no subscriber is.
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
-        self.send(topic, &envelope)
-            .await
-            .map_err(|source| PublishError::new(envelope, topic, source))
+        publish_through_shared(self, topic, envelope).await
     }
 
+    /// Routed by `<topic>.<type>`, as [`publish`](Self::publish).
     async fn publish_shared(
         &self,
         topic: &str,
         envelope: &Arc<Envelope>,
     ) -> Result<(), TransportError> {
-        self.send(topic, envelope).await
+        let routing_key = consumer::routing_key(topic, &envelope.event_type);
+        self.inner
+            .publish(&routing_key, &envelope.to_binary(), false)
+            .await
     }
 
     async fn subscribe(

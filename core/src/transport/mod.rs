@@ -93,6 +93,21 @@ pub trait Transport: Send + Sync + 'static {
     ) -> Result<(), TransportError>;
 }
 
+/// [`Transport::publish`] through [`Transport::publish_shared`]: all of `publish` for a
+/// transport that only reads the events it publishes, or queues them shared. On failure the
+/// envelope is handed back, as `publish` promises.
+pub async fn publish_through_shared<T: Transport + ?Sized>(
+    transport: &T,
+    topic: &str,
+    envelope: Envelope,
+) -> Result<(), PublishError> {
+    let envelope = Arc::new(envelope);
+    transport
+        .publish_shared(topic, &envelope)
+        .await
+        .map_err(|source| PublishError::new(Arc::unwrap_or_clone(envelope), topic, source))
+}
+
 /// The consumer group of observer `name` ([`Transport::observe`]): `observer.<name>`, so that
 /// an observer never joins a service's group.
 pub fn observer_group(name: &str) -> String {
