@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use choreo::async_trait;
-use choreo::transport::Acknowledge;
+use choreo::transport::{publish_through_shared, Acknowledge};
 use choreo::{
     Delivery, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
 };
@@ -77,6 +77,14 @@ impl Transport for Faulty {
     }
 
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
+        publish_through_shared(self, topic, envelope).await
+    }
+
+    async fn publish_shared(
+        &self,
+        topic: &str,
+        envelope: &Arc<Envelope>,
+    ) -> Result<(), TransportError> {
         if envelope.event_type == self.published {
             let order = order_id(envelope.data.get());
             self.world.stalls.at(CrashPoint::AfterCommit, order).await;
@@ -93,11 +101,11 @@ impl Transport for Faulty {
             .is_ok();
         if refuse {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            let down =
-                TransportError::Connection("the broker is down (refused by the test)".into());
-            return Err(PublishError::new(envelope, topic, down));
+            return Err(TransportError::Connection(
+                "the broker is down (refused by the test)".into(),
+            ));
         }
-        self.inner.publish(topic, envelope).await
+        self.inner.publish_shared(topic, envelope).await
     }
 
     async fn subscribe(

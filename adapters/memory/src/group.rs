@@ -14,7 +14,8 @@ use crate::chaos::Rng;
 #[derive(Debug)]
 pub(crate) enum Message {
     /// An event, as its publisher keeps it (a saga's record holds the same one), encoded
-    /// when a group first hands it out: while it waits, it costs no more than a pointer.
+    /// when a group first hands it out. Until then a queue holds only a pointer to it; from
+    /// then on, the encoded form too, until every group has settled it.
     Event {
         envelope: Arc<Envelope>,
         encoded: OnceLock<Arc<RawMessage>>,

@@ -13,7 +13,8 @@
 //!   inspection ([`MemoryTransport::dead_letters`]).
 //! - Messages travel encoded (CloudEvents binary mode), so decoding is exercised as on a broker.
 //!   An event is encoded when a group first hands it out, once for all groups: until then a
-//!   group's queue holds the publisher's own copy, which a saga's record already keeps.
+//!   group's queue holds only the publisher's event (which a saga's record keeps anyway),
+//!   afterwards the encoded form too, until every group has settled it.
 //!
 //! [`Chaos`] makes it duplicate and reorder deliveries on purpose, for property tests.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]

@@ -26,7 +26,9 @@ pub trait Transport: Send + Sync + 'static {
     /// Publishes `envelope`, which the caller keeps, to `topic`, as
     /// [`publish`](Self::publish) does: the runtime sends this way what a saga's record
     /// keeps. By default, `publish` of a copy; a transport that only reads the envelope (to
-    /// encode it) or queues it as it is should publish it without the copy.
+    /// encode it) or queues it as it is should publish it without the copy, and may then
+    /// write `publish` with [`publish_through_shared`]. One of the two must do the work:
+    /// a `publish` written with `publish_through_shared` and this default call each other.
     async fn publish_shared(
         &self,
         topic: &str,
@@ -94,8 +96,9 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// [`Transport::publish`] through [`Transport::publish_shared`]: all of `publish` for a
-/// transport that only reads the events it publishes, or queues them shared. On failure the
-/// envelope is handed back, as `publish` promises.
+/// transport that only reads the events it publishes, or queues them shared, and overrides
+/// `publish_shared` (whose default calls `publish`). On failure the envelope is handed back,
+/// as `publish` promises.
 pub async fn publish_through_shared<T: Transport + ?Sized>(
     transport: &T,
     topic: &str,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use choreo_core::transport::Acknowledge;
+use choreo_core::transport::{publish_through_shared, Acknowledge};
 use choreo_core::{
     Delivery, Envelope, PublishError, RawMessage, Subscription, Transport, TransportError,
 };
@@ -48,15 +48,24 @@ impl Transport for FaultyTransport {
     }
 
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), PublishError> {
+        publish_through_shared(self, topic, envelope).await
+    }
+
+    async fn publish_shared(
+        &self,
+        topic: &str,
+        envelope: &Arc<Envelope>,
+    ) -> Result<(), TransportError> {
         if self.faults.transport_down() || self.faults.hit(self.faults.rates.fail_publish) {
             self.faults
                 .counters
                 .failed_publishes
                 .fetch_add(1, Ordering::Relaxed);
-            let down = TransportError::Connection("publish failed (injected fault)".to_owned());
-            return Err(PublishError::new(envelope, topic, down));
+            return Err(TransportError::Connection(
+                "publish failed (injected fault)".to_owned(),
+            ));
         }
-        self.inner.publish(topic, envelope).await
+        self.inner.publish_shared(topic, envelope).await
     }
 
     async fn subscribe(
