@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use choreo_core::transport::{Acknowledge, KeyedQueue, SharedKeyedQueue};
+use choreo_core::transport::{Acknowledge, SharedKeyedQueue};
 use choreo_core::{Delivery, RawMessage, Subscription, TransportError};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -248,16 +248,13 @@ impl Shared {
         {
             state.unacked.remove(&pending.offset);
         }
-        self.settled(|queue| queue.settle(key));
+        self.queue.settle(key);
+        self.drained.notify_waiters();
     }
 
     fn returned(&self, key: Option<Arc<str>>, mut pending: Pending) {
         pending.deliveries += 1;
-        self.settled(|queue| queue.requeue(key, pending));
-    }
-
-    fn settled(&self, change: impl FnOnce(&mut KeyedQueue<Pending>)) {
-        self.queue.update(change);
+        self.queue.update(|queue| queue.requeue(key, pending));
         self.drained.notify_waiters();
     }
 

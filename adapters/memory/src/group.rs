@@ -139,10 +139,12 @@ impl Group {
         })
     }
 
-    /// The message was settled: its key may move on.
+    /// The message was settled: its key may move on, waking the members only when a
+    /// message waited behind it.
     pub(crate) fn settle(&self, entry: &Entry) {
-        self.lock().settle(entry.key.as_ref());
-        self.ready.notify_waiters();
+        if self.lock().settle(entry.key.as_ref()) {
+            self.ready.notify_waiters();
+        }
     }
 
     /// The message goes back to be delivered again, before the later ones of its key.

@@ -23,6 +23,7 @@ mod chaos;
 mod group;
 
 use std::fmt;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
@@ -380,6 +381,15 @@ impl Drop for MemorySubscription {
 }
 
 impl MemorySubscription {
+    /// What [`next`](Subscription::next) returns now, if anything: the end once the broker
+    /// is closed, else the next message.
+    fn look(&mut self) -> Option<Result<Delivery, TransportError>> {
+        if self.bus.is_closed() {
+            return Some(Err(TransportError::Closed));
+        }
+        self.try_next().map(Ok)
+    }
+
     /// Takes the next message from any of the subscribed topics, taking turns.
     fn try_next(&mut self) -> Option<Delivery> {
         for offset in 0..self.groups.len() {
@@ -410,37 +420,50 @@ impl MemorySubscription {
 impl Subscription for MemorySubscription {
     async fn next(&mut self) -> Result<Delivery, TransportError> {
         loop {
-            if self.bus.is_closed() {
-                return Err(TransportError::Closed);
-            }
-            if let Some(delivery) = self.try_next() {
-                return Ok(delivery);
+            if let Some(next) = self.look() {
+                return next;
             }
             // Register for wake-ups before looking again, so none is missed in between.
-            let groups = self.groups.clone();
             let bus = Arc::clone(&self.bus);
-            let mut wakeups: Vec<_> = groups
-                .iter()
-                .map(|group| Box::pin(group.ready.notified()))
-                .collect();
-            let mut closing = Box::pin(bus.closing.notified());
+            let mut closing = pin!(bus.closing.notified());
             closing.as_mut().enable();
-            for wakeup in &mut wakeups {
-                wakeup.as_mut().enable();
-            }
-            if self.bus.is_closed() {
-                return Err(TransportError::Closed);
-            }
-            if let Some(delivery) = self.try_next() {
-                return Ok(delivery);
-            }
-            if wakeups.is_empty() {
-                closing.await;
-                continue;
-            }
-            tokio::select! {
-                () = closing => {}
-                _ = futures_util::future::select_all(wakeups) => {}
+            match self.groups.as_slice() {
+                [] => {
+                    if let Some(next) = self.look() {
+                        return next;
+                    }
+                    closing.await;
+                }
+                // The usual case, one topic: waiting allocates nothing.
+                [group] => {
+                    let group = Arc::clone(group);
+                    let mut ready = pin!(group.ready.notified());
+                    ready.as_mut().enable();
+                    if let Some(next) = self.look() {
+                        return next;
+                    }
+                    tokio::select! {
+                        () = closing => {}
+                        () = ready => {}
+                    }
+                }
+                groups => {
+                    let groups = groups.to_vec();
+                    let mut wakeups: Vec<_> = groups
+                        .iter()
+                        .map(|group| Box::pin(group.ready.notified()))
+                        .collect();
+                    for wakeup in &mut wakeups {
+                        wakeup.as_mut().enable();
+                    }
+                    if let Some(next) = self.look() {
+                        return next;
+                    }
+                    tokio::select! {
+                        () = closing => {}
+                        _ = futures_util::future::select_all(wakeups) => {}
+                    }
+                }
             }
         }
     }

@@ -74,7 +74,7 @@ impl Shared {
     }
 
     fn settled(&self, key: Option<&Arc<str>>) {
-        self.queue.update(|queue| queue.settle(key));
+        self.queue.settle(key);
     }
 
     fn returned(&self, key: Option<Arc<str>>, mut pending: Pending) {

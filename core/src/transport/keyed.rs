@@ -97,18 +97,25 @@ impl<T, K: Clone + Eq + Hash> KeyedQueue<T, K> {
         Some(taken)
     }
 
-    /// A handed-out message was settled: the next one of its key may go.
-    pub fn settle(&mut self, key: Option<&K>) {
+    /// A handed-out message was settled: the next one of its key may go. Returns whether
+    /// one did, i.e. whether a consumer waiting for a message should look again.
+    pub fn settle(&mut self, key: Option<&K>) -> bool {
         self.unsettled = self.unsettled.saturating_sub(1);
-        let Some(key) = key else { return };
+        let Some(key) = key else { return false };
         self.in_flight.remove(key);
-        if let Some(queue) = self.blocked.get_mut(key) {
-            if let Some(next) = queue.pop_front() {
+        let Some(queue) = self.blocked.get_mut(key) else {
+            return false;
+        };
+        let next = queue.pop_front();
+        if queue.is_empty() {
+            self.blocked.remove(key);
+        }
+        match next {
+            Some(next) => {
                 self.ready.push_front((Some(key.clone()), next));
+                true
             }
-            if queue.is_empty() {
-                self.blocked.remove(key);
-            }
+            None => false,
         }
     }
 
@@ -167,6 +174,14 @@ impl<T> SharedKeyedQueue<T> {
         result
     }
 
+    /// [`KeyedQueue::settle`]s a handed-out message, waking the waiting subscription only
+    /// when a message became ready.
+    pub fn settle(&self, key: Option<&Arc<str>>) {
+        if self.lock().settle(key) {
+            self.ready.notify_waiters();
+        }
+    }
+
     /// Messages waiting to be handed out.
     pub fn waiting(&self) -> usize {
         self.lock().waiting()
@@ -223,11 +238,11 @@ mod tests {
             Some((key("a"), 1)),
             "a requeued message keeps its place"
         );
-        queue.settle(key("a").as_ref());
+        assert!(queue.settle(key("a").as_ref()), "2 became ready");
         assert_eq!(queue.pop(), Some((key("a"), 2)));
-        queue.settle(key("a").as_ref());
-        queue.settle(key("b").as_ref());
-        queue.settle(None);
+        assert!(!queue.settle(key("a").as_ref()), "nothing waited behind 2");
+        assert!(!queue.settle(key("b").as_ref()));
+        assert!(!queue.settle(None));
         assert_eq!(queue.pending(), 0);
     }
 
