@@ -4,10 +4,11 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use foldhash::HashMap;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::runtime::Runtime;
 use crate::envelope::Envelope;
@@ -34,58 +35,69 @@ pub(super) enum Work {
 /// The queue of work waiting behind the work being done, per saga, and the sagas ready for
 /// a worker. A saga has an entry exactly while it is ready or a worker is on it.
 pub(super) struct SagaQueues {
-    queues: Mutex<HashMap<SagaId, VecDeque<Work>>>,
-    ready: mpsc::UnboundedSender<(SagaId, Work)>,
-    /// Taken by one idle worker at a time; the others wait for the lock.
-    ready_out: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SagaId, Work)>>,
+    queues: Mutex<Queues>,
+    /// One permit per ready saga: a saga made ready wakes exactly one idle worker.
+    ready: Semaphore,
 }
 
 impl Default for SagaQueues {
     fn default() -> Self {
-        let (ready, ready_out) = mpsc::unbounded_channel();
         Self {
             queues: Mutex::default(),
-            ready,
-            ready_out: tokio::sync::Mutex::new(ready_out),
+            ready: Semaphore::new(0),
         }
     }
+}
+
+#[derive(Default)]
+struct Queues {
+    /// Per saga in hand, the work waiting behind what a worker is doing.
+    waiting: HashMap<SagaId, VecDeque<Work>>,
+    /// Sagas ready for a worker, with their first work, oldest first.
+    ready: VecDeque<(SagaId, Work)>,
 }
 
 impl SagaQueues {
     /// Queues `work` behind the saga's work in progress, or, when the saga has none, makes
     /// the saga ready for the next idle worker.
     fn enqueue(&self, saga: SagaId, work: Work) {
-        match self.lock().entry(saga) {
+        let mut queues = self.lock();
+        match queues.waiting.entry(saga) {
             Entry::Occupied(mut queue) => queue.get_mut().push_back(work),
             Entry::Vacant(slot) => {
                 slot.insert(VecDeque::new());
-                // The receiver lives as long as `self`.
-                let _ = self.ready.send((saga, work));
+                queues.ready.push_back((saga, work));
+                drop(queues);
+                self.ready.add_permits(1);
             }
         }
     }
 
-    /// The next ready saga and its first work, once there is one.
+    /// The next ready saga and its first work, once there is one (always: each permit
+    /// stands for one ready saga, and the semaphore is never closed). Cancel-safe.
     async fn next_ready(&self) -> Option<(SagaId, Work)> {
-        self.ready_out.lock().await.recv().await
+        if let Ok(permit) = self.ready.acquire().await {
+            permit.forget();
+        }
+        self.lock().ready.pop_front()
     }
 
     /// The saga's next work; when there is none, the task ends and the entry goes.
     fn next(&self, saga: SagaId) -> Option<Work> {
         let mut queues = self.lock();
-        let next = queues.get_mut(&saga).and_then(VecDeque::pop_front);
+        let next = queues.waiting.get_mut(&saga).and_then(VecDeque::pop_front);
         if next.is_none() {
-            queues.remove(&saga);
+            queues.waiting.remove(&saga);
         }
         next
     }
 
     /// Ends the saga's work, returning its queued work (to be dropped unsettled).
     fn abandon(&self, saga: SagaId) -> Option<VecDeque<Work>> {
-        self.lock().remove(&saga)
+        self.lock().waiting.remove(&saga)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SagaId, VecDeque<Work>>> {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -99,19 +111,25 @@ impl Runtime {
     /// One worker: takes a ready saga and works through its queue, then the next saga,
     /// until the service stops (after the work in hand) or is killed (at once).
     pub(super) async fn work(self: Arc<Self>) {
+        // Made once and polled again at each select, so waiting for a stop or a kill costs
+        // no registration per event.
+        let mut killed = pin!(self.killed());
+        let mut stopped = pin!(self.stopped());
         loop {
             let next = tokio::select! {
                 biased;
-                () = self.killed() => return,
-                () = self.stopped() => return,
+                () = &mut killed => return,
+                () = &mut stopped => return,
                 next = self.queues().next_ready() => next,
             };
-            let Some((saga, mut work)) = next else { return };
+            let Some((saga, mut work)) = next else {
+                continue;
+            };
             loop {
                 tokio::select! {
                     biased;
                     // A kill abandons the work in progress: its delivery is dropped unsettled.
-                    () = self.killed() => break,
+                    () = &mut killed => break,
                     () = self.process(saga, work) => {}
                 }
                 if self.stopping() {

@@ -4,13 +4,14 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, error, info, warn, Instrument, Span};
 
 use super::dispatch::{SagaQueues, Work};
@@ -191,16 +192,17 @@ impl Runtime {
         self.tokens.stop.is_cancelled()
     }
 
-    pub(super) async fn stopped(&self) {
-        self.tokens.stop.cancelled().await;
+    // Cancellation futures, not `async fn`s: a worker polls one again after it completed.
+    pub(super) fn stopped(&self) -> WaitForCancellationFuture<'_> {
+        self.tokens.stop.cancelled()
     }
 
-    pub(super) async fn killed(&self) {
-        self.tokens.kill.cancelled().await;
+    pub(super) fn killed(&self) -> WaitForCancellationFuture<'_> {
+        self.tokens.kill.cancelled()
     }
 
-    pub(super) async fn drained(&self) {
-        self.tokens.drained.cancelled().await;
+    pub(super) fn drained(&self) -> WaitForCancellationFuture<'_> {
+        self.tokens.drained.cancelled()
     }
 
     /// Pulls deliveries while permits last, until stopped.
@@ -209,10 +211,13 @@ impl Runtime {
         mut subscription: Box<dyn Subscription>,
         permits: Arc<Semaphore>,
     ) {
+        // Made once and polled again at each select, so waiting for the stop costs no
+        // registration per delivery.
+        let mut stopped = pin!(self.stopped());
         loop {
             let permit = tokio::select! {
                 biased;
-                () = self.stopped() => break,
+                () = &mut stopped => break,
                 permit = Arc::clone(&permits).acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
@@ -220,7 +225,7 @@ impl Runtime {
             };
             let delivery = tokio::select! {
                 biased;
-                () = self.stopped() => break,
+                () = &mut stopped => break,
                 delivery = subscription.next() => delivery,
             };
             match delivery {
@@ -229,7 +234,7 @@ impl Runtime {
                 Err(error) => {
                     warn!(service = %self.name(), %error, "receiving failed; retrying");
                     tokio::select! {
-                        () = self.stopped() => break,
+                        () = &mut stopped => break,
                         () = tokio::time::sleep(self.options().redelivery_delay) => {}
                     }
                 }
