@@ -109,16 +109,15 @@ impl Runtime {
     }
 
     /// One worker: takes a ready saga and works through its queue, then the next saga,
-    /// until the service stops (after the work in hand) or is killed (at once).
+    /// until the service stops (after the work in hand). A kill aborts the task wherever it
+    /// waits: the work in progress is dropped, its delivery unsettled.
     pub(super) async fn work(self: Arc<Self>) {
-        // Made once and polled again at each select, so waiting for a stop or a kill costs
-        // no registration per event.
-        let mut killed = pin!(self.killed());
+        // Made once and polled again at each select, so waiting for the stop costs no
+        // registration per event.
         let mut stopped = pin!(self.stopped());
         loop {
             let next = tokio::select! {
                 biased;
-                () = &mut killed => return,
                 () = &mut stopped => return,
                 next = self.queues().next_ready() => next,
             };
@@ -126,12 +125,7 @@ impl Runtime {
                 continue;
             };
             loop {
-                tokio::select! {
-                    biased;
-                    // A kill abandons the work in progress: its delivery is dropped unsettled.
-                    () = &mut killed => break,
-                    () = self.process(saga, work) => {}
-                }
+                self.process(saga, work).await;
                 if self.stopping() {
                     break;
                 }

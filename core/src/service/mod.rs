@@ -28,7 +28,7 @@ use std::time::Duration;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use opentelemetry::metrics::Meter;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::task::TaskTracker;
 
 pub use self::options::ServiceOptions;
@@ -175,9 +175,9 @@ impl Service {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(definition.options.concurrency));
         let runtime = Arc::new(Runtime::new(definition, transport, tokens.clone()));
-        for _ in 0..runtime.options().concurrency {
-            tracker.spawn(Arc::clone(&runtime).work());
-        }
+        let workers = (0..runtime.options().concurrency)
+            .map(|_| tracker.spawn(Arc::clone(&runtime).work()).abort_handle())
+            .collect();
         runtime.recover(recovery);
         let description = runtime
             .definition()
@@ -198,6 +198,7 @@ impl Service {
             runtime,
             tokens,
             tracker,
+            workers,
             tasks,
             _held: held,
         })
@@ -384,6 +385,8 @@ pub struct RunningService {
     runtime: Arc<Runtime>,
     tokens: Tokens,
     tracker: TaskTracker,
+    /// The workers, aborted by a kill: the work in hand is dropped unsettled.
+    workers: Vec<AbortHandle>,
     tasks: Vec<JoinHandle<()>>,
     /// The store's reservation for this instance ([`Store::hold`]): let go when it stops,
     /// however it stops.
@@ -514,7 +517,7 @@ impl RunningService {
             .is_err()
         {
             tracing::warn!(service = %self.name(), ?timeout, "shutdown timed out; abandoning in-flight work unacknowledged");
-            self.tokens.kill.cancel();
+            self.abort_workers();
         }
         // The workers are done: what they sent last is marked sent before the tasks end.
         self.tokens.drained.cancel();
@@ -527,12 +530,18 @@ impl RunningService {
     pub fn kill(self) {
         drop(self);
     }
+
+    fn abort_workers(&self) {
+        for worker in &self.workers {
+            worker.abort();
+        }
+    }
 }
 
 impl Drop for RunningService {
     fn drop(&mut self) {
         self.tokens.stop.cancel();
-        self.tokens.kill.cancel();
+        self.abort_workers();
         for task in &self.tasks {
             task.abort();
         }

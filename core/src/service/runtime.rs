@@ -4,7 +4,6 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -55,8 +54,6 @@ pub(crate) struct Runtime {
 pub(super) struct Tokens {
     /// Take no new work.
     pub(super) stop: CancellationToken,
-    /// Abandon the work in hand.
-    pub(super) kill: CancellationToken,
     /// The workers have finished.
     pub(super) drained: CancellationToken,
 }
@@ -192,13 +189,9 @@ impl Runtime {
         self.tokens.stop.is_cancelled()
     }
 
-    // Cancellation futures, not `async fn`s: a worker polls one again after it completed.
+    // Cancellation futures, not `async fn`s: a task may poll one again after it completed.
     pub(super) fn stopped(&self) -> WaitForCancellationFuture<'_> {
         self.tokens.stop.cancelled()
-    }
-
-    pub(super) fn killed(&self) -> WaitForCancellationFuture<'_> {
-        self.tokens.kill.cancelled()
     }
 
     pub(super) fn drained(&self) -> WaitForCancellationFuture<'_> {
@@ -208,35 +201,33 @@ impl Runtime {
     /// Pulls deliveries while permits last, until stopped.
     pub(super) async fn consume(
         self: Arc<Self>,
+        subscription: Box<dyn Subscription>,
+        permits: Arc<Semaphore>,
+    ) {
+        // The stop is awaited around the loop, not at each step of it: checked first
+        // whenever the task wakes, it costs no registration per delivery.
+        tokio::select! {
+            biased;
+            () = self.stopped() => {}
+            () = self.pull(subscription, permits) => {}
+        }
+    }
+
+    async fn pull(
+        self: &Arc<Self>,
         mut subscription: Box<dyn Subscription>,
         permits: Arc<Semaphore>,
     ) {
-        // Made once and polled again at each select, so waiting for the stop costs no
-        // registration per delivery.
-        let mut stopped = pin!(self.stopped());
         loop {
-            let permit = tokio::select! {
-                biased;
-                () = &mut stopped => break,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
             };
-            let delivery = tokio::select! {
-                biased;
-                () = &mut stopped => break,
-                delivery = subscription.next() => delivery,
-            };
-            match delivery {
+            match subscription.next().await {
                 Ok(delivery) => self.accept(delivery, permit).await,
-                Err(TransportError::Closed) => break,
+                Err(TransportError::Closed) => return,
                 Err(error) => {
                     warn!(service = %self.name(), %error, "receiving failed; retrying");
-                    tokio::select! {
-                        () = &mut stopped => break,
-                        () = tokio::time::sleep(self.options().redelivery_delay) => {}
-                    }
+                    tokio::time::sleep(self.options().redelivery_delay).await;
                 }
             }
         }
