@@ -1,6 +1,8 @@
 //! The saga metrics, as OpenTelemetry instruments. Each carries the attributes
 //! `choreo.service` and `saga.name`, plus those named below.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::metrics::{Counter, Histogram, Meter};
@@ -102,9 +104,10 @@ impl Metrics {
                 .build()
         };
         Self {
+            // Shared, so that attaching them to a measurement copies no string.
             common: [
-                KeyValue::new(SERVICE, service.to_owned()),
-                KeyValue::new(SAGA_NAME, saga.to_owned()),
+                KeyValue::new(SERVICE, Arc::<str>::from(service)),
+                KeyValue::new(SAGA_NAME, Arc::<str>::from(saga)),
             ],
             sagas_started: counter(SAGAS_STARTED, "{saga}", "Sagas started by this service"),
             sagas_ended: counter(SAGAS_ENDED, "{saga}", "Sagas started here that ended"),
@@ -154,19 +157,28 @@ impl Metrics {
             .record(duration.as_secs_f64(), &attributes);
     }
 
-    pub(crate) fn step_finished(&self, step: &str, result: StepResultLabel, duration: Duration) {
+    /// Once per step handled: its attributes are built without allocating.
+    pub(crate) fn step_finished(
+        &self,
+        step: Cow<'static, str>,
+        result: StepResultLabel,
+        duration: Duration,
+    ) {
         let result = match result {
             StepResultLabel::Done => "done",
             StepResultLabel::Rejected => "rejected",
             StepResultLabel::Failed => "failed",
             StepResultLabel::TimedOut => "timed_out",
         };
+        let [service, saga] = self.common.clone();
         self.step_duration.record(
             duration.as_secs_f64(),
-            &self.with([
-                KeyValue::new(SAGA_STEP, step.to_owned()),
+            &[
+                service,
+                saga,
+                KeyValue::new(SAGA_STEP, step),
                 KeyValue::new("choreo.step.result", result),
-            ]),
+            ],
         );
     }
 
