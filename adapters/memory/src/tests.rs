@@ -297,6 +297,55 @@ async fn a_waiting_consumer_wakes_on_publish_and_on_close() {
     );
 }
 
+/// A waker that counts its wake-ups.
+#[derive(Default)]
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Wakes {
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ack_wakes_a_waiting_consumer_only_when_it_frees_a_message() {
+    use std::task::{Context, Poll, Waker};
+
+    let transport = MemoryTransport::new();
+    let mut subscription = subscribe(&transport, "g").await;
+    let (alone, busy) = (SagaId::new(), SagaId::new());
+    for (saga, n) in [(alone, 1), (busy, 2), (busy, 3)] {
+        transport.publish(TOPIC, event(saga, n)).await.unwrap();
+    }
+    let (first, second) = (next(&mut subscription).await, next(&mut subscription).await);
+    assert_eq!((number(&first), number(&second)), (1, 2));
+
+    let wakes = Arc::new(Wakes::default());
+    let waker = Waker::from(Arc::clone(&wakes));
+    let mut waiting = subscription.next();
+    assert!(
+        waiting
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending(),
+        "3 waits behind 2"
+    );
+    first.ack().await.unwrap();
+    assert_eq!(wakes.count(), 0, "nothing waited behind 1");
+    second.ack().await.unwrap();
+    assert_eq!(wakes.count(), 1, "3 was freed");
+    match waiting.as_mut().poll(&mut Context::from_waker(&waker)) {
+        Poll::Ready(Ok(third)) => assert_eq!(number(&third), 3),
+        _ => panic!("3 is handed out"),
+    }
+}
+
 fn number_of(envelope: &Envelope) -> u32 {
     envelope.data.get().parse().unwrap()
 }

@@ -142,3 +142,64 @@ impl Runtime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::{pin, Pin};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::*;
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll<F: Future>(future: Pin<&mut F>, wakes: &Arc<Wakes>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(&Waker::from(Arc::clone(wakes))))
+    }
+
+    fn saga_of(ready: Poll<Option<(SagaId, Work)>>) -> Option<SagaId> {
+        match ready {
+            Poll::Ready(Some((saga, _))) => Some(saga),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_ready_saga_wakes_one_idle_worker_and_its_later_work_waits_behind() {
+        let queues = SagaQueues::default();
+        let (first, second) = (SagaId::new(), SagaId::new());
+        let (one_wakes, two_wakes) = (Arc::new(Wakes::default()), Arc::new(Wakes::default()));
+        let mut one = pin!(queues.next_ready());
+        let mut two = pin!(queues.next_ready());
+        assert!(poll(one.as_mut(), &one_wakes).is_pending());
+        assert!(poll(two.as_mut(), &two_wakes).is_pending());
+
+        queues.enqueue(first, Work::Resume);
+        queues.enqueue(first, Work::DeadlinePassed);
+        assert_eq!(one_wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(saga_of(poll(one.as_mut(), &one_wakes)), Some(first));
+        assert_eq!(
+            two_wakes.0.load(Ordering::SeqCst),
+            0,
+            "one saga made ready wakes one worker, and its taking it wakes no other"
+        );
+        assert!(matches!(queues.next(first), Some(Work::DeadlinePassed)));
+
+        queues.enqueue(second, Work::Resume);
+        assert_eq!(two_wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(saga_of(poll(two.as_mut(), &two_wakes)), Some(second));
+        assert!(queues.next(first).is_none(), "the saga's queue is done");
+        assert!(queues.next(second).is_none());
+        let queues = queues.lock();
+        assert!(queues.waiting.is_empty() && queues.ready.is_empty());
+    }
+}
