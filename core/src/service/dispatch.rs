@@ -97,6 +97,12 @@ impl SagaQueues {
         self.lock().waiting.remove(&saga)
     }
 
+    /// Drops every queued work (after the workers were aborted), unsettled.
+    pub(super) fn clear(&self) {
+        let queued = std::mem::take(&mut *self.lock());
+        drop(queued);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queues> {
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -518,6 +518,8 @@ impl RunningService {
         {
             tracing::warn!(service = %self.name(), ?timeout, "shutdown timed out; abandoning in-flight work unacknowledged");
             self.abort_workers();
+            // An aborted task ends at its next wait.
+            self.tracker.wait().await;
         }
         // The workers are done: what they sent last is marked sent before the tasks end.
         self.tokens.drained.cancel();
@@ -531,10 +533,13 @@ impl RunningService {
         drop(self);
     }
 
+    /// Aborts the workers and drops the work queued for them, unsettled: its deliveries go
+    /// back to the broker now, not when the last handle on the runtime goes.
     fn abort_workers(&self) {
         for worker in &self.workers {
             worker.abort();
         }
+        self.runtime.queues().clear();
     }
 }
 

@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -201,33 +202,34 @@ impl Runtime {
     /// Pulls deliveries while permits last, until stopped.
     pub(super) async fn consume(
         self: Arc<Self>,
-        subscription: Box<dyn Subscription>,
-        permits: Arc<Semaphore>,
-    ) {
-        // The stop is awaited around the loop, not at each step of it: checked first
-        // whenever the task wakes, it costs no registration per delivery.
-        tokio::select! {
-            biased;
-            () = self.stopped() => {}
-            () = self.pull(subscription, permits) => {}
-        }
-    }
-
-    async fn pull(
-        self: &Arc<Self>,
         mut subscription: Box<dyn Subscription>,
         permits: Arc<Semaphore>,
     ) {
+        // Made once and polled only when the consumer must wait, so the stop costs no
+        // registration per delivery. A delivery taken is accepted to the end: a stop never
+        // cuts short its acknowledgement or its dead-lettering.
+        let mut stopped = pin!(self.stopped());
         loop {
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            if self.stopping() {
                 return;
+            }
+            let (permit, received) = tokio::select! {
+                biased;
+                received = receive(&mut subscription, &permits) => match received {
+                    Some(received) => received,
+                    None => return,
+                },
+                () = &mut stopped => return,
             };
-            match subscription.next().await {
+            match received {
                 Ok(delivery) => self.accept(delivery, permit).await,
                 Err(TransportError::Closed) => return,
                 Err(error) => {
                     warn!(service = %self.name(), %error, "receiving failed; retrying");
-                    tokio::time::sleep(self.options().redelivery_delay).await;
+                    tokio::select! {
+                        () = &mut stopped => return,
+                        () = tokio::time::sleep(self.options().redelivery_delay) => {}
+                    }
                 }
             }
         }
@@ -598,4 +600,13 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         .map(|message| (*message).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic payload".to_owned())
+}
+
+/// A permit, then the next delivery; `None` once the permits are closed.
+async fn receive(
+    subscription: &mut Box<dyn Subscription>,
+    permits: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, Result<Delivery, TransportError>)> {
+    let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    Some((permit, subscription.next().await))
 }
