@@ -428,12 +428,6 @@ impl Subscription for MemorySubscription {
             let mut closing = pin!(bus.closing.notified());
             closing.as_mut().enable();
             match self.groups.as_slice() {
-                [] => {
-                    if let Some(next) = self.look() {
-                        return next;
-                    }
-                    closing.await;
-                }
                 // The usual case, one topic: waiting allocates nothing.
                 [group] => {
                     let group = Arc::clone(group);
@@ -458,6 +452,10 @@ impl Subscription for MemorySubscription {
                     }
                     if let Some(next) = self.look() {
                         return next;
+                    }
+                    if wakeups.is_empty() {
+                        closing.await;
+                        continue;
                     }
                     tokio::select! {
                         () = closing => {}
