@@ -147,6 +147,8 @@ impl Refetch {
 #[derive(Default)]
 struct Shared {
     queue: SharedKeyedQueue<Pending>,
+    /// Fewer messages wait: one was handed out, or a revoke dropped some. The poll task
+    /// waits for it while the buffer is full; acks and requeues never lower the count.
     drained: Notify,
     partitions: Mutex<HashMap<(String, i32), PartitionState>>,
     /// Whether the group gave this member its (possibly empty) share of partitions yet.
@@ -249,13 +251,11 @@ impl Shared {
             state.unacked.remove(&pending.offset);
         }
         self.queue.settle(key);
-        self.drained.notify_waiters();
     }
 
     fn returned(&self, key: Option<Arc<str>>, mut pending: Pending) {
         pending.deliveries += 1;
         self.queue.update(|queue| queue.requeue(key, pending));
-        self.drained.notify_waiters();
     }
 
     /// Offsets safe to commit: each partition up to its oldest unacked offset.
@@ -399,12 +399,14 @@ async fn poll(
         }
     };
     loop {
+        // Made before the queue is read: a delivery taken in between wakes it.
+        let drained = shared.drained.notified();
         let buffered = shared.queue.waiting() >= MAX_BUFFERED;
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
             _ = commits.tick() => commit(CommitMode::Async),
-            () = shared.drained.notified(), if buffered => {}
+            () = drained, if buffered => {}
             message = consumer.recv(), if !buffered => match message {
                 Ok(message) => {
                     let refetch = shared.fetched(&message, gap_wait);
