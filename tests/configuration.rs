@@ -115,6 +115,32 @@ fn a_definition_that_cannot_work_is_refused_with_every_problem() {
         .contains("declares no terminal event"));
 }
 
+/// A terminal event that the saga says one service alone emits (`Saga::completes_on_from`)
+/// is refused in the steps of any other: that service leaves the event out of what it
+/// subscribes to, and would never hear of the sagas the other completed.
+#[test]
+fn a_terminal_event_that_the_saga_gives_to_another_service_is_refused_in_a_step() {
+    let saga = saga(Backend::MEMORY.timeout()).completes_on_from::<OrderConfirmed>("orders");
+    let confirm = |_: PaymentCaptured, _: Context| async {
+        Ok(choreo::Step::done(OrderConfirmed { order_id: 1 }))
+    };
+    let error = Service::builder("payments", &saga)
+        .step(confirm)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        error.problems,
+        [format!(
+            "it emits `orders.OrderConfirmed.v1`, which saga `{TOPIC}` says `orders` alone emits (`Saga::completes_on_from`), and `orders` would never hear of the sagas this service completes; if more services emit it, declare it with `Saga::completes_on`"
+        )]
+    );
+    let orders = Service::builder("orders", &saga)
+        .initiates::<OrderPlaced>()
+        .step(confirm)
+        .build();
+    assert!(orders.is_ok());
+}
+
 #[tokio::test(start_paused = true)]
 async fn only_a_declared_initiator_starts_sagas() {
     let h = Harness::start(Backend::MEMORY).await;

@@ -29,6 +29,7 @@ macro_rules! every_rule_on {
                     duplicate_aborts_are_harmless,
                     an_abort_after_completion_still_compensates_so_participants_agree_in_any_order,
                     a_terminal_event_completes_the_saga_where_it_is_emitted_however_late_it_goes_out,
+                    a_terminal_event_that_one_service_alone_emits_is_not_delivered_back_to_it,
                     saga_data_set_at_the_start_reaches_every_step_and_every_event,
                     saga_data_reaches_the_compensations_of_a_timed_out_saga,
                     a_second_outcome_goes_to_its_own_consumers_and_can_end_the_saga,
@@ -873,6 +874,58 @@ async fn a_terminal_event_completes_the_saga_where_it_is_emitted_however_late_it
         step_types(&orders),
         [OrderPlaced::TYPE, OrderConfirmed::TYPE]
     );
+}
+
+/// The saga says that orders alone emits its terminal events (`Saga::completes_on_from`):
+/// they are left out of what orders subscribes to, since it completes a saga when it commits
+/// one (rule 7), while the others still receive them and complete.
+async fn a_terminal_event_that_one_service_alone_emits_is_not_delivered_back_to_it(
+    backend: Backend,
+) {
+    let mut h = Harness::prepare(backend).await;
+    h.saga = saga(backend.timeout())
+        .completes_on_from::<OrderConfirmed>("orders")
+        .completes_on_from::<OrderBackordered>("orders");
+    h.start_all().await;
+    h.running.remove("orders").unwrap().shutdown().await;
+    let recording = Arc::new(faults::Faulty::new(
+        h.own_connection().await,
+        Arc::clone(&h.world),
+        "none",
+        "none",
+    ));
+    h.start_on(
+        "orders",
+        Arc::clone(&recording) as Arc<dyn choreo::Transport>,
+    )
+    .await;
+
+    let (order, saga) = h.place_order(2_500, "book").await;
+    assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
+    h.settle().await;
+    assert_eq!(h.flow(saga), completed_flow(), "{}", h.log.timeline(saga));
+    assert_eq!(h.effects(order).await, every_forward_step_once(order));
+    h.assert_every_status(saga, SagaStatus::Completed).await;
+    let orders = h.record("orders", saga).await.unwrap();
+    assert_eq!(
+        step_types(&orders),
+        [OrderPlaced::TYPE, OrderConfirmed::TYPE]
+    );
+    let payments = h.record("payments", saga).await.unwrap();
+    assert_eq!(
+        step_types(&payments),
+        [CreditReserved::TYPE, PaymentCaptured::TYPE]
+    );
+    let inventory = h.record("inventory", saga).await.unwrap();
+    assert_eq!(step_types(&inventory), [StockReserved::TYPE]);
+    // A Kafka consumer group reads its topic whole, and the service drops what it does not
+    // act on; the other transports route by type.
+    #[cfg(feature = "kafka")]
+    if backend.via == Via::Kafka {
+        return;
+    }
+    // Of the saga's events, orders received only the input of its step.
+    assert_eq!(recording.delivered(), [PaymentCaptured::TYPE]);
 }
 
 /// `start_saga_within` sets the deadline a timeout after the start, by the service's clock,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use foldhash::{HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
@@ -34,6 +34,8 @@ struct SagaInner {
     topic: String,
     timeout: Duration,
     terminal: HashSet<&'static str>,
+    /// Terminal types that one service alone emits, and that service.
+    sole_emitters: HashMap<&'static str, Arc<str>>,
     compensation_order: CompensationOrder,
 }
 
@@ -59,6 +61,7 @@ impl Saga {
                 topic: topic.into(),
                 timeout: Duration::from_secs(30),
                 terminal: HashSet::new(),
+                sole_emitters: HashMap::new(),
                 compensation_order: CompensationOrder::Parallel,
             }),
         }
@@ -74,6 +77,40 @@ impl Saga {
     pub fn completes_on<E: Event>(mut self) -> Self {
         Arc::make_mut(&mut self.inner).terminal.insert(E::TYPE);
         self
+    }
+
+    /// Marks `E` as terminal, as [`completes_on`](Self::completes_on) does, and says that
+    /// `service` alone emits it. `service` then leaves `E` out of what it subscribes to: it
+    /// completes a saga when it commits the event (docs/concepts.md, rule 7), so the broker
+    /// delivers the event once fewer. Any other service whose steps emit `E` refuses to
+    /// build, since `service` would never hear of the sagas it completed.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct OrderConfirmed {}
+    /// # impl choreo_core::Event for OrderConfirmed { const TYPE: &'static str = "orders.OrderConfirmed.v1"; }
+    /// use choreo_core::Saga;
+    ///
+    /// let saga = Saga::new("orders.saga").completes_on_from::<OrderConfirmed>("orders");
+    /// assert!(saga.is_terminal("orders.OrderConfirmed.v1"));
+    /// assert_eq!(saga.sole_emitter("orders.OrderConfirmed.v1"), Some("orders"));
+    /// ```
+    pub fn completes_on_from<E: Event>(mut self, service: impl Into<String>) -> Self {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.terminal.insert(E::TYPE);
+        inner
+            .sole_emitters
+            .insert(E::TYPE, Arc::from(service.into()));
+        self
+    }
+
+    /// The service that alone emits terminal events of `event_type`, if the saga says one
+    /// does ([`completes_on_from`](Self::completes_on_from)).
+    pub fn sole_emitter(&self, event_type: &str) -> Option<&str> {
+        self.inner
+            .sole_emitters
+            .get(event_type)
+            .map(|service| &**service)
     }
 
     /// Sets the order in which participants compensate an abort; [`CompensationOrder::Parallel`]

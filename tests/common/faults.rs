@@ -1,7 +1,7 @@
 //! A transport around the real one that stops a service at a crash point of the runtime's
 //! own: after a handling committed but before its event is published, or after the
 //! publish but before the event it handled is acknowledged. The test then kills the
-//! service there, as a crash would.
+//! service there, as a crash would. It also notes the type of every event it delivers.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct Faulty {
     refused: AtomicU32,
     /// How long a publish of `published` takes, as a slow broker's would.
     slow: std::sync::Mutex<Option<std::time::Duration>>,
+    /// The type of every event delivered, in order.
+    delivered: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Faulty {
@@ -34,6 +36,7 @@ impl Faulty {
             inner,
             world: Arc::clone(&self.world),
             acknowledged: self.acknowledged,
+            delivered: Arc::clone(&self.delivered),
         })
     }
 
@@ -51,7 +54,13 @@ impl Faulty {
             refusing: AtomicU32::new(0),
             refused: AtomicU32::new(0),
             slow: std::sync::Mutex::default(),
+            delivered: Arc::default(),
         }
+    }
+
+    /// The type of every event delivered so far (undecodable messages left out), in order.
+    pub fn delivered(&self) -> Vec<String> {
+        self.delivered.lock().unwrap().clone()
     }
 
     /// Makes every publish of the `published` type take `delay`.
@@ -141,15 +150,20 @@ struct FaultySubscription {
     inner: Box<dyn Subscription>,
     world: Arc<World>,
     acknowledged: &'static str,
+    delivered: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 #[async_trait]
 impl Subscription for FaultySubscription {
     async fn next(&mut self) -> Result<Delivery, TransportError> {
         let delivery = self.inner.next().await?;
-        let watched = Envelope::decode(&delivery.message)
-            .is_ok_and(|envelope| envelope.event_type == self.acknowledged);
-        if !watched {
+        let event_type = Envelope::decode(&delivery.message)
+            .ok()
+            .map(|envelope| envelope.event_type);
+        if let Some(event_type) = &event_type {
+            self.delivered.lock().unwrap().push(event_type.clone());
+        }
+        if event_type.as_deref() != Some(self.acknowledged) {
             return Ok(delivery);
         }
         let (topic, message, redelivered) = (

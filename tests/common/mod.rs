@@ -374,6 +374,8 @@ pub struct Harness {
     pub running: HashMap<&'static str, RunningService>,
     /// Where the services record metrics; default: the global meter provider.
     pub meter: Option<Meter>,
+    /// The saga services start with from here on; default: `saga`.
+    pub saga: Saga,
     /// The options services start with; default: `test_options`.
     options: Option<ServiceOptions>,
     next_order: Mutex<u64>,
@@ -556,6 +558,7 @@ impl Harness {
             opened: Mutex::default(),
             running: HashMap::new(),
             meter: None,
+            saga: definition,
             options: None,
             next_order: Mutex::new(0),
             broker_url: None,
@@ -753,7 +756,7 @@ impl Harness {
     }
 
     pub async fn service(&self, name: &'static str, options: ServiceOptions) -> Service {
-        let builder = Service::builder(name, &saga(self.backend.timeout()))
+        let builder = Service::builder(name, &self.saga)
             .store(self.open_store(name).await)
             .clock(Arc::new(self.clock.clone()))
             .options(options);

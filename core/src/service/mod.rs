@@ -357,6 +357,20 @@ impl ServiceBuilder {
                 "a compensation undoes `{event_type}`, but no step of this service emits it and the service does not initiate with it"
             ));
         }
+        let saga = &self.definition.saga;
+        for terminal in saga.terminal_types() {
+            match saga.sole_emitter(terminal) {
+                Some(emitter)
+                    if emitter != &*self.definition.name && self.emitted.contains(terminal) =>
+                {
+                    self.problems.push(format!(
+                        "it emits `{terminal}`, which saga `{}` says `{emitter}` alone emits (`Saga::completes_on_from`), and `{emitter}` would never hear of the sagas this service completes; if more services emit it, declare it with `Saga::completes_on`",
+                        saga.topic()
+                    ));
+                }
+                _ => {}
+            }
+        }
         if self.definition.steps.is_empty() && self.definition.initiates.is_empty() {
             self.problems
                 .push("it has no step and initiates no saga".to_owned());

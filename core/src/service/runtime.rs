@@ -100,9 +100,9 @@ impl Failure {
 
 impl Definition {
     /// The event types the service acts on ([`Runtime::concerns`]), to subscribe to: the
-    /// inputs of its steps, the saga's terminal events, aborts and the operator's requests;
-    /// `None` under the reverse compensation order, whose services see every event of the
-    /// saga.
+    /// inputs of its steps, the saga's terminal events but those it alone emits (rule 7: it
+    /// completed the saga when it committed one), aborts and the operator's requests; `None`
+    /// under the reverse compensation order, whose services see every event of the saga.
     pub(super) fn acted_on(&self) -> Option<Vec<String>> {
         if self.saga.order_of_compensation() == CompensationOrder::Reverse {
             return None;
@@ -111,7 +111,12 @@ impl Definition {
             .steps
             .keys()
             .copied()
-            .chain(self.saga.terminal_types())
+            .chain(
+                self.saga
+                    .terminal_types()
+                    .into_iter()
+                    .filter(|terminal| self.saga.sole_emitter(terminal) != Some(&self.name)),
+            )
             .chain([
                 SagaAborted::TYPE,
                 RedriveRequested::TYPE,
@@ -319,9 +324,10 @@ impl Runtime {
     }
 
     /// Whether this service acts on `envelope`: an operator's request that names it; of
-    /// the saga's events, an abort, a terminal event, or an event one of its steps handles,
-    /// and under the reverse compensation order, every one. Never a service's description.
-    /// What it subscribes to ([`Definition::acted_on`]) must keep up with this.
+    /// the saga's events, an abort, a terminal event but one it alone emits, or an event one
+    /// of its steps handles, and under the reverse compensation order, every one. Never a
+    /// service's description. What it subscribes to ([`Definition::acted_on`]) must keep up
+    /// with this.
     pub(super) fn concerns(&self, envelope: &Envelope) -> bool {
         match control::audience(envelope) {
             Audience::Nobody => false,
@@ -329,7 +335,8 @@ impl Runtime {
             Audience::Saga => {
                 envelope.kind == SagaKind::Abort
                     || self.in_reverse()
-                    || self.saga().is_terminal(&envelope.event_type)
+                    || (self.saga().is_terminal(&envelope.event_type)
+                        && self.saga().sole_emitter(&envelope.event_type) != Some(self.name()))
                     || self
                         .definition
                         .steps
