@@ -864,16 +864,7 @@ async fn a_terminal_event_completes_the_saga_where_it_is_emitted_however_late_it
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
     let deadline = h.log.events(saga)[0].deadline;
     assert!(deadline.has_passed(choreo::Clock::now(&h.clock)));
-
-    h.settle().await;
-    assert_eq!(h.flow(saga), completed_flow(), "{}", h.log.timeline(saga));
-    assert_eq!(h.effects(order).await, every_forward_step_once(order));
-    h.assert_every_status(saga, SagaStatus::Completed).await;
-    let orders = h.record("orders", saga).await.unwrap();
-    assert_eq!(
-        step_types(&orders),
-        [OrderPlaced::TYPE, OrderConfirmed::TYPE]
-    );
+    assert_completed_everywhere(&h, order, saga).await;
 }
 
 /// The saga says that orders alone emits its terminal events (`Saga::completes_on_from`):
@@ -902,22 +893,7 @@ async fn a_terminal_event_that_one_service_alone_emits_is_not_delivered_back_to_
 
     let (order, saga) = h.place_order(2_500, "book").await;
     assert_eq!(h.outcome(saga).await, SagaOutcome::Completed);
-    h.settle().await;
-    assert_eq!(h.flow(saga), completed_flow(), "{}", h.log.timeline(saga));
-    assert_eq!(h.effects(order).await, every_forward_step_once(order));
-    h.assert_every_status(saga, SagaStatus::Completed).await;
-    let orders = h.record("orders", saga).await.unwrap();
-    assert_eq!(
-        step_types(&orders),
-        [OrderPlaced::TYPE, OrderConfirmed::TYPE]
-    );
-    let payments = h.record("payments", saga).await.unwrap();
-    assert_eq!(
-        step_types(&payments),
-        [CreditReserved::TYPE, PaymentCaptured::TYPE]
-    );
-    let inventory = h.record("inventory", saga).await.unwrap();
-    assert_eq!(step_types(&inventory), [StockReserved::TYPE]);
+    assert_completed_everywhere(&h, order, saga).await;
     // A Kafka consumer group reads its topic whole, and the service drops what it does not
     // act on; the other transports route by type.
     #[cfg(feature = "kafka")]
@@ -926,6 +902,24 @@ async fn a_terminal_event_that_one_service_alone_emits_is_not_delivered_back_to_
     }
     // Of the saga's events, orders received only the input of its step.
     assert_eq!(recording.delivered(), [PaymentCaptured::TYPE]);
+}
+
+/// What a completed order saga leaves once everything settled: its events in order, every
+/// forward step once, and every participant's journal completed with its own steps.
+async fn assert_completed_everywhere(h: &Harness, order: u64, saga: choreo::SagaId) {
+    h.settle().await;
+    assert_eq!(h.flow(saga), completed_flow(), "{}", h.log.timeline(saga));
+    assert_eq!(h.effects(order).await, every_forward_step_once(order));
+    h.assert_every_status(saga, SagaStatus::Completed).await;
+    let steps: [(&str, &[&str]); 3] = [
+        ("orders", &[OrderPlaced::TYPE, OrderConfirmed::TYPE]),
+        ("payments", &[CreditReserved::TYPE, PaymentCaptured::TYPE]),
+        ("inventory", &[StockReserved::TYPE]),
+    ];
+    for (service, expected) in steps {
+        let record = h.record(service, saga).await.unwrap();
+        assert_eq!(step_types(&record), expected, "{service}");
+    }
 }
 
 /// `start_saga_within` sets the deadline a timeout after the start, by the service's clock,
