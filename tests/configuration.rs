@@ -117,7 +117,8 @@ fn a_definition_that_cannot_work_is_refused_with_every_problem() {
 
 /// A terminal event that the saga says one service alone emits (`Saga::completes_on_from`)
 /// is refused in the steps of any other: that service leaves the event out of what it
-/// subscribes to, and would never hear of the sagas the other completed.
+/// subscribes to, and would never hear of the sagas the other completed. The service named
+/// must emit it.
 #[test]
 fn a_terminal_event_that_the_saga_gives_to_another_service_is_refused_in_a_step() {
     let saga = saga(Backend::MEMORY.timeout()).completes_on_from::<OrderConfirmed>("orders");
@@ -139,6 +140,18 @@ fn a_terminal_event_that_the_saga_gives_to_another_service_is_refused_in_a_step(
         .step(confirm)
         .build();
     assert!(orders.is_ok());
+
+    // The service it names must emit it: it leaves the event out of what it subscribes to.
+    let error = Service::builder("orders", &saga)
+        .initiates::<OrderPlaced>()
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        error.problems,
+        [format!(
+            "saga `{TOPIC}` says this service alone emits `orders.OrderConfirmed.v1` (`Saga::completes_on_from`), so it does not subscribe to it, but no step of it emits it and it does not initiate with it; name the service that does"
+        )]
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -80,9 +80,12 @@ impl Saga {
     }
 
     /// Marks `E` as terminal, as [`completes_on`](Self::completes_on) does, and says that
-    /// `service` alone emits it. `service` then leaves `E` out of what it subscribes to: it
-    /// completes a saga when it commits the event (docs/concepts.md, rule 7), so the broker
-    /// delivers the event once fewer. Any other service whose steps emit `E` refuses to
+    /// `service` alone emits it. `service` then leaves `E` out of what it subscribes to, since
+    /// it completes a saga when it commits the event (docs/concepts.md, rule 7): a transport
+    /// that routes by type (RabbitMQ, memory) delivers the event to one service fewer, and on
+    /// Kafka, whose consumer groups read the whole topic, `service` drops it unhandled.
+    /// `service` still subscribes to it if it starts sagas with `E` or compensates in reverse
+    /// order. `service` must emit `E`, and any other service whose steps emit `E` refuses to
     /// build, since `service` would never hear of the sagas it completed.
     ///
     /// ```

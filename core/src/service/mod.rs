@@ -359,16 +359,20 @@ impl ServiceBuilder {
         }
         let saga = &self.definition.saga;
         for terminal in saga.terminal_types() {
-            match saga.sole_emitter(terminal) {
-                Some(emitter)
-                    if emitter != &*self.definition.name && self.emitted.contains(terminal) =>
-                {
-                    self.problems.push(format!(
-                        "it emits `{terminal}`, which saga `{}` says `{emitter}` alone emits (`Saga::completes_on_from`), and `{emitter}` would never hear of the sagas this service completes; if more services emit it, declare it with `Saga::completes_on`",
-                        saga.topic()
-                    ));
-                }
-                _ => {}
+            let Some(emitter) = saga.sole_emitter(terminal) else {
+                continue;
+            };
+            let emits = self.emitted.contains(terminal);
+            if emitter != &*self.definition.name && emits {
+                self.problems.push(format!(
+                    "it emits `{terminal}`, which saga `{}` says `{emitter}` alone emits (`Saga::completes_on_from`), and `{emitter}` would never hear of the sagas this service completes; if more services emit it, declare it with `Saga::completes_on`",
+                    saga.topic()
+                ));
+            } else if emitter == &*self.definition.name && !emits {
+                self.problems.push(format!(
+                    "saga `{}` says this service alone emits `{terminal}` (`Saga::completes_on_from`), so it does not subscribe to it, but no step of it emits it and it does not initiate with it; name the service that does",
+                    saga.topic()
+                ));
             }
         }
         if self.definition.steps.is_empty() && self.definition.initiates.is_empty() {

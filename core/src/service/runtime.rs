@@ -99,10 +99,10 @@ impl Failure {
 }
 
 impl Definition {
-    /// The event types the service acts on ([`Runtime::concerns`]), to subscribe to: the
-    /// inputs of its steps, the saga's terminal events but those it alone emits (rule 7: it
-    /// completed the saga when it committed one), aborts and the operator's requests; `None`
-    /// under the reverse compensation order, whose services see every event of the saga.
+    /// The event types the service acts on ([`Definition::concerns`]), to subscribe to: the
+    /// inputs of its steps, the saga's terminal events it waits for, aborts and the
+    /// operator's requests; `None` under the reverse compensation order, whose services see
+    /// every event of the saga.
     pub(super) fn acted_on(&self) -> Option<Vec<String>> {
         if self.saga.order_of_compensation() == CompensationOrder::Reverse {
             return None;
@@ -115,7 +115,7 @@ impl Definition {
                 self.saga
                     .terminal_types()
                     .into_iter()
-                    .filter(|terminal| self.saga.sole_emitter(terminal) != Some(&self.name)),
+                    .filter(|terminal| self.awaits_terminal(terminal)),
             )
             .chain([
                 SagaAborted::TYPE,
@@ -127,6 +127,34 @@ impl Definition {
         types.sort_unstable();
         types.dedup();
         Some(types)
+    }
+
+    /// Whether this service acts on `envelope`: an operator's request that names it; of
+    /// the saga's events, an abort, a terminal event it waits for, or an event one of its
+    /// steps handles, and under the reverse compensation order, every one. Never a
+    /// service's description. What it subscribes to ([`Definition::acted_on`]) must keep up
+    /// with this.
+    pub(super) fn concerns(&self, envelope: &Envelope) -> bool {
+        match control::audience(envelope) {
+            Audience::Nobody => false,
+            Audience::Service(service) => service == *self.name,
+            Audience::Saga => {
+                envelope.kind == SagaKind::Abort
+                    || self.saga.order_of_compensation() == CompensationOrder::Reverse
+                    || (self.saga.is_terminal(&envelope.event_type)
+                        && self.awaits_terminal(&envelope.event_type))
+                    || self.steps.contains_key(envelope.event_type.as_str())
+            }
+        }
+    }
+
+    /// Whether a terminal event of `event_type` is to come back to this service: every one
+    /// but those the saga says it alone emits (`Saga::completes_on_from`), which its steps
+    /// emit in a commit that completes the saga (rule 7). A saga it starts with that event
+    /// completes when the event comes back.
+    fn awaits_terminal(&self, event_type: &str) -> bool {
+        self.saga.sole_emitter(event_type) != Some(&*self.name)
+            || self.initiates.contains(event_type)
     }
 }
 
@@ -323,26 +351,9 @@ impl Runtime {
         }
     }
 
-    /// Whether this service acts on `envelope`: an operator's request that names it; of
-    /// the saga's events, an abort, a terminal event but one it alone emits, or an event one
-    /// of its steps handles, and under the reverse compensation order, every one. Never a
-    /// service's description. What it subscribes to ([`Definition::acted_on`]) must keep up
-    /// with this.
+    /// Whether this service acts on `envelope` ([`Definition::concerns`]).
     pub(super) fn concerns(&self, envelope: &Envelope) -> bool {
-        match control::audience(envelope) {
-            Audience::Nobody => false,
-            Audience::Service(service) => service == self.name(),
-            Audience::Saga => {
-                envelope.kind == SagaKind::Abort
-                    || self.in_reverse()
-                    || (self.saga().is_terminal(&envelope.event_type)
-                        && self.saga().sole_emitter(&envelope.event_type) != Some(self.name()))
-                    || self
-                        .definition
-                        .steps
-                        .contains_key(envelope.event_type.as_str())
-            }
-        }
+        self.definition.concerns(envelope)
     }
 
     /// Handles one event this service is concerned with: an operator's request, or an
@@ -616,4 +627,82 @@ async fn receive(
 ) -> Option<(OwnedSemaphorePermit, Result<Delivery, TransportError>)> {
     let permit = Arc::clone(permits).acquire_owned().await.ok()?;
     Some((permit, subscription.next().await))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::handler::Step;
+    use crate::service::Service;
+
+    #[derive(Serialize, Deserialize)]
+    struct Paid {}
+    impl Event for Paid {
+        const TYPE: &'static str = "test.Paid.v1";
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Confirmed {}
+    impl Event for Confirmed {
+        const TYPE: &'static str = "test.Confirmed.v1";
+    }
+
+    fn saga() -> Saga {
+        Saga::new("test.saga").completes_on_from::<Confirmed>("orders")
+    }
+
+    fn confirmed() -> Envelope {
+        Envelope {
+            id: EventId::new(),
+            source: "orders".into(),
+            event_type: Confirmed::TYPE.into(),
+            time: SystemTime::UNIX_EPOCH,
+            saga_id: SagaId::new(),
+            causation_id: Some(EventId::new()),
+            joined_causes: Vec::new(),
+            deadline: Deadline::at(SystemTime::UNIX_EPOCH + Duration::from_secs(30)),
+            kind: SagaKind::Complete,
+            trace: TraceContext::new_root(),
+            data: RawValue::from_string("{}".into()).unwrap(),
+            saga_data: SagaData::default(),
+        }
+    }
+
+    /// Whether `service` subscribes to the terminal event, and whether it acts on one.
+    fn awaits_confirmed(service: &Service) -> (bool, bool) {
+        let definition = &service.definition;
+        let subscribed = definition
+            .acted_on()
+            .unwrap()
+            .iter()
+            .any(|event_type| event_type == Confirmed::TYPE);
+        (subscribed, definition.concerns(&confirmed()))
+    }
+
+    #[test]
+    fn a_terminal_event_is_awaited_by_all_but_its_declared_sole_emitter() {
+        let confirm = |_: Paid, _: Context| async { Ok(Step::done(Confirmed {})) };
+        let emitter = Service::builder("orders", &saga())
+            .step(confirm)
+            .build()
+            .unwrap();
+        assert_eq!(awaits_confirmed(&emitter), (false, false));
+
+        let other = Service::builder("payments", &saga())
+            .initiates::<Paid>()
+            .build()
+            .unwrap();
+        assert_eq!(awaits_confirmed(&other), (true, true));
+
+        // A saga it starts with the terminal event completes when the event comes back.
+        let starter = Service::builder("orders", &saga())
+            .initiates::<Confirmed>()
+            .build()
+            .unwrap();
+        assert_eq!(awaits_confirmed(&starter), (true, true));
+    }
 }
