@@ -8,15 +8,23 @@ use tracing::{debug, info};
 
 use super::handling::Handling;
 use super::runtime::{Infrastructure, Runtime};
+use super::Definition;
 use crate::envelope::{Envelope, SagaKind};
 use crate::ids::EventId;
 use crate::journal::{SagaRecord, StepRecord};
 use crate::saga::CompensationOrder;
 
+impl Definition {
+    /// Whether participants compensate newest step first across the saga.
+    pub(super) fn in_reverse(&self) -> bool {
+        self.saga.order_of_compensation() == CompensationOrder::Reverse
+    }
+}
+
 impl Runtime {
     /// Whether participants compensate newest step first across the saga.
     pub(super) fn in_reverse(&self) -> bool {
-        self.saga().order_of_compensation() == CompensationOrder::Reverse
+        self.definition().in_reverse()
     }
 
     /// Under the reverse order, after the rules ran on `envelope`: keeps it when it is

@@ -28,7 +28,7 @@ use crate::handler::BoxFuture;
 use crate::ids::{EventId, SagaId};
 use crate::journal::{AbortReason, SagaRecord};
 use crate::retry::RetryPolicy;
-use crate::saga::{CompensationOrder, Saga, SagaAborted};
+use crate::saga::{Saga, SagaAborted};
 use crate::saga_data::SagaData;
 use crate::store::{Store, StoreError, TransactionSlot};
 use crate::telemetry::{self, DeadLetterReason, HandlerLabel, Metrics};
@@ -104,7 +104,7 @@ impl Definition {
     /// operator's requests; `None` under the reverse compensation order, whose services see
     /// every event of the saga.
     pub(super) fn acted_on(&self) -> Option<Vec<String>> {
-        if self.saga.order_of_compensation() == CompensationOrder::Reverse {
+        if self.in_reverse() {
             return None;
         }
         let mut types: Vec<String> = self
@@ -140,7 +140,7 @@ impl Definition {
             Audience::Service(service) => service == *self.name,
             Audience::Saga => {
                 envelope.kind == SagaKind::Abort
-                    || self.saga.order_of_compensation() == CompensationOrder::Reverse
+                    || self.in_reverse()
                     || (self.saga.is_terminal(&envelope.event_type)
                         && self.awaits_terminal(&envelope.event_type))
                     || self.steps.contains_key(envelope.event_type.as_str())
