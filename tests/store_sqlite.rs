@@ -518,6 +518,51 @@ mod schema {
             .unsent
             .is_empty());
     }
+    /// A mark that has waited its longest while a handler's transaction holds the file is
+    /// written once that transaction ends, not tried inside it and lost.
+    #[tokio::test]
+    async fn a_mark_due_while_a_handler_transaction_is_open_is_written_after_it() {
+        let subject = sqlite().await;
+        let store = subject.open().await;
+        let deadline = Deadline::after(SystemTime::now(), Duration::from_secs(300));
+        let saga = SagaId::new();
+        let mut record = SagaRecord::new(saga, deadline);
+        record.steps.push(step(
+            envelope(saga, "payments.CreditReserved.v1", deadline),
+            false,
+        ));
+        let created = Commit {
+            service: "payments".into(),
+            saga_id: saga,
+            version: 0,
+            changes: Snapshot::changes(None, &record),
+            handled: None,
+            outbox: Vec::new(),
+            recorded: SystemTime::now(),
+        };
+        store.commit(vec![created], None).await.unwrap();
+        let sent = Sent {
+            saga_id: saga,
+            event_id: record.steps[0].output.id,
+            kind: SentKind::Step { position: 0 },
+        };
+        store.mark_sent("payments", &[sent]).await.unwrap();
+
+        let mut handler = store.begin().await.unwrap();
+        // Past the longest a mark waits for its saga's next write (a second): the handler's
+        // next statement finds it due.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        subject.write(&mut handler, "credit-700").await;
+        store.commit(Vec::new(), Some(handler)).await.unwrap();
+        assert!(subject.written(&store, "credit-700").await);
+
+        drop(store);
+        assert_eq!(
+            unsent_in_file(&subject, saga),
+            "",
+            "the mark was written after the handler's transaction"
+        );
+    }
 }
 
 /// SQLite keeps one instance per service: a second instance of a service started on the

@@ -310,7 +310,9 @@ impl Database {
                 }
             }
         }
-        if self.marks.due() {
+        // Not while a handler's transaction holds the connection: they would be tried inside
+        // it, fail, and be lost. The batch that ends that transaction writes them.
+        if self.exclusive.is_none() && self.marks.due() {
             self.write_marks(&mut group);
         }
         self.finish(&mut group);
