@@ -21,7 +21,7 @@ use rdkafka::consumer::{
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{scrub, Inner};
@@ -326,22 +326,69 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
+/// The members of each consumer group that this client is taking out of their group. A new
+/// member of a group joins once they have left, or after [`CLOSE_TIMEOUT`]: a service started
+/// again in the same process, right after it stopped or was killed, then causes one
+/// rebalance, not a join followed by a leave. (tansu 0.6, the Kafka-protocol broker of the
+/// test kit, keeps a member that leaves while another joins as the group's leader, and never
+/// assigns the group's partitions again.)
+#[derive(Default)]
+pub(crate) struct Leaving {
+    /// Per group, whether each member taken out has left (true, or its sender gone).
+    groups: Mutex<HashMap<String, Vec<watch::Receiver<bool>>>>,
+}
+
+impl Leaving {
+    fn groups(&self) -> MutexGuard<'_, HashMap<String, Vec<watch::Receiver<bool>>>> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A member of `group` is being taken out; `left` turns true once it has left.
+    fn add(&self, group: &str, left: watch::Receiver<bool>) {
+        let mut groups = self.groups();
+        let members = groups.entry(group.to_owned()).or_default();
+        members.retain(|left| !*left.borrow() && left.has_changed().is_ok());
+        members.push(left);
+    }
+
+    /// Waits until the members of `group` being taken out have left, for at most `patience`.
+    async fn wait(&self, group: &str, patience: Duration) {
+        let members = self.groups().remove(group).unwrap_or_default();
+        if members.is_empty() {
+            return;
+        }
+        let all_left = async {
+            for mut left in members {
+                // An error: the poll task is gone, and its consumer with it.
+                let _ = left.wait_for(|left| *left).await;
+            }
+        };
+        if tokio::time::timeout(patience, all_left).await.is_err() {
+            tracing::warn!(%group, ?patience, "a member of the group is still leaving it; joining all the same");
+        }
+    }
+}
+
 /// A consumer group membership.
 pub(crate) struct KafkaSubscription {
     inner: Arc<Inner>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    group: String,
+    /// Turns true once the consumer has left the group.
+    left: watch::Receiver<bool>,
 }
 
 impl KafkaSubscription {
     /// Joins `group` on `topics` and waits (up to twice the session timeout) until the group
     /// assigned this member its partitions, so that a service is consuming once `subscribe`
-    /// returns.
+    /// returns. A member of the group that this client is taking out leaves it first.
     pub(crate) async fn start(
         inner: Arc<Inner>,
         group: &str,
         topics: &[String],
     ) -> Result<Self, TransportError> {
+        inner.leaving.wait(group, CLOSE_TIMEOUT).await;
         let shared = Arc::new(Shared::default());
         let context = RebalanceContext {
             shared: Arc::clone(&shared),
@@ -357,10 +404,12 @@ impl KafkaSubscription {
             .map_err(|error| TransportError::Refused(scrub(error, &inner.config)))?;
         let stop = CancellationToken::new();
         let mut joined = shared.joined.subscribe();
+        let (has_left, left) = watch::channel(false);
         tokio::spawn(poll(
             consumer,
             Arc::clone(&shared),
             stop.clone(),
+            has_left,
             inner.config.commit_interval,
             inner.config.offset_gap_wait,
         ));
@@ -375,16 +424,19 @@ impl KafkaSubscription {
             inner,
             shared,
             stop,
+            group: group.to_owned(),
+            left,
         })
     }
 }
 
 /// Fetches into the shared queue and commits safe offsets periodically, until stopped; then
-/// commits once more and leaves the group.
+/// commits once more, leaves the group, and says so on `has_left`.
 async fn poll(
     consumer: StreamConsumer<RebalanceContext>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    has_left: watch::Sender<bool>,
     commit_interval: Duration,
     gap_wait: Duration,
 ) {
@@ -438,6 +490,7 @@ async fn poll(
             }
             // Dropping the consumer closes it, which sends the commit and leaves the group.
             drop(consumer);
+            has_left.send_replace(true);
             let _ = closed.send(());
         };
         match std::thread::Builder::new()
@@ -459,7 +512,8 @@ async fn poll(
     });
 }
 
-/// How long closing a consumer may hold up the runtime's shutdown.
+/// How long closing a consumer may hold up the runtime's shutdown, and a new member of its
+/// group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[async_trait]
@@ -487,6 +541,7 @@ impl Subscription for KafkaSubscription {
 impl Drop for KafkaSubscription {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.inner.leaving.add(&self.group, self.left.clone());
     }
 }
 
@@ -545,6 +600,38 @@ mod tests {
     use super::*;
 
     const PATIENCE: Duration = Duration::from_millis(250);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_member_joins_once_the_members_taken_out_of_its_group_have_left() {
+        let leaving = Leaving::default();
+        let (has_left, left) = watch::channel(false);
+        leaving.add("payments", left);
+        let (_other_has_left, other_left) = watch::channel(false);
+        leaving.add("orders", other_left);
+
+        let mut joining = std::pin::pin!(leaving.wait("payments", CLOSE_TIMEOUT));
+        assert!(
+            futures_poll_once(&mut joining).await.is_pending(),
+            "waits for the member leaving its group"
+        );
+        has_left.send_replace(true);
+        assert!(futures_poll_once(&mut joining).await.is_ready());
+        // Another group's member leaving holds up nobody else, and one that never says it
+        // has left holds up its group for the close timeout at most.
+        let started = tokio::time::Instant::now();
+        leaving.wait("shipping", CLOSE_TIMEOUT).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        leaving.wait("orders", CLOSE_TIMEOUT).await;
+        assert_eq!(started.elapsed(), CLOSE_TIMEOUT);
+    }
+
+    /// Polls `future` once.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(
+        future: &mut F,
+    ) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx)))
+            .await
+    }
 
     #[test]
     fn offsets_in_sequence_are_taken() {

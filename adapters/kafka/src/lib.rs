@@ -53,6 +53,7 @@ pub(crate) struct Inner {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     known_topics: Mutex<HashSet<String>>,
+    leaving: consumer::Leaving,
 }
 
 impl KafkaTransport {
@@ -90,6 +91,7 @@ impl KafkaTransport {
                 producer,
                 admin,
                 known_topics: Mutex::new(HashSet::new()),
+                leaving: consumer::Leaving::default(),
             }),
         })
     }
