@@ -518,8 +518,10 @@ mod schema {
             .unsent
             .is_empty());
     }
+
     /// A mark that has waited its longest while a handler's transaction holds the file is
-    /// written once that transaction ends, not tried inside it and lost.
+    /// written once that transaction ends, before the next one begins: not tried inside it
+    /// and lost.
     #[tokio::test]
     async fn a_mark_due_while_a_handler_transaction_is_open_is_written_after_it() {
         let subject = sqlite().await;
@@ -549,19 +551,24 @@ mod schema {
         store.mark_sent("payments", &[sent]).await.unwrap();
 
         let mut handler = store.begin().await.unwrap();
+        // Another handler's transaction waits for the file meanwhile.
+        let next = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move { store.begin().await }
+        });
         // Past the longest a mark waits for its saga's next write (a second): the handler's
         // next statement finds it due.
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         subject.write(&mut handler, "credit-700").await;
         store.commit(Vec::new(), Some(handler)).await.unwrap();
-        assert!(subject.written(&store, "credit-700").await);
-
-        drop(store);
+        let next = next.await.unwrap().unwrap();
         assert_eq!(
             unsent_in_file(&subject, saga),
             "",
-            "the mark was written after the handler's transaction"
+            "the mark was written between the two transactions"
         );
+        next.rollback().await.unwrap();
+        assert!(subject.written(&store, "credit-700").await);
     }
 }
 

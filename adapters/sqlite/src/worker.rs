@@ -283,6 +283,11 @@ impl Database {
                 }
                 Request::Write(write) => group.writes.push(write),
                 Request::Begin { id, reply } => {
+                    // Due marks go before the transaction, which may hold the connection
+                    // until this batch ends.
+                    if self.marks.due() {
+                        self.write_marks(&mut group);
+                    }
                     self.finish(&mut group);
                     let begun = control(&self.conn, "BEGIN IMMEDIATE").map_err(store_error);
                     let began = begun.is_ok();
@@ -311,7 +316,8 @@ impl Database {
             }
         }
         // Not while a handler's transaction holds the connection: they would be tried inside
-        // it, fail, and be lost. The batch that ends that transaction writes them.
+        // it, fail, and be lost. They go before the next transaction begins, or at the end of
+        // the batch that ends it.
         if self.exclusive.is_none() && self.marks.due() {
             self.write_marks(&mut group);
         }
