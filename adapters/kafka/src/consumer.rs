@@ -347,13 +347,20 @@ impl Leaving {
     fn add(&self, group: &str, left: watch::Receiver<bool>) {
         let mut groups = self.groups();
         let members = groups.entry(group.to_owned()).or_default();
-        members.retain(|left| !*left.borrow() && left.has_changed().is_ok());
+        members.retain(still_leaving);
         members.push(left);
     }
 
     /// Waits until the members of `group` being taken out have left, for at most `patience`.
+    /// Each member starting waits for all of them, the others starting too.
     async fn wait(&self, group: &str, patience: Duration) {
-        let members = self.groups().remove(group).unwrap_or_default();
+        let members = match self.groups().get_mut(group) {
+            Some(members) => {
+                members.retain(still_leaving);
+                members.clone()
+            }
+            None => return,
+        };
         if members.is_empty() {
             return;
         }
@@ -369,6 +376,28 @@ impl Leaving {
     }
 }
 
+/// The poll task's consumer. However it goes (closed on its thread, or dropped with the task
+/// or with the closing thread that could not start), the consumer closes first (its last
+/// commit and its leave), and then `_has_left` says so: fields drop in order.
+struct Member {
+    consumer: StreamConsumer<RebalanceContext>,
+    _has_left: HasLeft,
+}
+
+/// Turns its watch true when dropped.
+struct HasLeft(watch::Sender<bool>);
+
+impl Drop for HasLeft {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Whether the member whose leave `left` tells has not left yet.
+fn still_leaving(left: &watch::Receiver<bool>) -> bool {
+    !*left.borrow() && left.has_changed().is_ok()
+}
+
 /// A consumer group membership.
 pub(crate) struct KafkaSubscription {
     inner: Arc<Inner>,
@@ -382,7 +411,8 @@ pub(crate) struct KafkaSubscription {
 impl KafkaSubscription {
     /// Joins `group` on `topics` and waits (up to twice the session timeout) until the group
     /// assigned this member its partitions, so that a service is consuming once `subscribe`
-    /// returns. A member of the group that this client is taking out leaves it first.
+    /// returns. Members of the group that this client is taking out leave it first: that
+    /// waits up to [`CLOSE_TIMEOUT`] more.
     pub(crate) async fn start(
         inner: Arc<Inner>,
         group: &str,
@@ -405,41 +435,47 @@ impl KafkaSubscription {
         let stop = CancellationToken::new();
         let mut joined = shared.joined.subscribe();
         let (has_left, left) = watch::channel(false);
-        tokio::spawn(poll(
+        let member = Member {
             consumer,
+            _has_left: HasLeft(has_left),
+        };
+        tokio::spawn(poll(
+            member,
             Arc::clone(&shared),
             stop.clone(),
-            has_left,
             inner.config.commit_interval,
             inner.config.offset_gap_wait,
         ));
         let patience = inner.config.session_timeout * 2;
+        // Made first: should the caller give up while the group assigns, dropping it stops
+        // the poll task and takes the member out.
+        let subscription = Self {
+            inner,
+            shared,
+            stop,
+            group: group.to_owned(),
+            left,
+        };
         if tokio::time::timeout(patience, joined.wait_for(|joined| *joined))
             .await
             .is_err()
         {
             tracing::warn!(%group, ?patience, "no partitions assigned yet; consuming once the group assigns them");
         }
-        Ok(Self {
-            inner,
-            shared,
-            stop,
-            group: group.to_owned(),
-            left,
-        })
+        Ok(subscription)
     }
 }
 
 /// Fetches into the shared queue and commits safe offsets periodically, until stopped; then
-/// commits once more, leaves the group, and says so on `has_left`.
+/// commits once more and leaves the group.
 async fn poll(
-    consumer: StreamConsumer<RebalanceContext>,
+    member: Member,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    has_left: watch::Sender<bool>,
     commit_interval: Duration,
     gap_wait: Duration,
 ) {
+    let consumer = &member.consumer;
     let mut commits = tokio::time::interval(commit_interval);
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let commit = |mode: CommitMode| {
@@ -464,7 +500,7 @@ async fn poll(
                     let refetch = shared.fetched(&message, gap_wait);
                     drop(message);
                     if let Some(refetch) = refetch {
-                        refetch.run(&consumer, &shared).await;
+                        refetch.run(consumer, &shared).await;
                     }
                 }
                 Err(error) => {
@@ -484,13 +520,12 @@ async fn poll(
         let close = move || {
             let offsets = shared.committable(None);
             if offsets.count() > 0 {
-                if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+                if let Err(error) = member.consumer.commit(&offsets, CommitMode::Async) {
                     tracing::warn!(%error, "cannot commit offsets on close");
                 }
             }
             // Dropping the consumer closes it, which sends the commit and leaves the group.
-            drop(consumer);
-            has_left.send_replace(true);
+            drop(member);
             let _ = closed.send(());
         };
         match std::thread::Builder::new()
@@ -610,12 +645,18 @@ mod tests {
         leaving.add("orders", other_left);
 
         let mut joining = std::pin::pin!(leaving.wait("payments", CLOSE_TIMEOUT));
+        let mut also_joining = std::pin::pin!(leaving.wait("payments", CLOSE_TIMEOUT));
         assert!(
-            futures_poll_once(&mut joining).await.is_pending(),
+            poll_once(&mut joining).await.is_pending(),
             "waits for the member leaving its group"
         );
+        assert!(
+            poll_once(&mut also_joining).await.is_pending(),
+            "so does another member starting at the same time"
+        );
         has_left.send_replace(true);
-        assert!(futures_poll_once(&mut joining).await.is_ready());
+        assert!(poll_once(&mut joining).await.is_ready());
+        assert!(poll_once(&mut also_joining).await.is_ready());
         // Another group's member leaving holds up nobody else, and one that never says it
         // has left holds up its group for the close timeout at most.
         let started = tokio::time::Instant::now();
@@ -626,7 +667,7 @@ mod tests {
     }
 
     /// Polls `future` once.
-    async fn futures_poll_once<F: std::future::Future + Unpin>(
+    async fn poll_once<F: std::future::Future + Unpin>(
         future: &mut F,
     ) -> std::task::Poll<F::Output> {
         std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx)))
