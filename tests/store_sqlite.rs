@@ -420,12 +420,8 @@ mod schema {
             .unwrap()
     }
 
-    /// Marking an output sent costs no write of its own when its saga is written again: the
-    /// saga's next commit writes it; a store dropped first writes it on its own.
-    #[tokio::test]
-    async fn a_mark_is_written_with_the_sagas_next_commit_or_when_the_store_is_dropped() {
-        let subject = sqlite().await;
-        let store = subject.open().await;
+    /// A saga of payments with one step whose output is not yet sent, committed to `store`.
+    async fn saga_with_an_unsent_step(store: &Arc<dyn Store>) -> SagaRecord {
         let deadline = Deadline::after(SystemTime::now(), Duration::from_secs(300));
         let saga = SagaId::new();
         let mut record = SagaRecord::new(saga, deadline);
@@ -440,9 +436,20 @@ mod schema {
             changes: Snapshot::changes(None, &record),
             handled: None,
             outbox: Vec::new(),
-            recorded: std::time::SystemTime::now(),
+            recorded: SystemTime::now(),
         };
         store.commit(vec![created], None).await.unwrap();
+        record
+    }
+
+    /// Marking an output sent costs no write of its own when its saga is written again: the
+    /// saga's next commit writes it; a store dropped first writes it on its own.
+    #[tokio::test]
+    async fn a_mark_is_written_with_the_sagas_next_commit_or_when_the_store_is_dropped() {
+        let subject = sqlite().await;
+        let store = subject.open().await;
+        let record = saga_with_an_unsent_step(&store).await;
+        let (saga, deadline) = (record.saga_id, record.deadline);
         assert_eq!(unsent_in_file(&subject, saga), "0");
 
         let sent = |position: usize, event_id: EventId| Sent {
@@ -526,23 +533,8 @@ mod schema {
     async fn a_mark_due_while_a_handler_transaction_is_open_is_written_after_it() {
         let subject = sqlite().await;
         let store = subject.open().await;
-        let deadline = Deadline::after(SystemTime::now(), Duration::from_secs(300));
-        let saga = SagaId::new();
-        let mut record = SagaRecord::new(saga, deadline);
-        record.steps.push(step(
-            envelope(saga, "payments.CreditReserved.v1", deadline),
-            false,
-        ));
-        let created = Commit {
-            service: "payments".into(),
-            saga_id: saga,
-            version: 0,
-            changes: Snapshot::changes(None, &record),
-            handled: None,
-            outbox: Vec::new(),
-            recorded: SystemTime::now(),
-        };
-        store.commit(vec![created], None).await.unwrap();
+        let record = saga_with_an_unsent_step(&store).await;
+        let saga = record.saga_id;
         let sent = Sent {
             saga_id: saga,
             event_id: record.steps[0].output.id,
