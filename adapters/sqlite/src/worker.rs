@@ -283,11 +283,6 @@ impl Database {
                 }
                 Request::Write(write) => group.writes.push(write),
                 Request::Begin { id, reply } => {
-                    // Due marks go before the transaction, which may hold the connection
-                    // until this batch ends.
-                    if self.marks.due() {
-                        self.write_marks(&mut group);
-                    }
                     self.finish(&mut group);
                     let begun = control(&self.conn, "BEGIN IMMEDIATE").map_err(store_error);
                     let began = begun.is_ok();
@@ -315,12 +310,6 @@ impl Database {
                 }
             }
         }
-        // Not while a handler's transaction holds the connection: they would be tried inside
-        // it, fail, and be lost. They go before the next transaction begins, or at the end of
-        // the batch that ends it.
-        if self.exclusive.is_none() && self.marks.due() {
-            self.write_marks(&mut group);
-        }
         self.finish(&mut group);
     }
 
@@ -335,7 +324,13 @@ impl Database {
         }
     }
 
+    /// Commits `group`, with the marks that are due: before a handler's transaction begins,
+    /// and at the end of a batch. Not while such a transaction holds the connection: they
+    /// would be tried inside it, fail, and be lost.
     fn finish(&mut self, group: &mut Group) {
+        if self.exclusive.is_none() && self.marks.due() {
+            self.write_marks(group);
+        }
         group.finish(&self.conn, &self.cache, &mut self.marks);
     }
 
