@@ -361,9 +361,6 @@ impl Leaving {
             }
             None => return,
         };
-        if members.is_empty() {
-            return;
-        }
         let all_left = async {
             for mut left in members {
                 // An error: the poll task is gone, and its consumer with it.
