@@ -12,6 +12,9 @@
 #[allow(dead_code)]
 #[path = "../examples/chaos/checker.rs"]
 mod checker;
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+#[path = "common/logs.rs"]
+mod logs;
 #[allow(dead_code)]
 #[path = "../examples/chaos/run.rs"]
 mod run;
@@ -71,18 +74,6 @@ fn assert_clean(report: &Report, sagas: u64) {
     assert!(report.kills > 0);
 }
 
-/// Logs of the broker runs, under RUST_LOG; warnings by default, shown with a failing test's
-/// output.
-#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
-fn show_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
-
 #[cfg(any(feature = "kafka", feature = "rabbitmq"))]
 fn broker_sagas() -> u64 {
     std::env::var("CHOREO_CHAOS_SAGAS")
@@ -121,7 +112,7 @@ async fn the_checker_reports_double_effects_when_the_inbox_forgets_what_it_handl
 #[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_rabbitmq_restarted_twice_every_saga_ends_completed_or_compensated_once() {
-    show_logs();
+    logs::show_logs();
     let broker = Arc::new(choreo_testkit::RabbitMqBroker::start().await.unwrap());
     let transport = choreo::connect(broker.url()).await.unwrap();
     let restart: Disruption = Arc::new(move |n| {
@@ -144,7 +135,7 @@ const PAUSE: Duration = Duration::from_secs(3);
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kafka_paused_twice_every_saga_ends_completed_or_compensated_once() {
-    show_logs();
+    logs::show_logs();
     let broker = Arc::new(choreo_testkit::KafkaBroker::start().await.unwrap());
     let transport = choreo::connect(broker.url()).await.unwrap();
     let pause: Disruption = Arc::new(move |n| {

@@ -12,6 +12,7 @@
 
 pub mod console;
 pub mod faults;
+pub mod logs;
 pub mod world;
 
 use std::collections::HashMap;
@@ -443,15 +444,9 @@ impl Harness {
     /// The transport and the stores of `backend`; no service started yet.
     pub async fn prepare(backend: Backend) -> Self {
         if backend.via != Via::Memory {
-            // Logs of broker tests, under RUST_LOG; warnings by default, shown with a
-            // failing test's output. (A test of the spans sets the process's subscriber
-            // itself, before the first harness of the in-memory transport.)
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_test_writer()
-                .try_init();
+            // (A test of the spans sets the process's subscriber itself, before the first
+            // harness of the in-memory transport.)
+            logs::show_logs();
         }
         match backend.via {
             Via::Memory => Self::on_memory(MemoryTransport::new(), backend).await,
